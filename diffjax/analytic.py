@@ -82,7 +82,8 @@ class GaussianMixture:
     def sample(self, key: Array, n: int, label: Optional[int] = None) -> tuple[Array, Array]:
         """Exact samples of ``p_0`` (or of ``p_0(. | label)``): ``([n, *event_shape], [n] component)``."""
         k_comp, k_eps = jax.random.split(key)
-        logits = np.log(self._class_weights(label))
+        with np.errstate(divide="ignore"):  # other classes' components get log 0 = -inf
+            logits = np.log(self._class_weights(label))
         comp = jax.random.categorical(k_comp, jnp.asarray(logits), shape=(n,))
         eps = jax.random.normal(k_eps, (n, self.dim), jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
         # S_k^{1/2} eps = U diag(sqrt d) U^T eps: a symmetric root, as good as Cholesky here.

@@ -123,8 +123,9 @@ class Path:
         That is the marginal's variance for data of unit variance per dimension: exactly
         ``N(0, I)`` on VP paths and rectified flow, ``~ sigma_max`` on VE-type paths.
         """
-        t = jnp.asarray(self.t_max, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-        return float(jnp.sqrt(self.alpha(t) ** 2 + self.sigma(t) ** 2))
+        with jax.enable_x64(True):  # a Python constant: compute it once, exactly
+            t = jnp.asarray(self.t_max, jnp.float64)
+            return float(jnp.sqrt(self.alpha(t) ** 2 + self.sigma(t) ** 2))
 
     def prior_sample(self, key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
         return self.prior_std() * jax.random.normal(key, shape, dtype)
@@ -275,7 +276,7 @@ class DDPM(Path):
         return np.exp(2.0 * self._log_alpha_grid[1:])
 
     def _grids(self, t):
-        dtype = jnp.result_type(t, jnp.float32)
+        dtype = jnp.result_type(t, float)
         return jnp.asarray(self._t_grid, dtype), jnp.asarray(self._log_alpha_grid, dtype)
 
     def log_alpha(self, t):
@@ -347,7 +348,7 @@ class VE(Path):
         return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
 
     def log_alpha(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.result_type(t, jnp.float32)))
+        return jnp.zeros_like(jnp.asarray(t, jnp.result_type(t, float)))
 
     def log_sigma(self, t):
         return math.log(self.sigma_min) + t * self._log_ratio
@@ -386,7 +387,7 @@ class EDM(Path):
         return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max, rho=self.rho)
 
     def log_alpha(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.result_type(t, jnp.float32)))
+        return jnp.zeros_like(jnp.asarray(t, jnp.result_type(t, float)))
 
     def log_sigma(self, t):
         return self.rho * jnp.log(self._a + t * self._b)
@@ -433,10 +434,10 @@ class RectifiedFlow(Path):
         return jnp.asarray(t)
 
     def d_alpha(self, t):
-        return -jnp.ones_like(jnp.asarray(t, jnp.result_type(t, jnp.float32)))
+        return -jnp.ones_like(jnp.asarray(t, jnp.result_type(t, float)))
 
     def d_sigma(self, t):
-        return jnp.ones_like(jnp.asarray(t, jnp.result_type(t, jnp.float32)))
+        return jnp.ones_like(jnp.asarray(t, jnp.result_type(t, float)))
 
     def t_from_logsnr(self, logsnr):
         return jax.nn.sigmoid(-0.5 * jnp.asarray(logsnr))
