@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 
 def sample(*args, **kwargs):
-  """Draws samples; see :func:`diffjax.samplers.sample` for the full contract."""
-  from diffjax.samplers import sample as _sample
-  return _sample(*args, **kwargs)
+    """Draws samples; see :func:`diffjax.samplers.sample` for the full contract."""
+    from diffjax.samplers import sample as _sample
+    return _sample(*args, **kwargs)
