@@ -184,8 +184,14 @@ class GaussianMixture:
 
     # -- constructors ----------------------------------------------------------------
     @classmethod
-    def ring(cls, num_components: int = 8, radius: float = 1.4, std: float = 0.1) -> "GaussianMixture":
-        """Equal-weight isotropic Gaussians on a circle in 2-D, component ``k`` labelled ``k``."""
+    def ring(cls, num_components: int = 8, radius: float = math.sqrt(2.0),
+             std: float = 0.1) -> "GaussianMixture":
+        """Equal-weight isotropic Gaussians on a circle in 2-D, component ``k`` labelled ``k``.
+
+        The defaults are the distribution of the bundled ``ring`` toy dataset (unit variance
+        per coordinate up to the components' own spread), so a model trained on that data can
+        be compared with the exact one.
+        """
         angles = 2 * np.pi * np.arange(num_components) / num_components
         means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
         covs = np.broadcast_to(std**2 * np.eye(2), (num_components, 2, 2))
