@@ -1,0 +1,84 @@
+"""Data: bundled data sets as tfds builders, tfds catalogue data sets, a grain pipeline.
+
+Public API::
+
+    BUNDLED                      # ("digits", "moons", "swiss_roll", "ring", "checkerboard")
+    default_config()             # config.data: dataset, batch_size, data_dir, random_flip,
+                                 #              num_workers
+    info(dataset, data_dir=None) -> DataInfo(name, kind, shape, num_classes,
+                                             num_train, num_test)   # reads nothing
+    validate_config(data_cfg, process_count=1) -> DataInfo         # fails before compute
+    load_arrays(dataset, split="test", data_dir=None, limit=None)
+        -> (x float32 [N, *shape], labels int32 [N])      # images in [-1, 1]
+    make_iterator(data_cfg, *, split="train", seed, process_index=0, process_count=1,
+                  num_epochs=None) -> grain.DataLoaderIterator
+        # yields {"x": float32 [b, *shape], "label": int32 [b]}, b = batch_size // process_count
+    DatasetNotPreparedError      # FileNotFoundError: catalogue data not prepared locally
+
+Bundled data is generated offline (see :mod:`diffjax.data.builders` for the exact
+definitions, seeds and splits) into ``config.data.data_dir``, ``$DIFFJAX_DATA_DIR`` or
+``~/.cache/diffjax/tensorflow_datasets``; catalogue data is never downloaded.
+
+Checkpointing the iterator (grain 0.2.18, orbax-checkpoint 0.12.8)
+-------------------------------------------------------------------
+``make_iterator`` returns a ``grain.DataLoaderIterator``. Its state is
+``it.get_state() -> bytes`` (UTF-8 JSON: the last index read, the worker count, and the
+reprs of sampler and source, which ``set_state`` checks) and ``it.set_state(bytes)``;
+restoring into a freshly made iterator with the same config and seed resumes with
+exactly the batches an uninterrupted run would have produced.
+
+For orbax, grain ships ``grain.checkpoint.CheckpointHandler`` (the handler formerly
+exported as ``grain.python.PyGrainCheckpointHandler``, still aliased there) and the
+args ``grain.checkpoint.CheckpointSave(item=it)`` / ``grain.checkpoint.CheckpointRestore(
+item=it)``, which it registers with ``orbax.checkpoint.args`` when orbax is importable
+(it is here)::
+
+    mngr = ocp.CheckpointManager(
+        workdir, item_names=("state", "data"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(it)))
+    mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(it)))   # sets ``it``'s state in place
+
+The handler writes ``data/process_<i>-of-<n>.json`` with ``i, n`` from
+``jax.process_index()`` / ``jax.process_count()``, so in multi-process runs
+``jax.distributed`` must be initialised (otherwise every process writes
+``process_0-of-1.json``). Without the handler, store ``it.get_state()`` as bytes or
+``json.loads`` of it in any JSON item. (``DataLoaderIterator`` also implements the
+orbax v1 ``save``/``load`` protocol for ``StatefulCheckpointable``.)
+"""
+from diffjax.data.builders import CacheRebuiltWarning, default_data_dir
+from diffjax.data.pipeline import (
+    BUNDLED,
+    ArraySource,
+    DataInfo,
+    DatasetNotPreparedError,
+    TfdsSource,
+    default_config,
+    info,
+    load_arrays,
+    make_iterator,
+    open_source,
+    to_float,
+    validate_config,
+)
+
+__all__ = [
+    "BUNDLED",
+    "ArraySource",
+    "CacheRebuiltWarning",
+    "DataInfo",
+    "DatasetNotPreparedError",
+    "TfdsSource",
+    "default_config",
+    "default_data_dir",
+    "info",
+    "load_arrays",
+    "make_iterator",
+    "open_source",
+    "to_float",
+    "validate_config",
+]

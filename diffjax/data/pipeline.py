@@ -1,0 +1,361 @@
+"""Data sets by name, their static metadata, and the grain input pipeline.
+
+A data set name is either bundled (``BUNDLED``: generated locally by the builders in
+:mod:`diffjax.data.builders`, prepared on first use) or a tfds catalogue name
+(``mnist``, ``cifar10``, ``celeb_a``, ...) that the user has already prepared in
+array_record format; catalogue data is never downloaded from here.
+
+Every source yields the unified record ``{"x", "label"}``: catalogue data sets read their
+``image`` feature, the toy sets their ``x``; ``label`` is the ClassLabel ``label`` feature
+where there is one and 0 otherwise (``num_classes`` is then 1).
+
+Data directories: an explicit ``data_dir`` (``config.data.data_dir``) wins, then
+``$DIFFJAX_DATA_DIR``; otherwise bundled data goes to ``~/.cache/diffjax/tensorflow_datasets``
+and catalogue data is looked up where tfds looks (``$TFDS_DATA_DIR`` or
+``~/tensorflow_datasets``), i.e. where users already keep it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import grain
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from diffjax.data import builders
+
+BUNDLED: tuple[str, ...] = tuple(builders.SPECS)
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A tfds catalogue data set is not prepared (in array_record format) locally."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What a data set holds, known without reading it.
+
+    Attributes:
+      name: the name it was asked for.
+      kind: ``"image"`` (uint8 pixels, scaled to [-1, 1] on load) or ``"points"``.
+      shape: per-example shape, e.g. ``(8, 8, 1)`` or ``(2,)``.
+      num_classes: number of label values; 1 where the data set has no labels.
+      num_train, num_test: split sizes, None where unknown (catalogue data not yet
+        prepared, or no such split).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    num_classes: int
+    num_train: int | None
+    num_test: int | None
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The ``config.data`` group with its defaults."""
+    return ml_collections.ConfigDict({
+        "dataset": "digits",
+        "batch_size": 128,
+        "data_dir": None,
+        "random_flip": False,
+        "num_workers": 0,
+    })
+
+
+# --------------------------------------------------------------------------- catalogue
+
+@functools.lru_cache(maxsize=1)
+def _catalogue_names() -> frozenset[str]:
+    # Community data sets would need network access (and TensorFlow) to list.
+    return frozenset(tfds.list_builders(with_community_datasets=False))
+
+
+def _catalogue_data_dir(data_dir: str | None) -> str | None:
+    if data_dir:
+        return os.path.expanduser(data_dir)
+    env = os.environ.get(builders.DATA_DIR_ENV)
+    # None lets tfds use its own default, where users keep what they have prepared.
+    return os.path.expanduser(env) if env else None
+
+
+def _check_name(dataset: str) -> None:
+    if dataset in builders.SPECS:
+        return
+    base = dataset.split(":")[0].split("/")[0]
+    for spec in builders.SPECS.values():
+        if base == spec.builder_cls.name:
+            raise ValueError(
+                f"dataset {dataset!r} is the tfds builder behind the bundled data; use "
+                f"one of {BUNDLED} instead.")
+    if base not in _catalogue_names():
+        raise ValueError(
+            f"Unknown dataset {dataset!r}: it is neither bundled with diffjax "
+            f"(bundled: {', '.join(BUNDLED)}) nor a tfds catalogue name "
+            "(tfds.list_builders()).")
+
+
+def _catalogue_builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    return tfds.builder(dataset, data_dir=_catalogue_data_dir(data_dir))
+
+
+def _not_prepared_error(dataset: str, builder, why: str) -> DatasetNotPreparedError:
+    root = builder.data_dir_root
+    return DatasetNotPreparedError(
+        f"tfds dataset {dataset!r} {why} (looked in {builder.data_dir}). diffjax never "
+        "downloads data. On a machine with network access, prepare it with\n"
+        f"    tfds build {dataset} --data_dir={root} --file_format=array_record\n"
+        "or, in Python,\n"
+        f"    tfds.builder({dataset!r}, data_dir={str(root)!r})"
+        ".download_and_prepare(file_format='array_record')\n"
+        "then copy the data directory here, or point config.data.data_dir (or "
+        f"${builders.DATA_DIR_ENV}) at it.")
+
+
+def _catalogue_source(dataset: str, split: str, data_dir: str | None):
+    try:
+        return tfds.data_source(
+            dataset, split=split, data_dir=_catalogue_data_dir(data_dir), download=False)
+    except (AssertionError, NotImplementedError, ValueError, OSError) as e:
+        builder = _catalogue_builder(dataset, data_dir)
+        if not builder.is_prepared():
+            raise _not_prepared_error(dataset, builder, "is not prepared") from e
+        if isinstance(e, NotImplementedError):  # prepared, but not for random access
+            raise _not_prepared_error(
+                dataset, builder,
+                f"is prepared as {builder.info.file_format.value}, not array_record") from e
+        raise
+
+
+# --------------------------------------------------------------------------- metadata
+
+def info(dataset: str, data_dir: str | None = None) -> DataInfo:
+    """Static metadata of ``dataset``; reads and prepares nothing, works offline.
+
+    Raises:
+      ValueError: unknown name (the message lists the bundled names), or a catalogue
+        data set without a fixed-shape uint8 ``image`` feature.
+    """
+    _check_name(dataset)
+    if dataset in builders.SPECS:
+        spec = builders.SPECS[dataset]
+        return DataInfo(dataset, spec.kind, spec.shape, spec.num_classes,
+                        spec.num_train, spec.num_test)
+    tfds_info = _catalogue_builder(dataset, data_dir).info
+    features = tfds_info.features
+    if IMAGE_KEY not in features.keys():
+        raise ValueError(
+            f"tfds dataset {dataset!r} has no {IMAGE_KEY!r} feature; diffjax reads "
+            f"images from the catalogue (features: {sorted(features.keys())}).")
+    image = features[IMAGE_KEY]
+    if None in image.shape or np.dtype(image.np_dtype) != np.uint8:
+        raise ValueError(
+            f"tfds dataset {dataset!r} has {IMAGE_KEY!r} of shape {image.shape} and dtype "
+            f"{image.np_dtype}; diffjax needs fixed-size uint8 images.")
+    label = features[LABEL_KEY] if LABEL_KEY in features.keys() else None
+    num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else 1
+    splits = tfds_info.splits
+    num = {s: splits[s].num_examples if s in splits else None for s in ("train", "test")}
+    return DataInfo(dataset, "image", tuple(image.shape), num_classes,
+                    num["train"], num["test"])
+
+
+# --------------------------------------------------------------------------- sources
+
+class ArraySource:
+    """Random access to an in-memory split as unified records ``{"x", "label"}``.
+
+    Used for the bundled data, which is small enough to hold: grain then spends no time
+    decoding records. The repr names data set, split and size but no path, so a grain
+    checkpoint restores with the data in another directory.
+    """
+
+    def __init__(self, dataset: str, split: str, x: np.ndarray, label: np.ndarray):
+        self.dataset, self.split = dataset, split
+        self._x, self._label = x, label
+
+    def __len__(self) -> int:
+        return len(self._x)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {"x": self._x[index], "label": self._label[index]}
+
+    def __repr__(self) -> str:
+        return _source_repr(self)
+
+
+class TfdsSource:
+    """Random access to a tfds catalogue split as unified records ``{"x", "label"}``."""
+
+    def __init__(self, dataset: str, split: str, tfds_source, has_label: bool):
+        self.dataset, self.split = dataset, split
+        self._tfds, self._has_label = tfds_source, has_label
+
+    def __len__(self) -> int:
+        return len(self._tfds)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        record = self._tfds[index]
+        label = record[LABEL_KEY] if self._has_label else 0
+        return {"x": np.asarray(record[IMAGE_KEY]), "label": np.int32(label)}
+
+    def __repr__(self) -> str:
+        return _source_repr(self)
+
+
+def _source_repr(source: ArraySource | TfdsSource) -> str:
+    return (f"diffjax.data.Source(dataset={source.dataset!r}, split={source.split!r}, "
+            f"num_records={len(source)})")
+
+
+def open_source(dataset: str, split: str,
+                data_dir: str | None = None) -> ArraySource | TfdsSource:
+    """One split of ``dataset`` as a grain random-access source of ``{"x", "label"}``.
+
+    ``x`` keeps its stored dtype (uint8 images, float32 points), ``label`` is int32.
+    Bundled data is prepared (or repaired) first; catalogue data must be prepared.
+    """
+    data_info = info(dataset, data_dir)
+    if dataset in builders.SPECS:
+        x, label = builders.bundled_arrays(dataset, split, data_dir)
+        return ArraySource(dataset, split, x, label)
+    tfds_source = _catalogue_source(dataset, split, data_dir)
+    return TfdsSource(dataset, split, tfds_source, data_info.num_classes > 1)
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [-1, 1] (0 -> -1, 255 -> 1 exactly); floats unchanged."""
+    if x.dtype == np.uint8:
+        # v - 127.5 is exact in float32, so each value is rounded once, correctly.
+        return (x.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+    return x.astype(np.float32)
+
+
+def load_arrays(dataset: str, split: str = "test", data_dir: str | None = None,
+                limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split (or its first ``limit`` records, in stored order) in memory.
+
+    Returns:
+      x: float32 [N, *shape], images in [-1, 1], points as stored.
+      labels: int32 [N].
+    """
+    data_info = info(dataset, data_dir)
+    if dataset in builders.SPECS:
+        x, label = builders.bundled_arrays(dataset, split, data_dir)
+        return to_float(x[:limit]), np.array(label[:limit], np.int32)
+    source = open_source(dataset, split, data_dir)
+    n = len(source) if limit is None else min(limit, len(source))
+    records = [source[i] for i in range(n)]
+    if not records:
+        return np.zeros((0, *data_info.shape), np.float32), np.zeros((0,), np.int32)
+    x = to_float(np.stack([r["x"] for r in records]))
+    return x, np.asarray([r["label"] for r in records], np.int32)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+class _ToFloat(grain.transforms.Map):
+    def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"x": to_float(element["x"]), "label": element["label"]}
+
+
+class _RandomHorizontalFlip(grain.transforms.RandomMap):
+    """Mirrors an image [H, W, C] along W with probability 1/2.
+
+    grain seeds ``rng`` from the sampler seed and the record's global position, so the
+    flips are the same on every run and after restoring an iterator's state.
+    """
+
+    def random_map(self, element: dict[str, np.ndarray],
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if rng.random() < 0.5:
+            element = {**element, "x": np.ascontiguousarray(element["x"][:, ::-1])}
+        return element
+
+
+def _read_options(source: ArraySource | TfdsSource) -> grain.ReadOptions:
+    if isinstance(source, ArraySource):
+        # In memory: reader threads would only contend for the GIL.
+        return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    # Threads overlap file reads and image decoding. The buffer stays small because
+    # grain 0.2.18 scans the whole prefetch buffer on every element (~1 ms per record
+    # at its default of 500).
+    return grain.ReadOptions(num_threads=4, prefetch_buffer_size=16)
+
+
+def validate_config(data_cfg: ml_collections.ConfigDict, process_count: int = 1) -> DataInfo:
+    """Checks ``config.data`` before any compute; returns the data set's DataInfo.
+
+    Raises:
+      ValueError naming the offending ``config.data`` key and what it accepts.
+    """
+    try:
+        data_info = info(data_cfg.dataset, data_cfg.get("data_dir"))
+    except ValueError as e:
+        raise ValueError(f"config.data.dataset: {e}") from e
+    batch_size = data_cfg.batch_size
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"config.data.batch_size must be a positive int, got {batch_size!r}")
+    if batch_size % process_count:
+        raise ValueError(
+            f"config.data.batch_size={batch_size} (the global batch) is not divisible by "
+            f"process_count={process_count}.")
+    num_workers = data_cfg.get("num_workers", 0)
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"config.data.num_workers must be an int >= 0, got {num_workers!r}")
+    if data_cfg.get("random_flip", False) and data_info.kind != "image":
+        raise ValueError(
+            f"config.data.random_flip=True needs images; {data_cfg.dataset!r} holds "
+            f"{data_info.kind}.")
+    return data_info
+
+
+def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", seed: int,
+                  process_index: int = 0, process_count: int = 1,
+                  num_epochs: int | None = None) -> grain.DataLoaderIterator:
+    """This process's stream of batches ``{"x": float32 [b, *shape], "label": int32 [b]}``.
+
+    ``b = data_cfg.batch_size // process_count``: ``batch_size`` is the global batch. The
+    records are split into ``process_count`` disjoint shards (remainder dropped), each
+    shuffled with ``seed`` afresh every epoch; epochs repeat forever unless
+    ``num_epochs`` is given; the last partial batch is dropped. The iterator's
+    ``get_state()`` / ``set_state()`` (JSON bytes) resume it exactly.
+
+    Args:
+      data_cfg: ``config.data`` (see :func:`default_config`).
+      split: tfds split name, e.g. ``"train"``, ``"test"``, ``"train[:90%]"``.
+      seed: shuffle and augmentation seed, an int in [0, 2**32).
+      process_index, process_count: this process's shard (``jax.process_index()``,
+        ``jax.process_count()`` in multi-host runs).
+      num_epochs: passes over the data; None repeats forever.
+    """
+    data_info = validate_config(data_cfg, process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    local_batch = data_cfg.batch_size // process_count
+    source = open_source(data_cfg.dataset, split, data_cfg.get("data_dir"))
+    if len(source) // process_count < local_batch:
+        raise ValueError(
+            f"split {split!r} of {data_info.name!r} has {len(source)} records, fewer than "
+            f"process_count * per-process batch = {process_count} * {local_batch}.")
+    shard = grain.sharding.ShardOptions(
+        shard_index=process_index, shard_count=process_count, drop_remainder=True)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source), shard_options=shard, shuffle=True,
+        num_epochs=num_epochs, seed=int(seed))
+    operations = [_ToFloat()]
+    if data_cfg.get("random_flip", False):
+        operations.append(_RandomHorizontalFlip())
+    operations.append(grain.transforms.Batch(batch_size=local_batch, drop_remainder=True))
+    loader = grain.DataLoader(
+        data_source=source, sampler=sampler, operations=operations,
+        worker_count=data_cfg.get("num_workers", 0), shard_options=shard,
+        read_options=_read_options(source))
+    return iter(loader)
