@@ -1,0 +1,261 @@
+"""The DDPM++ / ADM U-Net.
+
+Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations"
+(DDPM++); Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis" (ADM).
+
+Residual blocks (GroupNorm, SiLU, 3x3 convs) receive the noise embedding either added after the
+first conv (DDPM++) or as a GroupNorm scale and shift (ADM, ``scale_shift=True``); multi-head
+self-attention runs at the chosen resolutions and in the middle; the down path's activations are
+concatenated into the up path. The last conv of every residual branch, of every attention block
+and of the network is zero-initialised, so at initialisation each block is (a rescaled) identity
+and the network outputs exactly 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffjax.models.layers import NoiseEmbedding, check_embedding, group_norm
+
+Dtype = Any
+
+# DDPM++ divides every residual sum by sqrt(2) ("skip_rescale") so activations keep unit scale
+# however many blocks are stacked.
+_SKIP_SCALE = 1.0 / math.sqrt(2.0)
+
+
+def level_resolutions(image_shape: Sequence[int], ch_mult: Sequence[int]) -> list[tuple[int, int]]:
+    """Spatial size (H, W) of each U-Net level; raises ValueError if a level does not divide by 2.
+
+    Level i works at ``(H / 2^i, W / 2^i)``, i = 0 .. len(ch_mult) - 1, so H and W must be
+    divisible by ``2^(len(ch_mult) - 1)``: 28x28 allows 3 levels (28 → 14 → 7), not 4.
+    """
+    if len(image_shape) != 3:
+        raise ValueError(f"UNet data_shape must be (H, W, C), got {tuple(image_shape)}")
+    h, w, _ = image_shape
+    sizes = [(h, w)]
+    for _ in range(len(ch_mult) - 1):
+        if h % 2 or w % 2:
+            raise ValueError(
+                f"image size {image_shape[0]}x{image_shape[1]} cannot be halved "
+                f"{len(ch_mult) - 1} times (model.ch_mult={tuple(ch_mult)} has {len(ch_mult)} "
+                f"levels; halving stops at {h}x{w}): H and W must be divisible by "
+                f"{2 ** (len(ch_mult) - 1)}; use fewer levels in model.ch_mult")
+        h, w = h // 2, w // 2
+        sizes.append((h, w))
+    return sizes
+
+
+def check_unet(data_shape: Sequence[int], *, ch: int, ch_mult: Sequence[int],
+               num_res_blocks: int, attn_resolutions: Sequence[int], num_heads: int,
+               dropout: float, embedding: str, embedding_scale: float | None) -> None:
+    """Raises ValueError naming the offending ``model.*`` key for any invalid U-Net setting.
+
+    A level's resolution, as matched against ``attn_resolutions``, is its height.
+    """
+    if not (isinstance(ch, int) and ch >= 1):
+        raise ValueError(f"model.ch={ch!r} must be a positive int")
+    if not ch_mult or any(not (isinstance(m, int) and m >= 1) for m in ch_mult):
+        raise ValueError(f"model.ch_mult={ch_mult!r} must be a non-empty sequence of positive ints")
+    if not (isinstance(num_res_blocks, int) and num_res_blocks >= 1):
+        raise ValueError(f"model.num_res_blocks={num_res_blocks!r} must be an int >= 1")
+    if not (isinstance(num_heads, int) and num_heads >= 1):
+        raise ValueError(f"model.num_heads={num_heads!r} must be an int >= 1")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model.dropout={dropout!r} must be in [0, 1)")
+    check_embedding(embedding, embedding_scale)
+    sizes = level_resolutions(data_shape, ch_mult)
+    heights = [s[0] for s in sizes]
+    for res in attn_resolutions:
+        if res not in heights:
+            raise ValueError(f"model.attn_resolutions contains {res}, which is not the resolution "
+                             f"of any level; valid choices: {heights}")
+    attn_levels = [i for i, hgt in enumerate(heights) if hgt in attn_resolutions]
+    # The middle block always attends, at the last level.
+    for i in sorted(set(attn_levels) | {len(ch_mult) - 1}):
+        channels = ch * ch_mult[i]
+        if channels % num_heads:
+            raise ValueError(f"model.num_heads={num_heads} does not divide the {channels} channels "
+                             f"of the attention at resolution {heights[i]}")
+
+
+def _conv(features: int, module: nn.Module, kernel: int = 3, stride: int = 1,
+          zero: bool = False, name: str | None = None) -> nn.Conv:
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                   kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal(),
+                   dtype=module.dtype, param_dtype=module.param_dtype, name=name)
+
+
+def _downsample_avg(x: jnp.ndarray) -> jnp.ndarray:
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def _upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ResBlock(nn.Module):
+    """Residual block; ``resample`` = "down" / "up" makes it the BigGAN-style resampling block.
+
+    x: [B, H, W, C_in], temb: [B, E] → [B, H', W', out_ch].
+    """
+    out_ch: int
+    dropout: float
+    scale_shift: bool
+    resample: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, temb: jnp.ndarray, train: bool) -> jnp.ndarray:
+        h = nn.silu(group_norm(x.shape[-1], self.dtype, self.param_dtype)(x))
+        if self.resample is not None:
+            resample = _downsample_avg if self.resample == "down" else _upsample_nearest
+            h, x = resample(h), resample(x)
+        h = _conv(self.out_ch, self)(h)
+        emb = nn.Dense(self.out_ch * (2 if self.scale_shift else 1), dtype=self.dtype,
+                       param_dtype=self.param_dtype)(nn.silu(temb))[:, None, None, :]
+        if self.scale_shift:
+            scale, shift = jnp.split(emb, 2, axis=-1)
+            h = group_norm(self.out_ch, self.dtype, self.param_dtype)(h) * (1 + scale) + shift
+        else:
+            h = group_norm(self.out_ch, self.dtype, self.param_dtype)(h + emb)
+        h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=not train)
+        h = _conv(self.out_ch, self, zero=True)(h)
+        if x.shape[-1] != self.out_ch:
+            x = _conv(self.out_ch, self, kernel=1, name="skip")(x)
+        return (x + h) * _SKIP_SCALE
+
+
+class AttnBlock(nn.Module):
+    """Multi-head self-attention over all H*W positions (Vaswani et al. 2017).
+
+    x: [B, H, W, C] → [B, H, W, C]; C must be divisible by ``num_heads``.
+    """
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        b, hgt, wid, c = x.shape
+        head_dim = c // self.num_heads
+        h = group_norm(c, self.dtype, self.param_dtype)(x).reshape(b, hgt * wid, c)
+        qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="qkv")(h)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # Logits and softmax in float32: bf16 softmax over many positions loses the small weights.
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits / math.sqrt(head_dim), axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        out = nn.DenseGeneral(c, axis=(-2, -1), kernel_init=nn.initializers.zeros,
+                              dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return (x + out.reshape(x.shape)) * _SKIP_SCALE
+
+
+class UNet(nn.Module):
+    """DDPM++ / ADM U-Net.
+
+    Call: ``apply(variables, x, noise_cond, label=None, train=False, rngs={"dropout": key})``.
+
+    Args of ``__call__``:
+      x: [B, H, W, C]; H and W divisible by ``2^(len(ch_mult) - 1)``.
+      noise_cond: [B] float, whatever the caller feeds (t, c_noise, ...); multiplied by
+        ``embedding_scale`` inside the embedding and nowhere else.
+      label: [B] int in ``[0, num_classes]`` (``num_classes`` = null label), or None; None is
+        required when ``num_classes == 0`` and means the null label otherwise.
+      train: enables dropout (then needs ``rngs={"dropout": key}``).
+
+    Returns:
+      [B, H, W, out_channels or C] float32.
+
+    Attributes:
+      ch: base channel count; level i has ``ch * ch_mult[i]`` channels.
+      ch_mult: channel multiplier per level; one level per entry, halving the resolution between.
+      num_res_blocks: residual blocks per level on the down path (the up path has one more).
+      attn_resolutions: level heights (e.g. (16,)) where attention follows each residual block.
+      dropout: dropout rate inside residual blocks.
+      num_heads: attention heads.
+      embedding: "sinusoidal" or "fourier" noise embedding.
+      embedding_scale: multiplier of ``noise_cond``; None → 1000 (sinusoidal, for inputs in
+        [0, 1], like DDPM's step index) or 16 (fourier).
+      resblock_updown: resample with residual blocks (BigGAN/ADM) instead of a strided conv /
+        nearest-neighbour upsampling followed by a conv.
+      scale_shift: ADM's adaptive GroupNorm instead of adding the embedding.
+      num_classes: number of classes; 0 = unconditional.
+      out_channels: output channels; None → same as the input.
+      dtype: compute dtype (e.g. bfloat16 on GPU/TPU); params stay ``param_dtype``.
+    """
+    ch: int = 128
+    ch_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    dropout: float = 0.1
+    num_heads: int = 1
+    embedding: str = "sinusoidal"
+    embedding_scale: float | None = None
+    resblock_updown: bool = False
+    scale_shift: bool = False
+    num_classes: int = 0
+    out_channels: int | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, noise_cond: jnp.ndarray,
+                 label: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
+        if x.ndim != 4:
+            raise ValueError(f"UNet expects x of shape [B, H, W, C], got {x.shape}")
+        if noise_cond.shape != x.shape[:1]:
+            raise ValueError(f"noise_cond must have shape [B]={x.shape[:1]}, got "
+                             f"{noise_cond.shape}")
+        check_unet(x.shape[1:], ch=self.ch, ch_mult=self.ch_mult,
+                   num_res_blocks=self.num_res_blocks, attn_resolutions=self.attn_resolutions,
+                   num_heads=self.num_heads, dropout=self.dropout, embedding=self.embedding,
+                   embedding_scale=self.embedding_scale)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        block = lambda c, name, resample=None: ResBlock(  # noqa: E731
+            c, self.dropout, self.scale_shift, resample, name=name, **kw)
+        attn = lambda name: AttnBlock(self.num_heads, name=name, **kw)  # noqa: E731
+        last = len(self.ch_mult) - 1
+
+        temb = NoiseEmbedding(4 * self.ch, self.embedding, self.embedding_scale,
+                              self.num_classes, name="noise_embed", **kw)(noise_cond, label)
+        h = _conv(self.ch, self, name="conv_in")(x.astype(self.dtype))
+        skips = [h]
+        for i, mult in enumerate(self.ch_mult):
+            for j in range(self.num_res_blocks):
+                h = block(self.ch * mult, f"down_{i}_block_{j}")(h, temb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn(f"down_{i}_attn_{j}")(h)
+                skips.append(h)
+            if i != last:
+                if self.resblock_updown:
+                    h = block(h.shape[-1], f"down_{i}_resample", "down")(h, temb, train)
+                else:
+                    h = _conv(h.shape[-1], self, stride=2, name=f"down_{i}_resample")(h)
+                skips.append(h)
+
+        h = block(h.shape[-1], "mid_block_0")(h, temb, train)
+        h = attn("mid_attn")(h)
+        h = block(h.shape[-1], "mid_block_1")(h, temb, train)
+
+        for i, mult in reversed(list(enumerate(self.ch_mult))):
+            for j in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = block(self.ch * mult, f"up_{i}_block_{j}")(h, temb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn(f"up_{i}_attn_{j}")(h)
+            if i != 0:
+                if self.resblock_updown:
+                    h = block(h.shape[-1], f"up_{i}_resample", "up")(h, temb, train)
+                else:
+                    h = _conv(h.shape[-1], self, name=f"up_{i}_resample")(_upsample_nearest(h))
+
+        h = nn.silu(group_norm(h.shape[-1], self.dtype, self.param_dtype, name="norm_out")(h))
+        out = _conv(self.out_channels or x.shape[-1], self, zero=True, name="conv_out")(h)
+        return out.astype(jnp.float32)
