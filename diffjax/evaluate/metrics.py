@@ -1,0 +1,328 @@
+"""The metric registry: the one way a run or a sweep turns samples into numbers.
+
+Every sample metric compares generated samples with the held-out ``test`` split of the
+data set the model was trained on. A distance estimated from finitely many samples is not
+0 even for a perfect model, so each distance comes with its *floor*: the same distance,
+at the same sample size, between real ``train`` data and the same ``test`` split. A model
+is as good as real data when its value reaches the floor.
+
+==================  ============  ===========================================================
+name                data kinds    reports
+==================  ============  ===========================================================
+fd_classifier       image         ``fd_classifier``, ``fd_classifier_floor``: Fréchet distance
+                                  in the penultimate features of the data set's own CNN
+                                  (`classifier.load_or_train`)
+class_accuracy      image         ``class_accuracy``: that CNN's accuracy on class-conditional
+                                  samples against the labels they were conditioned on;
+                                  ``class_accuracy_real``: its accuracy on the test split
+                                  (the ceiling)
+sliced_wasserstein  points, image ``sliced_wasserstein``, ``sliced_wasserstein_floor``: SW_2
+mmd                 points, image ``mmd``, ``mmd_floor``: unbiased MMD^2, sum of RBF kernels
+fid_inception       image         ``fid_inception``: FID with the Inception weights of
+                                  ``config.eval.inception_weights`` (no floor: it would need
+                                  Inception features of the train split too)
+==================  ============  ===========================================================
+
+Decisions:
+
+* ``sliced_wasserstein`` and ``mmd`` also run on images, on raw pixels. They are weak judges
+  of images but need no learned feature space, so they are a cheap cross-check of the
+  feature-space numbers; their floors keep them honest. The MMD bandwidths come from the
+  median heuristic on real data (train subset and test pooled) and are shared by value and
+  floor, so that both use one kernel.
+* The feature-space metrics are refused on 2-D points: the classifier and Inception are
+  image networks, and for points the distances above compare the points themselves.
+* Sizes: with ``N`` samples and ``T`` train examples, ``n = min(N, T)``. Distances use ``n``
+  samples (a seeded subset if ``N > T``) and the floor ``n`` train examples, both against
+  the whole test split, except ``mmd``, whose cost is quadratic: it compares with one
+  seeded test subset of at most ``n`` points, shared by value and floor.
+  ``class_accuracy`` and ``fid_inception`` use all ``N`` samples.
+* Non-finite samples (a diverged sampler) give NaN values; floors are still reported.
+
+Likelihood hook: NLL / bits per dimension judge the *model*, not samples, so they are not
+computed here. Their names are reserved in `MODEL_METRICS` (so one ``config.eval.metrics``
+list can name both kinds and `validate` accepts them); `split_metrics` separates them, and
+the caller computes them with ``diffjax.likelihood`` on the test split and merges the
+dicts. `evaluate_samples` refuses them with a pointer there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import tempfile
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from diffjax.evaluate import classifier as classifier_lib
+from diffjax.evaluate import distances
+from diffjax.evaluate import frechet
+from diffjax.evaluate import inception as inception_lib
+
+__all__ = ["DATA_KINDS", "METRICS", "MODEL_METRICS", "Metric", "evaluate_samples",
+           "split_metrics", "validate"]
+
+# The data kinds of `diffjax.data.info(...).kind`.
+DATA_KINDS = ("image", "points")
+
+# Model metrics computed by `diffjax.likelihood`, not from samples (see module docstring).
+MODEL_METRICS: Mapping[str, str] = {
+    "bits_per_dim": "diffjax.likelihood.bits_per_dim on the test split",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A registered sample metric.
+
+    Attributes:
+      kinds: data kinds it applies to.
+      refusal: why it does not apply to the other kinds (shown by `validate`).
+      compute: ``compute(ctx) -> {key: value}``; the keys are listed in `reports`.
+      reports: the keys it adds to the result.
+      needs_labels: whether it needs the labels the samples were conditioned on.
+    """
+
+    kinds: tuple[str, ...]
+    refusal: str
+    compute: Callable[["_Context"], dict[str, float]]
+    reports: tuple[str, ...]
+    needs_labels: bool = False
+
+
+class _Context:
+    """What the metrics of one call share, each piece loaded once and only when needed."""
+
+    def __init__(self, samples: np.ndarray, labels: np.ndarray | None, dataset: str,
+                 cache_dir: str, data_dir: str | None, inception_weights: str | None,
+                 seed: int):
+        self.samples = samples
+        self.labels = labels
+        self.dataset = dataset
+        self.cache_dir = cache_dir
+        self.data_dir = data_dir
+        self.inception_weights = inception_weights
+        self.seed = seed
+        self.finite = bool(np.all(np.isfinite(samples)))
+
+    def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        from diffjax.data import load_arrays  # Deferred: data loading pulls in tfds.
+        return load_arrays(self.dataset, split, self.data_dir)
+
+    @functools.cached_property
+    def test(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._split("test")
+
+    @functools.cached_property
+    def paired(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(samples [n, ...], train [n, ...])`` with ``n = min(N, T)``, seeded subsets."""
+        train_x, _ = self._split("train")
+        n = min(self.samples.shape[0], train_x.shape[0])
+        rng = np.random.default_rng(self.seed)
+        samples = self.samples
+        if samples.shape[0] > n:
+            samples = samples[np.sort(rng.choice(samples.shape[0], n, replace=False))]
+        train = train_x[np.sort(rng.choice(train_x.shape[0], n, replace=False))]
+        return samples, train
+
+    @functools.cached_property
+    def classifier(self) -> classifier_lib.Classifier:
+        return classifier_lib.load_or_train(self.dataset, self.cache_dir,
+                                            data_dir=self.data_dir)
+
+    @functools.cached_property
+    def test_features(self) -> np.ndarray:
+        return self.classifier.features(self.test[0])
+
+    def on_samples(self, fn: Callable[..., float], *args) -> float:
+        """``fn(*args)`` of sample-dependent inputs, or NaN when the samples are not finite."""
+        return float(fn(*args)) if self.finite else float("nan")
+
+
+def _fd_classifier(ctx: _Context) -> dict[str, float]:
+    samples, train = ctx.paired
+    reference = frechet.gaussian_stats(ctx.test_features)
+
+    def fd(x: np.ndarray) -> float:
+        return frechet.frechet_distance(
+            *frechet.gaussian_stats(ctx.classifier.features(x)), *reference)
+
+    return {"fd_classifier": ctx.on_samples(fd, samples),
+            "fd_classifier_floor": fd(train)}
+
+
+def _class_accuracy(ctx: _Context) -> dict[str, float]:
+    test_x, test_y = ctx.test
+    return {"class_accuracy": ctx.on_samples(ctx.classifier.accuracy, ctx.samples, ctx.labels),
+            "class_accuracy_real": ctx.classifier.accuracy(test_x, test_y)}
+
+
+def _sliced_wasserstein(ctx: _Context) -> dict[str, float]:
+    samples, train = ctx.paired
+    test_x = ctx.test[0]
+    sw = functools.partial(distances.sliced_wasserstein, seed=ctx.seed)
+    return {"sliced_wasserstein": ctx.on_samples(sw, samples, test_x),
+            "sliced_wasserstein_floor": sw(train, test_x)}
+
+
+def _mmd(ctx: _Context) -> dict[str, float]:
+    samples, train = ctx.paired
+    test_x = ctx.test[0]
+    if test_x.shape[0] > samples.shape[0]:
+        # Quadratic cost: the reference shrinks to the sample size too (one subset, shared).
+        rng = np.random.default_rng(ctx.seed + 1)
+        test_x = test_x[np.sort(rng.choice(test_x.shape[0], samples.shape[0], replace=False))]
+    median = distances.median_bandwidth(train, test_x)
+    bandwidths = [median * s for s in distances.BANDWIDTH_SCALES]
+    mmd = functools.partial(distances.mmd, bandwidths=bandwidths)
+    return {"mmd": ctx.on_samples(mmd, samples, test_x), "mmd_floor": mmd(train, test_x)}
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _inception_reference(ctx: _Context, extractor: inception_lib.InceptionFeatures
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Test-split Inception statistics, cached per data set and weights file.
+
+    Written to a temporary file and renamed, so a concurrent reader never sees half a file.
+    """
+    name = f"inception_stats_{ctx.dataset}_{_file_digest(extractor.path)}.npz"
+    path = os.path.join(ctx.cache_dir, name)
+    if not os.path.isfile(path):
+        mu, cov = frechet.gaussian_stats(extractor(ctx.test[0]))
+        os.makedirs(ctx.cache_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=ctx.cache_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, mu=mu, cov=cov)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    with np.load(path) as stats:
+        return stats["mu"], stats["cov"]
+
+
+def _fid_inception(ctx: _Context) -> dict[str, float]:
+    extractor = inception_lib.load_inception(ctx.inception_weights)
+    reference = _inception_reference(ctx, extractor)
+
+    def fid(x: np.ndarray) -> float:
+        return frechet.frechet_distance(*frechet.gaussian_stats(extractor(x)), *reference)
+
+    return {"fid_inception": ctx.on_samples(fid, ctx.samples)}
+
+
+_FEATURE_REFUSAL = ("it embeds samples with an image network; for 2-D points use "
+                    "sliced_wasserstein or mmd, which compare the points themselves")
+
+METRICS: dict[str, Metric] = {
+    "fd_classifier": Metric(("image",), _FEATURE_REFUSAL, _fd_classifier,
+                            ("fd_classifier", "fd_classifier_floor")),
+    "class_accuracy": Metric(("image",), "the in-project classifier is an image CNN",
+                             _class_accuracy, ("class_accuracy", "class_accuracy_real"),
+                             needs_labels=True),
+    "sliced_wasserstein": Metric(DATA_KINDS, "", _sliced_wasserstein,
+                                 ("sliced_wasserstein", "sliced_wasserstein_floor")),
+    "mmd": Metric(DATA_KINDS, "", _mmd, ("mmd", "mmd_floor")),
+    "fid_inception": Metric(("image",), _FEATURE_REFUSAL, _fid_inception, ("fid_inception",)),
+}
+
+
+def _as_names(metrics: Sequence[str] | str) -> list[str]:
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    return list(dict.fromkeys(names))  # Drops repeats, keeps order.
+
+
+def split_metrics(metrics: Sequence[str] | str) -> tuple[list[str], list[str]]:
+    """``(sample metrics for evaluate_samples, model metrics for diffjax.likelihood)``."""
+    names = _as_names(metrics)
+    return ([m for m in names if m not in MODEL_METRICS],
+            [m for m in names if m in MODEL_METRICS])
+
+
+def validate(metrics: Sequence[str] | str, data_kind: str, *,
+             conditional: bool | None = None,
+             inception_weights: str | None = None) -> None:
+    """Checks a metric list before any compute; raises ValueError naming the problem.
+
+    Args:
+      metrics: metric names (`METRICS` or `MODEL_METRICS`).
+      data_kind: ``"image"`` or ``"points"``, as ``diffjax.data.info(dataset).kind``.
+      conditional: whether the samples will carry class labels; ``None`` skips the check.
+      inception_weights: the ``config.eval.inception_weights`` path, checked only when
+        ``fid_inception`` is asked for.
+
+    Raises:
+      ValueError: unknown name (the message lists the choices), a metric that does not
+        apply to ``data_kind`` (with the reason), or ``class_accuracy`` without labels.
+      MissingInceptionWeights: ``fid_inception`` without a weights file.
+    """
+    if data_kind not in DATA_KINDS:
+        raise ValueError(f"unknown data kind {data_kind!r}; choices: {list(DATA_KINDS)}")
+    for name in _as_names(metrics):
+        if name in MODEL_METRICS:
+            continue
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; choices: "
+                             f"{sorted(METRICS) + sorted(MODEL_METRICS)}")
+        metric = METRICS[name]
+        if data_kind not in metric.kinds:
+            raise ValueError(f"metric {name!r} does not apply to {data_kind} data: "
+                             f"{metric.refusal}")
+        if metric.needs_labels and conditional is False:
+            raise ValueError(f"metric {name!r} needs class-conditional samples and the "
+                             "labels they were conditioned on")
+        if name == "fid_inception":
+            inception_lib.check_weights_path(inception_weights)
+
+
+def evaluate_samples(samples: np.ndarray, *, metrics: Sequence[str], dataset: str,
+                     cache_dir: str, labels: np.ndarray | None = None,
+                     data_dir: str | None = None, inception_weights: str | None = None,
+                     seed: int = 0) -> dict[str, float]:
+    """Computes the requested sample metrics against the test split of ``dataset``.
+
+    Args:
+      samples: ``[N, *shape]`` generated samples, in the data's range (images in [-1, 1]).
+      metrics: names from `METRICS`; see the module docstring for what each reports.
+      dataset: the data set name known to ``diffjax.data``.
+      cache_dir: where the classifier and Inception reference statistics are cached.
+      labels: ``[N]`` int class labels the samples were conditioned on (``class_accuracy``).
+      data_dir: ``config.data.data_dir``.
+      inception_weights: ``config.eval.inception_weights`` (``fid_inception``).
+      seed: seeds the subsets and the sliced-Wasserstein directions.
+
+    Returns:
+      ``{key: float}`` with every key of every requested metric (values and floors).
+    """
+    from diffjax.data import info  # Deferred: data loading pulls in tfds.
+
+    sample_metrics, model_metrics = split_metrics(metrics)
+    if model_metrics:
+        raise ValueError(f"{model_metrics} judge the model, not samples: compute them with "
+                         f"{[MODEL_METRICS[m] for m in model_metrics]}")
+    data_info = info(dataset, data_dir)
+    validate(sample_metrics, data_info.kind, conditional=labels is not None,
+             inception_weights=inception_weights)
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim < 2 or tuple(samples.shape[1:]) != tuple(data_info.shape):
+        raise ValueError(f"samples of {dataset!r} must have shape [N, "
+                         f"{', '.join(map(str, data_info.shape))}], got {samples.shape}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != samples.shape[:1]:
+            raise ValueError(f"labels must have shape [{samples.shape[0]}], got {labels.shape}")
+    ctx = _Context(samples, labels, dataset, cache_dir, data_dir, inception_weights, seed)
+    results: dict[str, float] = {}
+    for name in sample_metrics:
+        results.update(METRICS[name].compute(ctx))
+    return results
