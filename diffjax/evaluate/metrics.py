@@ -92,6 +92,11 @@ class Metric:
     needs_labels: bool = False
 
 
+def _subset(size: int, n: int, seed: Sequence[int]) -> np.ndarray:
+    """Sorted indices of ``n`` of ``range(size)`` drawn without replacement."""
+    return np.sort(np.random.default_rng(seed).choice(size, n, replace=False))
+
+
 class _Context:
     """What the metrics of one call share, each piece loaded once and only when needed."""
 
@@ -117,14 +122,17 @@ class _Context:
 
     @functools.cached_property
     def paired(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(samples [n, ...], train [n, ...])`` with ``n = min(N, T)``, seeded subsets."""
+        """``(samples [n, ...], train [n, ...])`` with ``n = min(N, T)``, seeded subsets.
+
+        Each subset has its own random stream, so the floor's train subset depends only on
+        ``(seed, n)`` and trials of a sweep with equal sample counts share their floors.
+        """
         train_x, _ = self._split("train")
         n = min(self.samples.shape[0], train_x.shape[0])
-        rng = np.random.default_rng(self.seed)
+        train = train_x[_subset(train_x.shape[0], n, [self.seed, 0])]
         samples = self.samples
         if samples.shape[0] > n:
-            samples = samples[np.sort(rng.choice(samples.shape[0], n, replace=False))]
-        train = train_x[np.sort(rng.choice(train_x.shape[0], n, replace=False))]
+            samples = samples[_subset(samples.shape[0], n, [self.seed, 1])]
         return samples, train
 
     @functools.cached_property
@@ -172,8 +180,7 @@ def _mmd(ctx: _Context) -> dict[str, float]:
     test_x = ctx.test[0]
     if test_x.shape[0] > samples.shape[0]:
         # Quadratic cost: the reference shrinks to the sample size too (one subset, shared).
-        rng = np.random.default_rng(ctx.seed + 1)
-        test_x = test_x[np.sort(rng.choice(test_x.shape[0], samples.shape[0], replace=False))]
+        test_x = test_x[_subset(test_x.shape[0], samples.shape[0], [ctx.seed, 2])]
     median = distances.median_bandwidth(train, test_x)
     bandwidths = [median * s for s in distances.BANDWIDTH_SCALES]
     mmd = functools.partial(distances.mmd, bandwidths=bandwidths)
