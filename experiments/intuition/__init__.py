@@ -1,0 +1,4 @@
+"""The intuition gallery: figures computed by the library code that trains and samples.
+
+``python -m experiments.intuition --out=DIR [--only=NAME,...] [--fast]``; see README.md.
+"""
