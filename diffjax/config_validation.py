@@ -1,0 +1,231 @@
+"""Checks a run config before any compute: unknown keys, unknown names, impossible values.
+
+Every problem is a :class:`ConfigError` whose message is one line naming the key, the value
+and what is accepted, e.g.::
+
+    config.model.arch='resnet' is not valid; valid choices: unet, mlp
+    config.trainig is not a valid key; did you mean config.training?
+
+Valid keys are those of :func:`diffjax.configs.reference_config` (the defaults, with the keys
+of every arch under ``model``) plus, under ``path``, the keyword arguments of the named path.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Iterable, Optional
+
+import ml_collections
+
+from diffjax import configs, objectives, paths, targets
+from diffjax.denoiser import PRECONDITIONINGS
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot work; the message is one line."""
+
+
+def _choices_error(key: str, value: Any, choices: Iterable[str]) -> ConfigError:
+    choices = list(choices)
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"config.{key}={value!r} is not valid{hint}; valid choices: "
+                       f"{', '.join(map(str, choices))}")
+
+
+def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise _choices_error(key, value, choices)
+
+
+def _path_keys(name: str) -> set[str]:
+    params = inspect.signature(paths.PATHS[name].__init__).parameters
+    return {"name"} | {p for p in params if p != "self"}
+
+
+def unknown_key(key: str, valid: Iterable[str], prefix: str) -> ConfigError:
+    """The error for ``prefix + key`` not in ``valid``, naming the nearest valid key."""
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean config.{prefix}{close[0]}?" if close else ""
+    return ConfigError(f"config.{prefix}{key} is not a valid key{hint} (valid keys under "
+                       f"config.{prefix.rstrip('.') or '*'}: {', '.join(sorted(valid))})")
+
+
+def check_keys(config: ml_collections.ConfigDict,
+               reference: Optional[ml_collections.ConfigDict] = None) -> None:
+    """Raises ConfigError for the first key of ``config`` that the reference does not have."""
+    reference = configs.reference_config() if reference is None else reference
+    _check_keys(config, reference, "")
+
+
+def _check_keys(config: Any, reference: Any, prefix: str) -> None:
+    for key in config.keys():
+        if prefix == "path.":
+            valid = set()
+            for name in paths.PATHS:
+                valid |= _path_keys(name)
+        else:
+            valid = set(reference.keys())
+        if key not in valid:
+            raise unknown_key(key, valid, prefix)
+        value = config[key]
+        if prefix == "" and key == "path":
+            _check_keys(value, None, "path.")
+        elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+                reference.get(key), ml_collections.ConfigDict):
+            _check_keys(value, reference[key], f"{prefix}{key}.")
+
+
+def is_known_override(dotted: str) -> Optional[ConfigError]:
+    """None if ``--config.<dotted>`` names a valid key, else the error to report."""
+    reference = configs.reference_config()
+    node: Any = reference
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        prefix = "".join(p + "." for p in parts[:i])
+        if prefix == "path.":
+            valid = set().union(*(_path_keys(n) for n in paths.PATHS))
+            return None if part in valid else unknown_key(part, valid, prefix)
+        if not isinstance(node, ml_collections.ConfigDict):
+            return ConfigError(f"config.{prefix.rstrip('.')} is not a group; it has no key {part!r}")
+        if part not in node:
+            return unknown_key(part, node.keys(), prefix)
+        node = node[part]
+    return None
+
+
+# --------------------------------------------------------------------------- values
+def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (
+        value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"config.{key}={value!r} must be an int {bound}")
+
+
+def _in_range(key: str, value: Any, lo: float, hi: float) -> None:
+    if not isinstance(value, (int, float)) or not lo <= value < hi:
+        raise ConfigError(f"config.{key}={value!r} must be a number in [{lo}, {hi})")
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+    t = config.training
+    for key in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        _positive(f"training.{key}", t[key])
+    _positive("training.eval_every", t.eval_every, allow_zero=True)
+    _in_range("training.ema_decay", t.ema_decay, 0.0, 1.0)
+    _positive("data.batch_size", config.data.batch_size)
+    _positive("seed", config.seed, allow_zero=True)
+    _positive("optim.warmup_steps", config.optim.warmup_steps, allow_zero=True)
+    if not config.optim.lr > 0:
+        raise ConfigError(f"config.optim.lr={config.optim.lr!r} must be > 0")
+    if not config.optim.grad_clip >= 0:
+        raise ConfigError(f"config.optim.grad_clip={config.optim.grad_clip!r} must be >= 0 "
+                          "(0 disables clipping)")
+    for key in ("num_steps", "num_samples"):
+        _positive(f"sampling.{key}", config.sampling[key])
+    for key in ("num_samples", "batch_size"):
+        _positive(f"eval.{key}", config.eval[key])
+    _positive("parallel.fsdp_min_size", config.parallel.fsdp_min_size, allow_zero=True)
+
+
+def _check_names(config: ml_collections.ConfigDict) -> None:
+    from diffjax import models, parallel, train
+
+    check_choice("path.name", config.path.name, paths.PATHS)
+    check_choice("model.arch", config.model.arch, models.ARCHS)
+    check_choice("model.target", config.model.target, targets.TARGETS)
+    check_choice("model.preconditioning", config.model.preconditioning, PRECONDITIONINGS)
+    check_choice("loss.weighting", config.loss.weighting, objectives.WEIGHTINGS)
+    check_choice("loss.time_sampling", config.loss.time_sampling, objectives.TIME_SAMPLINGS)
+    check_choice("optim.optimizer", config.optim.optimizer, train.OPTIMIZERS)
+    check_choice("optim.schedule", config.optim.schedule, train.LR_SCHEDULES)
+    check_choice("training.nonfinite", config.training.nonfinite, train.NONFINITE_MODES)
+    check_choice("parallel.backend", config.parallel.backend, parallel.BACKENDS)
+    check_choice("parallel.param_sharding", config.parallel.param_sharding,
+                 parallel.PARAM_SHARDINGS)
+    _check_sampler(config.sampling)
+    if config.model.preconditioning == "edm" and config.model.target != "x0":
+        raise ConfigError(f"config.model.preconditioning='edm' needs config.model.target='x0' "
+                          f"(EDM's D is an x0 predictor), got config.model.target="
+                          f"{config.model.target!r}; valid choices: x0")
+    if config.parallel.param_sharding == "fsdp" and config.parallel.backend != "jit":
+        raise ConfigError("config.parallel.param_sharding='fsdp' needs config.parallel.backend="
+                          f"'jit', got {config.parallel.backend!r}; valid choices: jit")
+
+
+def _check_sampler(sampling_cfg: ml_collections.ConfigDict) -> None:
+    from diffjax import samplers
+
+    check_choice("sampling.sampler", sampling_cfg.sampler, samplers.SAMPLERS)
+    if sampling_cfg.grid is not None:
+        check_choice("sampling.grid", sampling_cfg.grid, samplers.GRIDS)
+
+
+def _check_metrics(config: ml_collections.ConfigDict, data_info: Any) -> None:
+    from diffjax import train
+    from diffjax.evaluate import metrics
+
+    names = train.metric_names(config, data_info.kind)
+    try:
+        metrics.validate(names, data_info.kind,
+                         conditional=bool(config.model.class_conditional),
+                         inception_weights=config.eval.inception_weights)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"config.eval.metrics={','.join(names)!r}: {e}") from None
+
+
+def _check_recipe(config: ml_collections.ConfigDict, data_info: Any) -> None:
+    """Builds the path, checks the network and the objective (all cheap, nothing traced)."""
+    from diffjax import models
+
+    kwargs = {k: v for k, v in config.path.items() if k != "name"}
+    try:
+        path = paths.get(config.path.name, **kwargs)
+    except ValueError as e:
+        raise ConfigError(f"config.path: {e}") from None
+    try:
+        models.validate(config.model, data_info.shape, data_info.num_classes)
+    except ValueError as e:
+        message = str(e)  # the models name their keys "model.<key>"
+        prefix = "config." if message.startswith("model.") else "config.model: "
+        raise ConfigError(prefix + message) from None
+    num_classes = data_info.num_classes if config.model.class_conditional else 0
+    try:
+        objectives.from_config(path, config.model.target, config.loss, num_classes=num_classes)
+    except ValueError as e:
+        raise ConfigError(f"config.loss: {e}") from None
+
+
+def validate(config: ml_collections.ConfigDict, *, process_count: int = 1):
+    """Checks everything that can be checked without devices; returns the data's DataInfo.
+
+    Raises:
+      ConfigError: the first problem found, as a one-line message.
+    """
+    from diffjax import data
+
+    check_keys(config)
+    _check_numbers(config)
+    _check_names(config)
+    try:
+        data_info = data.validate_config(config.data, process_count)
+    except ValueError as e:
+        message = str(e)
+        raise ConfigError(message if message.startswith("config.") else
+                          f"config.data: {message}") from None
+    _check_recipe(config, data_info)
+    _check_metrics(config, data_info)
+    return data_info
+
+
+def check_devices(config: ml_collections.ConfigDict, device_count: int,
+                  process_count: int = 1) -> None:
+    """The global batch must split evenly over all devices of all processes."""
+    batch = config.data.batch_size
+    if batch % device_count:
+        raise ConfigError(
+            f"config.data.batch_size={batch} (the global batch) is not divisible by the "
+            f"{device_count} devices ({process_count} process(es)); valid choices: multiples "
+            f"of {device_count}")

@@ -1,0 +1,190 @@
+"""The default run configuration and the recipe table every config file starts from.
+
+``default_config()`` holds every key a run reads, with its default; it is also the
+reference against which :mod:`diffjax.config_validation` checks a config for unknown keys.
+Config files under ``configs/`` call it, set the data and the network, and apply one entry
+of :data:`RECIPES` with :func:`apply_recipe`, so that the recipes of one config differ only
+in the keys the recipe names (path, target, preconditioning, weighting, time sampling and
+the sampler).
+
+Groups: ``data``, ``path`` (``name`` + the path's keyword arguments), ``model`` (``arch``,
+the recipe keys ``target``/``preconditioning``/``sigma_data``, the arch's keys), ``loss``
+(the :class:`diffjax.objectives.Objective` fields), ``optim``, ``training``, ``sampling``,
+``eval``, ``parallel`` and the top-level ``seed``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from diffjax import data as data_lib
+from diffjax import models
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def _optional(kind: type, value: Any = None) -> ml_collections.FieldReference:
+    """A field that may be None but takes ``kind`` from the command line."""
+    return ml_collections.FieldReference(value, field_type=kind)
+
+
+def default_model_config(arch: str = "unet") -> ConfigDict:
+    """``config.model`` for ``arch``: the network's keys plus the recipe keys."""
+    cfg = models.default_unet_config() if arch == "unet" else models.default_mlp_config()
+    cfg.target = "velocity"
+    cfg.preconditioning = "none"
+    cfg.sigma_data = 0.5
+    return cfg
+
+
+def default_loss_config() -> ConfigDict:
+    """``config.loss``: the fields of :class:`diffjax.objectives.Objective`."""
+    return ConfigDict({
+        "weighting": "mse",
+        "time_sampling": "uniform",
+        "t_min": _optional(float),
+        "t_max": _optional(float),
+        "num_timesteps": _optional(int),
+        "min_snr_gamma": 5.0,
+        "sigma_data": 0.5,
+        "p_mean": -1.2,
+        "p_std": 1.2,
+        "logit_mean": 0.0,
+        "logit_std": 1.0,
+        "label_dropout": 0.0,
+    })
+
+
+def default_config() -> ConfigDict:
+    """Every key a run reads, with its default (a flow-matching U-Net on digits)."""
+    config = ConfigDict()
+    config.seed = 0
+    config.data = data_lib.default_config()
+    config.path = ConfigDict({"name": "rectified_flow"})
+    config.model = default_model_config("unet")
+    config.loss = default_loss_config()
+    config.optim = ConfigDict({
+        "optimizer": "adamw",          # adam | adamw
+        "lr": 1e-3,
+        "b1": 0.9,
+        "b2": 0.999,
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "grad_clip": 1.0,              # global-norm clipping; 0 disables it
+        "warmup_steps": 100,           # linear warm-up from 0
+        "schedule": "constant",        # constant | cosine (decays to end_lr_factor * lr)
+        "end_lr_factor": 0.0,
+    })
+    config.training = ConfigDict({
+        "num_steps": 10_000,
+        "log_every": 100,
+        "eval_every": 5_000,           # also at the last step; 0 disables evaluation
+        "checkpoint_every": 1_000,     # also at the last step
+        "keep_checkpoints": 3,
+        "ema_decay": 0.999,
+        # EMA decay min(ema_decay, (1 + step) / (10 + step)): early EMA tracks the weights.
+        "ema_warmup": True,
+        "nonfinite": "skip",           # skip | stop
+        "progress_bar": True,
+    })
+    config.sampling = ConfigDict({
+        "sampler": "heun",
+        "num_steps": 50,
+        "guidance_scale": 1.0,
+        "num_samples": 64,
+        "grid": _optional(str),        # None = the sampler's own default grid
+        "seed": 1,
+    })
+    config.eval = ConfigDict({
+        # Comma-separated names of diffjax.evaluate.METRICS; "" = the default for the data
+        # kind (fd_classifier for images, sliced_wasserstein,mmd for points).
+        "metrics": "",
+        "num_samples": 1000,
+        "batch_size": 500,
+        "cache_dir": _optional(str),   # None = ~/.cache/diffjax/eval
+        "inception_weights": _optional(str),  # local .npz, for fid_inception
+    })
+    config.parallel = ConfigDict({
+        "backend": "jit",              # jit | pmap
+        "param_sharding": "replicated",  # replicated | fsdp
+        "fsdp_min_size": 2**18,        # parameters with fewer elements stay replicated
+    })
+    return config
+
+
+def reference_config() -> ConfigDict:
+    """The default config with the keys of every arch in ``model``: the set of valid keys."""
+    config = default_config()
+    with config.unlocked():
+        for key, value in default_model_config("mlp").items():
+            if key not in config.model:
+                config.model[key] = value
+    return config
+
+
+# The recipe keys of each formulation; everything else in a config is shared.
+RECIPES: dict[str, dict[str, Any]] = {
+    # Ho et al. 2020: discrete VP path, eps target, L_simple, DDIM sampling.
+    "ddpm": {
+        "path": {"name": "ddpm"},
+        "model": {"target": "eps", "preconditioning": "none"},
+        "loss": {"weighting": "mse", "time_sampling": "discrete"},
+        "sampling": {"sampler": "ddim"},
+    },
+    # Song et al. 2021, VE SDE: score target with lambda(t) = sigma^2 (the eps weighting),
+    # predictor-corrector sampling.
+    "score_ve": {
+        "path": {"name": "ve"},
+        "model": {"target": "score", "preconditioning": "none"},
+        "loss": {"weighting": "eps", "time_sampling": "uniform"},
+        "sampling": {"sampler": "pc"},
+    },
+    # Song et al. 2021, VP SDE (continuous DDPM): score target, reverse-SDE sampling.
+    "score_vp": {
+        "path": {"name": "vp_linear"},
+        "model": {"target": "score", "preconditioning": "none"},
+        "loss": {"weighting": "eps", "time_sampling": "uniform"},
+        "sampling": {"sampler": "euler_maruyama"},
+    },
+    # Lipman et al. 2022 / Liu et al. 2022: straight path, velocity target, ODE sampling.
+    "flow": {
+        "path": {"name": "rectified_flow"},
+        "model": {"target": "velocity", "preconditioning": "none"},
+        "loss": {"weighting": "mse", "time_sampling": "uniform"},
+        "sampling": {"sampler": "heun"},
+    },
+    # Karras et al. 2022: preconditioned x0 model, EDM weighting, log-normal noise levels,
+    # EDM's Heun sampler on the rho = 7 grid. The network sees
+    # c_noise = log(sigma)/4, a range of about 2.6, hence Fourier features.
+    "edm": {
+        "path": {"name": "edm"},
+        "model": {"target": "x0", "preconditioning": "edm", "embedding": "fourier"},
+        "loss": {"weighting": "edm", "time_sampling": "lognormal"},
+        "sampling": {"sampler": "edm"},
+    },
+}
+
+
+def apply_recipe(config: ConfigDict, recipe: str, **path_kwargs: Any) -> ConfigDict:
+    """Sets the recipe keys of ``config`` in place (and returns it).
+
+    ``path_kwargs`` add keyword arguments of the recipe's path (e.g. ``sigma_max`` for a VE
+    path matched to the data's scale); they become ``config.path`` keys.
+
+    Raises:
+      ValueError: unknown recipe.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
+    with config.unlocked():
+        for group, values in RECIPES[recipe].items():
+            if group == "path":
+                config.path = ConfigDict({**values, **path_kwargs})
+            else:
+                config[group].update(values)
+    return config
+
+
+def recipe_names() -> tuple[str, ...]:
+    return tuple(RECIPES)

@@ -1,0 +1,130 @@
+"""Training throughput of the one train step: steps/s, examples/s and achieved FLOP/s.
+
+    python experiments/benchmarks/train_throughput.py [--models=digits,cifar10_ddpmpp]
+        [--batch_size=N] [--steps=20]
+
+For each config it builds the run exactly as ``diffjax.main`` would (recipe, optimizer, EMA,
+data-parallel ``jax.jit`` over all local devices), times ``--steps`` steps on a fixed random
+batch (the input pipeline is not measured), and reads the step's FLOPs from XLA's cost
+analysis of the compiled step. The device's peak is *measured*: the best FLOP/s of a large
+jitted float32 matmul. Prints one markdown table.
+
+On CPU the CIFAR-size U-Net runs at batch 8 unless ``--batch_size`` says otherwise (at its
+published batch of 128 one step takes about a minute on two cores).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax import parallel, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CPU_BATCH = {"cifar10_ddpmpp": 8, "cifar10_edm": 8}
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs",
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(None)
+
+
+def matmul_peak(sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
+    """Best FLOP/s of an ``n x n`` float32 matmul over ``sizes`` (all local devices via jit)."""
+    best = 0.0
+    for n in sizes:
+        a = jnp.ones((n, n), jnp.float32)
+        f = jax.jit(lambda a: a @ a)
+        f(a).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = f(a)
+        out.block_until_ready()
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+def step_flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis["flops"])
+
+
+def benchmark(name: str, batch_size: int, steps: int) -> dict:
+    """Times the train step of config ``name``; returns one table row."""
+    from diffjax import data
+
+    config = load_config(name)
+    on_cpu = jax.default_backend() == "cpu"
+    config.data.batch_size = batch_size or (CPU_BATCH.get(name, config.data.batch_size)
+                                            if on_cpu else config.data.batch_size)
+    b = config.data.batch_size
+    info = data.info(config.data.dataset)
+    recipe = train.build(config, info)
+    mesh = parallel.make_mesh()
+    _, shardings = train.setup_state(recipe, config, mesh)
+    state = jax.jit(lambda: train.init_state(recipe, config.seed), out_shardings=shardings)()
+    rng = np.random.default_rng(0)
+    batch = parallel.global_batch({
+        "x": rng.uniform(-1, 1, (b, *info.shape)).astype(np.float32),
+        "label": rng.integers(0, info.num_classes, b).astype(np.int32)}, mesh)
+    step = jax.jit(train.make_train_step(recipe),
+                   in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    state, metrics = compiled(state, batch)  # warm-up
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    seconds = (time.perf_counter() - start) / steps
+    params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    return dict(name=name, params=params, batch=b, shape=info.shape, compile_s=compile_s,
+                steps_per_s=1 / seconds, examples_per_s=b / seconds,
+                flops=step_flops(compiled) / seconds)
+
+
+def machine() -> str:
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    if jax.default_backend() == "cpu":
+        kind = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
+    return f"{len(devices)} x {kind}, jax {jax.__version__}, backend {jax.default_backend()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="digits,cifar10_ddpmpp",
+                        help="comma-separated config names under configs/")
+    parser.add_argument("--batch_size", type=int, default=0,
+                        help="global batch; 0 = the config's (8 for CIFAR U-Nets on CPU)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    args = parser.parse_args()
+
+    peak = matmul_peak()
+    rows = [benchmark(name, args.batch_size, args.steps) for name in args.models.split(",")]
+    print(f"\nMachine: {machine()}. Measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s.\n")
+    print("| config | params | batch | compile (s) | steps/s | examples/s | GFLOP/s | "
+          "of matmul peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} ({'x'.join(map(str, r['shape']))}) | {r['params'] / 1e6:.2f}M | "
+              f"{r['batch']} | {r['compile_s']:.0f} | {r['steps_per_s']:.2f} | "
+              f"{r['examples_per_s']:.0f} | {r['flops'] / 1e9:.1f} | "
+              f"{100 * r['flops'] / peak:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
