@@ -1,15 +1,18 @@
 """The README's main job: 8x8 digits with a small U-Net, a few minutes on a 2-core CPU.
 
     python -m diffjax.main --config=configs/digits.py --workdir=runs/digits
-    python -m diffjax.main --config=configs/digits.py:edm --workdir=runs/digits_edm
+    python -m diffjax.main --config=configs/digits.py:flow --workdir=runs/digits_flow
 
-Recipes (the part after ``:``): ddpm, score_ve, score_vp, flow (default), edm -- identical
-apart from the keys ``diffjax.configs.RECIPES`` lists.
+Recipes (the part after ``:``): ddpm, score_ve, score_vp, flow, edm (default) -- identical
+apart from the keys ``diffjax.configs.RECIPES`` lists. At this budget (1300 steps, 30 model
+evaluations to sample) EDM gives the best samples; fd_classifier of 500 samples (real-data
+floor 2.35): edm 2.95, score_vp 3.52, ddpm 3.93, flow 3.97, score_ve 24 (its
+predictor-corrector sampler needs more steps: 2.64 with 200).
 """
 from diffjax import configs
 
 
-def get_config(recipe: str = "flow"):
+def get_config(recipe: str = "edm"):
     config = configs.default_config()
     config.data.dataset = "digits"
     config.data.batch_size = 128
@@ -33,5 +36,5 @@ def get_config(recipe: str = "flow"):
     config.eval.num_samples = 500
     # Digits in [-1, 1]^64 lie within a distance of about 16 of each other: sigma_max = 20
     # covers them (Song & Ermon 2020, technique 1) without wasting steps at huge noise.
-    return configs.apply_recipe(config, recipe or "flow",
+    return configs.apply_recipe(config, recipe or "edm",
                                 **({"sigma_max": 20.0} if recipe == "score_ve" else {}))

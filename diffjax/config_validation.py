@@ -39,9 +39,12 @@ def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
         raise _choices_error(key, value, choices)
 
 
-def _path_keys(name: str) -> set[str]:
-    params = inspect.signature(paths.PATHS[name].__init__).parameters
-    return {"name"} | {p for p in params if p != "self"}
+def _path_keys() -> set[str]:
+    """``name`` and every keyword of every path (the named path checks its own in paths.get)."""
+    keys = {"name"}
+    for cls in paths.PATHS.values():
+        keys |= {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
+    return keys
 
 
 def unknown_key(key: str, valid: Iterable[str], prefix: str) -> ConfigError:
@@ -61,12 +64,7 @@ def check_keys(config: ml_collections.ConfigDict,
 
 def _check_keys(config: Any, reference: Any, prefix: str) -> None:
     for key in config.keys():
-        if prefix == "path.":
-            valid = set()
-            for name in paths.PATHS:
-                valid |= _path_keys(name)
-        else:
-            valid = set(reference.keys())
+        valid = _path_keys() if prefix == "path." else set(reference.keys())
         if key not in valid:
             raise unknown_key(key, valid, prefix)
         value = config[key]
@@ -85,7 +83,7 @@ def is_known_override(dotted: str) -> Optional[ConfigError]:
     for i, part in enumerate(parts):
         prefix = "".join(p + "." for p in parts[:i])
         if prefix == "path.":
-            valid = set().union(*(_path_keys(n) for n in paths.PATHS))
+            valid = _path_keys()
             return None if part in valid else unknown_key(part, valid, prefix)
         if not isinstance(node, ml_collections.ConfigDict):
             return ConfigError(f"config.{prefix.rstrip('.')} is not a group; it has no key {part!r}")

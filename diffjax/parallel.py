@@ -160,6 +160,20 @@ def any_process(flag: bool) -> bool:
 
 
 # --------------------------------------------------------------------------- backends
+def _with_global_state(pmapped: StepFn, mesh: Mesh) -> StepFn:
+    """Multi-host pmap takes and returns host-local arrays; the loop and orbax keep global
+    ones, so the (replicated) state and metrics are converted at the boundary."""
+    spec = P()
+
+    def step(state, batch):
+        local = multihost_utils.global_array_to_host_local_array(state, mesh, spec)
+        state, metrics = pmapped(local, batch)
+        return (multihost_utils.host_local_array_to_global_array(state, mesh, spec),
+                multihost_utils.host_local_array_to_global_array(metrics, mesh, spec))
+
+    return step
+
+
 def compile_step(make_step: Callable[[Optional[str]], StepFn], *, backend: str, mesh: Mesh,
                  state_sharding: Any) -> tuple[StepFn, Callable[[dict], Any]]:
     """Compiles the train step for ``backend``; returns ``(step, put_batch)``.
@@ -184,5 +198,7 @@ def compile_step(make_step: Callable[[Optional[str]], StepFn], *, backend: str, 
         def put_batch(local):
             return {k: np.reshape(v, (n, v.shape[0] // n) + v.shape[1:]) for k, v in local.items()}
 
+        if jax.process_count() > 1:
+            step = _with_global_state(step, mesh)
         return step, put_batch
     raise ValueError(f"Unknown parallel.backend {backend!r}; valid choices: {', '.join(BACKENDS)}")

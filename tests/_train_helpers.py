@@ -5,10 +5,13 @@ As a script (from the repository root)::
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python tests/_train_helpers.py devices OUT DATA_DIR
     python tests/_train_helpers.py host PORT PROCESS_ID OUT DATA_DIR     # one per process
+    python tests/_train_helpers.py paper OUT
 
 ``devices`` trains the tiny config on 8 simulated CPU devices with jit (replicated and FSDP
 parameters, dropout on) and with pmap (dropout off and on); ``host`` is one of two processes of a multi-host run fed by
-:class:`GlobalStream`. Each run leaves ``metrics.jsonl`` in its own directory under OUT.
+:class:`GlobalStream`, trained with jit and then with pmap. Each run leaves ``metrics.jsonl`` in its own directory under OUT. ``paper`` takes one train
+step of configs/cifar10_ddpmpp.py at full size (batch 2) on mock CIFAR-10 and writes
+``OUT/paper.json``.
 """
 from __future__ import annotations
 
@@ -140,7 +143,56 @@ def _host(port: int, process_id: int, out: str, data_dir: str) -> None:
     parallel.initialize(f"127.0.0.1:{port}", 2, process_id)
     from diffjax import train
 
-    train.train(tiny_config(data_dir), out, batches_fn=GlobalStream)
+    for backend in ("jit", "pmap"):
+        train.train(tiny_config(data_dir, **{"parallel.backend": backend}),
+                    os.path.join(out, backend), batches_fn=GlobalStream)
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``configs/<name>.py``'s ``get_config(arg)``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs",
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def paper_setup(name: str, data_dir: str):
+    """A paper-scale config (batch 2), one mock CIFAR-10 batch, its recipe, mesh and state
+    shapes/shardings."""
+    import tensorflow_datasets as tfds
+
+    from diffjax import config_validation, parallel, train
+
+    config = load_config(name)
+    config.data.update(data_dir=data_dir, batch_size=2, num_workers=0)
+    with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+        info = config_validation.validate(config)
+        batch = next(train.default_batches(config, 0, 1))
+    recipe = train.build(config, info)
+    mesh = parallel.make_mesh()
+    abstract, shardings = train.setup_state(recipe, config, mesh)
+    return config, info, batch, recipe, mesh, abstract, shardings
+
+
+def _paper(out: str) -> None:
+    import jax
+
+    from diffjax import parallel, train
+
+    config, info, batch, recipe, mesh, _, shardings = paper_setup("cifar10_ddpmpp", out)
+    state = jax.jit(lambda: train.init_state(recipe, config.seed), out_shardings=shardings)()
+    step, put_batch = parallel.compile_step(lambda axis: train.make_train_step(recipe, axis),
+                                            backend="jit", mesh=mesh, state_sharding=shardings)
+    new_state, metrics = step(state, put_batch(batch))
+    result = {"shape": list(info.shape), "batch_shape": list(batch["x"].shape),
+              "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
+              "step": int(new_state.step),
+              **{k: float(metrics[k]) for k in ("loss", "grad_norm", "skipped")}}
+    with open(os.path.join(out, "paper.json"), "w") as f:
+        json.dump(result, f)
 
 
 if __name__ == "__main__":
@@ -149,5 +201,7 @@ if __name__ == "__main__":
         _devices(*args)
     elif mode == "host":
         _host(int(args[0]), int(args[1]), *args[2:])
+    elif mode == "paper":
+        _paper(*args)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
