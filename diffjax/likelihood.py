@@ -145,7 +145,8 @@ def log_likelihood(model_fn: Callable, path: Path, x: Array, key: Optional[Array
     """
     targets_lib.check_target(target)
     if divergence not in DIVERGENCES:
-        raise ValueError(f"Unknown divergence {divergence!r}; valid choices: {', '.join(DIVERGENCES)}")
+        raise ValueError(f"Unknown divergence {divergence!r}; valid choices: "
+                         f"{', '.join(DIVERGENCES)}")
     if probe not in PROBES:
         raise ValueError(f"Unknown probe {probe!r}; valid choices: {', '.join(PROBES)}")
     if divergence == "hutchinson":
@@ -170,7 +171,7 @@ def log_likelihood(model_fn: Callable, path: Path, x: Array, key: Optional[Array
 
 
 def dequantize(x_uint8: Array, key: Array, dtype=None) -> Array:
-    """``y = (k + u) / 127.5 - 1``, ``u ~ U(0, 1)``: 8-bit integers to continuous data in [-1, 1 + 1/127.5)."""
+    """``y = (k + u) / 127.5 - 1``, ``u ~ U(0, 1)``: 8-bit integers to data in [-1, 1 + 1/127.5)."""
     dtype = dtype or jnp.result_type(float)
     u = jax.random.uniform(key, jnp.shape(x_uint8), dtype)
     return (jnp.asarray(x_uint8, dtype) + u) / 127.5 - 1.0

@@ -18,7 +18,7 @@ from diffjax.samplers import SAMPLERS
 RING = analytic.GaussianMixture.ring()
 DETERMINISTIC = [("ddim", {}, 9), ("euler", {}, 9), ("heun", {}, 9), ("rk4", {}, 9),
                  ("edm", {}, 9), ("dpm_solver++", {"order": 3}, 9),  # runs orders 1, 2, 3
-                 ("adaptive", {}, 400)]
+                 ("unipc", {"order": 3}, 9), ("adaptive", {}, 400)]
 _CALLS = {}
 
 
@@ -33,7 +33,8 @@ def _model(path_name, target):
 
     It counts its evaluations at run time (a debug callback), for the NFE checks.
     """
-    exact, calls = RING.model_fn(_path(path_name), target), _CALLS.setdefault((path_name, target), [])
+    exact = RING.model_fn(_path(path_name), target)
+    calls = _CALLS.setdefault((path_name, target), [])
 
     def fn(x, t):
         jax.debug.callback(lambda: calls.append(1))
@@ -103,6 +104,56 @@ def test_every_target_gives_the_same_deterministic_samples(sampler, options, num
 def test_documented_nfe_is_counted_at_run_time(sampler, num_steps, options, nfe, x64):
     _, info, calls = _counted("vp_linear", "eps", sampler, num_steps, **options)
     assert calls == info.nfe == nfe
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc_coefficients_integrate_polynomials_exactly(order, variant, x64):
+    """UniP of order p is exact when x0_hat is a polynomial of degree p - 1 in lambda, UniC
+    (one more point) of degree p: the order conditions of Zhao et al. 2023 (eq. 8), against
+    quadrature."""
+    from scipy.integrate import quad
+    from diffjax.samplers.unipc import _rhos
+    lam_t, h, r1, r2 = 0.3, 0.7, -0.8, -1.9  # previous points at lam_t + r h
+    coef = np.array([0.4, -1.3, 0.8, 0.5])
+
+    def exact_update(degree):
+        """x_s - (sigma_s/sigma_t) x_t for alpha_s = 1, by quadrature."""
+        poly = lambda lam: np.polyval(coef[-degree - 1:], lam)
+        return quad(lambda lam: np.exp(lam - lam_t - h) * poly(lam), lam_t, lam_t + h)[0]
+
+    def update(degree, corrector):
+        poly = lambda lam: np.polyval(coef[-degree - 1:], lam)
+        m0, m1, m2, ms = (poly(lam_t + r * h) for r in (0.0, r1, r2, 1.0))
+        pred, corr, b_h = _rhos(jnp.asarray(h), jnp.asarray(r1), jnp.asarray(r2),
+                                jnp.asarray(order), variant)
+        d1, d2 = (m1 - m0) / r1, (m2 - m0) / r2
+        rho = corr if corrector else pred
+        extra = rho[2] * (ms - m0) if corrector else 0.0
+        return float(-jnp.expm1(-h) * m0 - b_h * (rho[0] * d1 + rho[1] * d2 + extra))
+
+    # UniP-2 and UniC-1 take rho = 1/2 (the reference code's h -> 0 limit of the solution):
+    # accurate to their order but not exact, so they are not checked here.
+    if order != 2:
+        np.testing.assert_allclose(update(order - 1, False), exact_update(order - 1), rtol=1e-10)
+    if order != 1:
+        np.testing.assert_allclose(update(order, True), exact_update(order), rtol=1e-10)
+
+
+def test_explicit_and_tuned_grids(x64):
+    """An explicit grid is used as given; a grid fitted on pilot noise brings a 5-step solver
+    closer to the ODE's own solution on fresh noise (the quantity it minimises)."""
+    from diffjax.samplers.tuning import optimise_grid
+    path, model = _path("vp_linear"), _model("vp_linear", "x0")
+    _, info = _sample("vp_linear", "x0", "unipc", 5, return_info=True)
+    same = _sample("vp_linear", "x0", "unipc", 5, grid=info.ts)
+    np.testing.assert_array_equal(same, _sample("vp_linear", "x0", "unipc", 5))
+    ts = optimise_grid(model, path, (128, 2), jax.random.PRNGKey(11), target="x0",
+                       sampler="unipc", num_steps=5, iterations=60)
+    assert ts[0] == info.ts[0] and ts[-1] == info.ts[-1] and bool(jnp.all(jnp.diff(ts) < 0))
+    ref = _reference()  # from the evaluation noise (key 0), not the pilot noise (key 11)
+    err = lambda x: float(jnp.sqrt(jnp.mean((x - ref) ** 2)))
+    assert err(_sample("vp_linear", "x0", "unipc", 5, grid=ts)) < 0.8 * err(same)
 
 
 # -- convergence ---------------------------------------------------------------------------

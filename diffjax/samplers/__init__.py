@@ -9,24 +9,32 @@ step. Time runs data -> noise, so samplers integrate from ``t_max`` down to ``t_
 and, with ``denoise_to_zero``, one final evaluation that returns ``x0_hat(x_{t_min}, t_min)``
 (the last step "to data": exactly the DDPM / DDIM / Euler-in-``sigma`` step to ``sigma = 0``).
 
-==================  =======================================  ==============  =========  ================================
-sampler             options (defaults)                       default grid    denoise    NFE (``d`` = denoise_to_zero)
-==================  =======================================  ==============  =========  ================================
-``ddpm``            --                                       uniform         yes        ``num_steps``; K = n - d
-``ddim``            ``eta=0.0``                              uniform         yes        ``num_steps``; K = n - d
-``euler_maruyama``  --                                       uniform         yes        ``num_steps``; K = n - d
-``pc``              ``snr=0.16, corrector_steps=1``          uniform         yes        ``K (1 + c) + d``, K = (n-d)//(1+c)
-``euler``           --                                       uniform         yes        ``num_steps``; K = n - d
-``heun``            --                                       uniform         yes        ``num_steps``; K = ceil((n-d)/2),
-                                                                                        last interval Euler if n-d odd
-``rk4``             --                                       uniform         yes        ``4K + d``, K = (n-d)//4
-``edm``             ``s_churn=0, s_tmin=0, s_tmax=inf,``     karras          yes        as ``heun``
-                    ``s_noise=1``
-``dpm_solver++``    ``order=2, lower_order_final=True,``     logsnr          no         ``num_steps``; K = n - d
-                    ``sde=False``
-``adaptive``        ``rtol=1e-5, atol=1e-5``                 (none)          no         chosen by the solver, at most
-                                                                                        ``num_steps``; returned in info
-==================  =======================================  ==============  =========  ================================
+==============  ===================================  ========  ==  ==========================
+sampler         options (defaults)                   grid      d   NFE (n = num_steps)
+==============  ===================================  ========  ==  ==========================
+ddpm            --                                   uniform   1   n; K = n - d
+ddim            eta=0.0                              uniform   1   n; K = n - d
+euler_maruyama  --                                   uniform   1   n; K = n - d
+pc              snr=0.16, corrector_steps=1 (c)      uniform   1   K (1+c) + d; K = (n-d)//(1+c)
+euler           --                                   uniform   1   n; K = n - d
+heun            --                                   uniform   1   n; K = ceil((n-d)/2), the
+                                                                   last interval Euler if n-d
+                                                                   is odd
+rk4             --                                   uniform   1   4K + d; K = (n-d)//4
+edm             s_churn=0, s_tmin=0, s_tmax=inf,     karras    1   as heun
+                s_noise=1
+dpm_solver++    order=2, lower_order_final=True,     logsnr    0   n; K = n - d
+                sde=False
+unipc           order=3, variant="bh2",              logsnr    0   n; K = n - d
+                lower_order_final=True
+adaptive        rtol=1e-5, atol=1e-5                 --        0   chosen by the solver, at
+                                                                   most n; in SampleInfo.nfe
+==============  ===================================  ========  ==  ==========================
+
+``d`` is the default of ``denoise_to_zero``, each paper's own convention (DDPM's last step,
+DDIM's step to ``alpha = 1``, score-SDE's noise removal and EDM's final Euler step all return
+``x0_hat``; DPM-Solver++ and UniPC stop at ``t_min``). With ``num_steps = T`` and
+``t_min = 1/T`` the ``ddpm`` sampler on the ``ddpm`` path is Ho et al.'s sampler exactly.
 
 Options every sampler takes:
 
@@ -47,14 +55,15 @@ Options every sampler takes:
   the starting noise) or ``"fresh"`` (a new draw each step). The returned sample equals
   ``known`` where ``mask = 1``. Not with ``adaptive``.
 
-Fixed-step samplers also take ``grid`` (:mod:`.grids`: uniform, quadratic, logsnr, karras)
-and ``rho`` (karras, default 7).
+Fixed-step samplers also take ``grid`` (:mod:`.grids`: uniform, quadratic, logsnr, karras,
+or an explicit decreasing array of ``K + 1`` times, e.g. from :func:`.tuning.optimise_grid`;
+it then sets ``t_max`` and ``t_min``) and ``rho`` (karras, default 7).
 
 Unknown samplers, grids or options, ``num_steps < 1`` and a path/target/sampler pair that
 cannot work on ``[t_min, t_max]`` raise ``ValueError`` before any compute, naming the problem
 and the valid choices. In particular ``alpha(t_max) = 0`` (rectified flow at ``t = 1``) leaves
 ``x0_hat`` undefined for ``eps``/``score`` models, and log-SNR based samplers and grids
-(``dpm_solver++``, ``edm``, ``euler_maruyama``, ``pc``, ``logsnr``, ``karras``) need
+(``dpm_solver++``, ``unipc``, ``edm``, ``euler_maruyama``, ``pc``, ``logsnr``, ``karras``) need
 ``alpha(t_max) > 0`` and ``sigma(t_min) > 0``: pass e.g. ``t_max=0.999`` there.
 
 Jitted runs are cached on ``(sampler, model_fn, path, target, shape, plan, options)``: reuse
@@ -73,7 +82,7 @@ import jax.numpy as jnp
 from diffjax import targets as targets_lib
 from diffjax.paths import Path
 from diffjax.samplers import adaptive as adaptive_lib
-from diffjax.samplers import ancestral, dpm_solver, edm, guidance, ode, sde
+from diffjax.samplers import ancestral, dpm_solver, edm, guidance, ode, sde, unipc
 from diffjax.samplers.base import Plan, Problem
 from diffjax.samplers.grids import GRIDS, LOGSNR_GRIDS, check_grid, time_grid
 
@@ -125,6 +134,13 @@ def _check_dpm(opts):
                          "got order=3")
 
 
+def _check_unipc(opts):
+    if opts["order"] not in (1, 2, 3):
+        raise ValueError(f"option order must be one of 1, 2, 3; got {opts['order']!r}")
+    if opts["variant"] not in ("bh1", "bh2"):
+        raise ValueError(f"option variant must be 'bh1' or 'bh2', got {opts['variant']!r}")
+
+
 def _check_tolerances(opts):
     for name in ("rtol", "atol"):
         if not opts[name] > 0:
@@ -168,6 +184,9 @@ SAMPLERS: dict[str, Sampler] = {
                             {"order": 2, "lower_order_final": True, "sde": False},
                             finite_logsnr=True, grid="logsnr", denoise_to_zero=False,
                             check=_check_dpm, stochastic=lambda opts: opts["sde"]),
+    "unipc": Sampler(unipc.unipc, {"order": 3, "variant": "bh2", "lower_order_final": True},
+                     finite_logsnr=True, grid="logsnr", denoise_to_zero=False,
+                     check=_check_unipc),
     "adaptive": Sampler(adaptive_lib.adaptive, {"rtol": 1e-5, "atol": 1e-5},
                         evaluates_at_t_min=True, fixed_step=False, denoise_to_zero=False,
                         check=_check_tolerances),
@@ -190,8 +209,16 @@ def _resolve(sampler: str, spec: Sampler, options: dict) -> dict:
         raise ValueError(f"Sampler {sampler!r} got unknown option(s) {unknown}; it takes: "
                          f"{', '.join(sorted(accepted))}")
     opts = dict(accepted, **options)
-    if spec.fixed_step:
+    if spec.fixed_step and isinstance(opts["grid"], str):
         check_grid(opts["grid"], opts["rho"])
+    elif spec.fixed_step:
+        ts = jnp.asarray(opts["grid"])
+        if ts.ndim != 1 or ts.shape[0] < 1 or not bool(jnp.all(jnp.diff(ts) < 0)):
+            raise ValueError("an explicit grid must be a 1-d array of strictly decreasing times "
+                             f"(t_max ... t_min), got {ts}")
+        if opts["t_min"] is not None or opts["t_max"] is not None:
+            raise ValueError("an explicit grid sets t_max and t_min itself; do not pass them")
+        opts["t_max"], opts["t_min"] = float(ts[0]), float(ts[-1])
     elif opts["return_trajectory"]:
         raise ValueError(f"Sampler {sampler!r} does not take return_trajectory: its steps are "
                          "chosen at run time")
@@ -208,7 +235,8 @@ def _check_guidance_and_editing(sampler: str, spec: Sampler, opts: dict, shape: 
     w = 1.0 if opts["guidance_scale"] is None else opts["guidance_scale"]
     if opts["label"] is not None:
         if tuple(jnp.shape(opts["label"])) != tuple(shape[:1]):
-            raise ValueError(f"label must have shape {tuple(shape[:1])}, got {jnp.shape(opts['label'])}")
+            raise ValueError(f"label must have shape {tuple(shape[:1])}, got "
+                             f"{jnp.shape(opts['label'])}")
         if w != 1.0 and not isinstance(opts["num_classes"], int):
             raise ValueError("classifier-free guidance (guidance_scale != 1) needs num_classes, "
                              "the null label of the conditional model")
@@ -246,10 +274,12 @@ def _check_domain(sampler: str, spec: Sampler, path: Path, target: str, opts: di
             f"sigma = 0 on {path.name}, and {sampler!r} evaluates the model there: pass "
             "t_min > 0")
     needs = ([f"sampler {sampler!r}"] if spec.finite_logsnr else []) + \
-        ([f"grid {opts['grid']!r}"] if spec.fixed_step and opts["grid"] in LOGSNR_GRIDS else [])
+        ([f"grid {opts['grid']!r}"] if spec.fixed_step and isinstance(opts["grid"], str)
+         and opts["grid"] in LOGSNR_GRIDS else [])
     if needs and not (alpha_max > 0 and sigma_min > 0):
         raise ValueError(
-            f"{' and '.join(needs)} {'needs' if len(needs) == 1 else 'need'} a finite log-SNR on [t_min, t_max], but on {path.name} "
+            f"{' and '.join(needs)} {'needs' if len(needs) == 1 else 'need'} a finite log-SNR "
+            f"on [t_min, t_max], but on {path.name} "
             f"alpha(t_max={t_max}) = {alpha_max:g} and sigma(t_min={t_min}) = {sigma_min:g}: pass "
             "t_max < 1 (e.g. 0.999) and/or t_min > 0 (e.g. 1e-3)")
 
@@ -323,23 +353,20 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
     return x, trajectory, nfe
 
 
-def sample(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: str,
-           sampler: str, num_steps: int, **options):
-    """Draws samples ``x: shape`` from the model by the named sampler; see the module docstring.
+class _Prepared(NamedTuple):
+    """Everything :func:`sample` decides before running: checked, and the inputs of ``_run``."""
 
-    Args:
-      model_fn: ``f(x [B, ...], t [B]) -> prediction of target`` (``f(x, t, label)`` when
-        ``label`` is given).
-      path: a :class:`diffjax.paths.Path`.
-      shape: ``(B, ...)``.
-      key: PRNG key (initial noise, and the noise of stochastic samplers).
-      target: the model's parameterisation, ``"eps" | "x0" | "score" | "v" | "velocity"``.
-      sampler: a name in :data:`SAMPLERS`.
-      num_steps: number of model evaluations (NFE budget; exact per the table above).
+    static: _Static
+    ts: Array
+    eps0: Array
+    keys: Optional[Array]
+    arrays: dict
+    fixed_step: bool
+    return_info: bool
 
-    Returns:
-      ``x: shape``; or ``(x, SampleInfo)`` with ``return_info`` / ``return_trajectory``.
-    """
+
+def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: str,
+             sampler: str, num_steps: int, **options) -> _Prepared:
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
@@ -359,7 +386,12 @@ def sample(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: 
     plan = _plan(sampler, spec, opts, num_steps, int(bool(denoise)))
 
     dtype = jnp.result_type(float)
-    if spec.fixed_step:
+    if spec.fixed_step and not isinstance(opts["grid"], str):
+        ts = jnp.asarray(opts["grid"], dtype)
+        if ts.shape[0] != plan.num_intervals + 1:
+            raise ValueError(f"the explicit grid has {ts.shape[0]} times, but {sampler!r} with "
+                             f"num_steps={num_steps} takes {plan.num_intervals + 1}")
+    elif spec.fixed_step:
         ts = time_grid(opts["grid"], path, plan.num_intervals, t_min, t_max, opts["rho"], dtype)
     else:
         ts = jnp.asarray([t_max, t_min], dtype)
@@ -376,10 +408,33 @@ def sample(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: 
         keys = jax.random.split(k_loop, (plan.num_intervals, 2))
     if fresh:
         arrays["start_key"] = k_start
-    x, trajectory, nfe = _run(static, eps0, ts, keys, arrays)
-    if not (opts["return_info"] or opts["return_trajectory"]):
+    return _Prepared(static, ts, eps0, keys, arrays, spec.fixed_step,
+                     bool(opts["return_info"] or opts["return_trajectory"]))
+
+
+def sample(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: str,
+           sampler: str, num_steps: int, **options):
+    """Draws samples ``x: shape`` from the model by the named sampler; see the module docstring.
+
+    Args:
+      model_fn: ``f(x [B, ...], t [B]) -> prediction of target`` (``f(x, t, label)`` when
+        ``label`` is given).
+      path: a :class:`diffjax.paths.Path`.
+      shape: ``(B, ...)``.
+      key: PRNG key (initial noise, and the noise of stochastic samplers).
+      target: the model's parameterisation, ``"eps" | "x0" | "score" | "v" | "velocity"``.
+      sampler: a name in :data:`SAMPLERS`.
+      num_steps: number of model evaluations (NFE budget; exact per the table above).
+
+    Returns:
+      ``x: shape``; or ``(x, SampleInfo)`` with ``return_info`` / ``return_trajectory``.
+    """
+    prep = _prepare(model_fn, path, shape, key, target=target, sampler=sampler,
+                    num_steps=num_steps, **options)
+    x, trajectory, nfe = _run(prep.static, prep.eps0, prep.ts, prep.keys, prep.arrays)
+    if not prep.return_info:
         return x
-    return x, SampleInfo(plan.nfe if spec.fixed_step else nfe, ts, trajectory)
+    return x, SampleInfo(prep.static.plan.nfe if prep.fixed_step else nfe, prep.ts, trajectory)
 
 
 __all__ = ["sample", "SAMPLERS", "GRIDS", "Sampler", "SampleInfo", "time_grid"]

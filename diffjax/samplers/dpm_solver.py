@@ -3,7 +3,7 @@
 With ``lambda = log(alpha/sigma)`` (half the log-SNR) and ``h = lambda_s - lambda_t > 0``, the
 probability-flow ODE in data-prediction form integrates exactly to
 
-    x_s = (sigma_s / sigma_t) x_t + alpha_s int_{lambda_t}^{lambda_s} e^{lambda - lambda_s} x0_hat d lambda,
+    x_s = (sigma_s/sigma_t) x_t + alpha_s int_{lambda_t}^{lambda_s} e^{lambda - lambda_s} x0_hat,
 
 and the multistep solvers approximate ``x0_hat`` by the polynomial through the last
 ``order`` predictions ``m0, m1, m2`` (at ``lambda_t`` and the two previous grid times), with
@@ -82,6 +82,9 @@ def dpm_solver_pp(problem: Problem, x: Array, ts: Array, keys, plan: Plan, *,
         r0 = (lam[i] - lam[jnp.maximum(i - 1, 0)]) / h
         r1 = (lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)]) / h
         k = _step_order(i, num, order, lower_order_final)
+        # Ratios of steps that do not exist yet are unused; keep them finite so that the
+        # unselected branches of jnp.where have finite gradients (grids can be optimised).
+        r0, r1 = jnp.where(k >= 2, r0, 1.0), jnp.where(k >= 3, r1, 1.0)
         sigma_ratio = path.sigma(s) / path.sigma(t)
         if sde:
             c0, c1 = _sde_coefs(h, r0, path.alpha(s), k)

@@ -5,17 +5,16 @@ registry :data:`GRIDS` names them. Grids are defined on the path's own time ``t`
 :meth:`Path.t_from_logsnr`, on its log-SNR ``lambda(t)`` -- so one name means the same noise
 levels on every path with the same ``lambda`` range.
 
-==============  ================================================================  ====================
-name            spacing                                                          source
-==============  ================================================================  ====================
-``uniform``     uniform in ``t``                                                  Ho et al. 2020
-``quadratic``   ``t = t_min + (t_max - t_min) u^2``, ``u`` uniform (dense near    Song et al. 2021
-                data)                                                             (DDIM, "quad")
-``logsnr``      uniform in ``lambda``                                             Lu et al. 2022
-                                                                                  (DPM-Solver)
-``karras``      uniform in ``s^(1/rho)`` with ``s = sigma/alpha = exp(-lambda/2)``  Karras et al. 2022
-                (the VE-equivalent noise level), ``rho = 7`` by default           (EDM, eq. 5)
-==============  ================================================================  ====================
+==============  ===========================================================  ===================
+name            spacing                                                      source
+==============  ===========================================================  ===================
+``uniform``     uniform in ``t``                                             Ho et al. 2020
+``quadratic``   ``t = t_min + (t_max - t_min) u^2``, ``u`` uniform           Song et al. 2021
+                (dense near data)                                            (DDIM, "quad")
+``logsnr``      uniform in ``lambda``                                        Lu et al. 2022
+``karras``      uniform in ``s^(1/rho)``, ``s = sigma/alpha = exp(-lambda/2)``  Karras et al. 2022
+                (the VE-equivalent noise level), ``rho = 7`` by default      (EDM, eq. 5)
+==============  ===========================================================  ===================
 
 ``logsnr`` and ``karras`` need a finite log-SNR at both ends (``alpha(t_max) > 0`` and
 ``sigma(t_min) > 0``); :func:`check_grid` says so before any compute.
