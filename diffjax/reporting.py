@@ -25,16 +25,25 @@ def _json_value(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends metric records to ``workdir/metrics.jsonl`` and TensorBoard event files."""
+    """Appends metric records to ``workdir/metrics.jsonl`` and TensorBoard event files.
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    ``resume_step``: the step a resumed run restarts from. Records of later steps were
+    written by the interrupted run after its last checkpoint and are repeated now, so they
+    are dropped from metrics.jsonl (rewritten atomically) and TensorBoard purges them.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: Optional[int] = None):
         self.enabled = enabled
         self._file = None
         self._tb = None
         if enabled:
-            self._file = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+            path = os.path.join(workdir, METRICS_FILE)
+            if resume_step is not None:
+                _drop_records_after(path, resume_step)
+            self._file = open(path, "a", encoding="utf-8")
             from tensorboardX import SummaryWriter  # deferred: pulls in protobuf
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
         """One record ``{"step": step, **metrics}``; numeric values also go to TensorBoard."""
@@ -53,6 +62,20 @@ class MetricsWriter:
             self._file.close()
             self._tb.close()
             self._file = self._tb = None
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:

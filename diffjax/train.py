@@ -429,12 +429,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=tcfg.keep_checkpoints)
     try:
         state, step = checkpointer.restore_latest(abstract, iterator)
-        if state is None:
+        resumed = step is not None
+        if not resumed:
             state = jax.jit(lambda: init_state(recipe, config.seed), out_shardings=shardings)()
             step = 0
         ckpt_lib.write_config(workdir, config)
-        return _loop(config, workdir, recipe, mesh, shardings, state, step, iterator,
-                     checkpointer)
+        writer = reporting.MetricsWriter(workdir, enabled=parallel.is_main_process(),
+                                         resume_step=step if resumed else None)
+        try:
+            return _loop(config, workdir, recipe, mesh, shardings, state, step, iterator,
+                         checkpointer, writer)
+        finally:
+            writer.close()
     finally:
         checkpointer.close()  # waits for asynchronous saves: no run ends with one half written
 
@@ -459,8 +465,8 @@ def restore_for_inference(config: ml_collections.ConfigDict,
     return recipe, state, step
 
 
-def _loop(config, workdir, recipe, mesh, shardings, state, step, iterator,
-          checkpointer) -> TrainState:
+def _loop(config, workdir, recipe, mesh, shardings, state, step, iterator, checkpointer,
+          writer) -> TrainState:
     from tqdm import tqdm
 
     tcfg = config.training
@@ -468,7 +474,6 @@ def _loop(config, workdir, recipe, mesh, shardings, state, step, iterator,
         lambda axis_name: make_train_step(recipe, axis_name), backend=config.parallel.backend,
         mesh=mesh, state_sharding=shardings)
     main = parallel.is_main_process()
-    writer = reporting.MetricsWriter(workdir, enabled=main)
     pbar = tqdm(total=tcfg.num_steps, initial=step, unit="step", dynamic_ncols=True,
                 disable=not (main and tcfg.progress_bar))
     logger = _Logger(writer, config.data.batch_size, pbar)
@@ -499,7 +504,6 @@ def _loop(config, workdir, recipe, mesh, shardings, state, step, iterator,
                     break
     finally:
         pbar.close()
-        writer.close()
     return state
 
 

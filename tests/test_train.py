@@ -196,6 +196,7 @@ def test_resume_skips_a_broken_newest_checkpoint_and_keeps_it(data_dir, tmp_path
                                               "training.checkpoint_every": 10})
     workdir = str(tmp_path / "run")
     straight = train.train(config, workdir)
+    straight_losses = helpers.losses(workdir)
     # Truncate every array file of the newest checkpoint, as a full disk would.
     state_dir = os.path.join(workdir, "checkpoints", "20", "state")
     for dirpath, _, files in os.walk(state_dir):
@@ -206,6 +207,8 @@ def test_resume_skips_a_broken_newest_checkpoint_and_keeps_it(data_dir, tmp_path
     with pytest.warns(checkpoint.BrokenCheckpointWarning, match="checkpoint 20"):
         resumed = train.train(config, workdir)  # from step 10, to 20 again
     _assert_trees_equal(resumed.params, straight.params)
+    # Steps 11-20 were logged again; the first run's records of them were dropped.
+    np.testing.assert_array_equal(helpers.losses(workdir), straight_losses)
     kept = os.listdir(os.path.join(workdir, checkpoint.BROKEN_DIR))
     assert len(kept) == 1 and kept[0].startswith("20.")
 
