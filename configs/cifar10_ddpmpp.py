@@ -5,7 +5,7 @@ Modeling through SDEs", configs/vp/cifar10_ddpmpp_continuous.py): for GPU/TPU ru
 
 The default recipe is the paper's VP SDE (``score_vp``); ``:ddpm``, ``:flow``, ... train the
 same network with another recipe. CIFAR-10 must be prepared with tfds beforehand (see
-docs/trainer.md); nothing is downloaded here.
+README.md, "On a GPU"); nothing is downloaded here.
 """
 from diffjax import configs
 
