@@ -126,6 +126,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     for key in ("num_samples", "batch_size"):
         _positive(f"eval.{key}", config.eval[key])
     _positive("parallel.fsdp_min_size", config.parallel.fsdp_min_size, allow_zero=True)
+    _positive("eval.likelihood_examples", config.eval.likelihood_examples)
 
 
 def _check_names(config: ml_collections.ConfigDict) -> None:
@@ -141,6 +142,8 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     check_choice("optim.schedule", config.optim.schedule, train.LR_SCHEDULES)
     check_choice("training.nonfinite", config.training.nonfinite, train.NONFINITE_MODES)
     check_choice("parallel.backend", config.parallel.backend, parallel.BACKENDS)
+    check_choice("eval.likelihood_divergence", config.eval.likelihood_divergence,
+                 ("auto", "exact", "hutchinson"))
     check_choice("parallel.param_sharding", config.parallel.param_sharding,
                  parallel.PARAM_SHARDINGS)
     _check_sampler(config.sampling)
@@ -159,6 +162,38 @@ def _check_sampler(sampling_cfg: ml_collections.ConfigDict) -> None:
     check_choice("sampling.sampler", sampling_cfg.sampler, samplers.SAMPLERS)
     if sampling_cfg.grid is not None:
         check_choice("sampling.grid", sampling_cfg.grid, samplers.GRIDS)
+    spec = samplers.SAMPLERS[sampling_cfg.sampler]
+    takes = set(spec.options) | ({"rho"} if spec.fixed_step else set())
+    for key in configs.sampler_options(sampling_cfg):
+        if key not in takes:
+            raise ConfigError(
+                f"config.sampling.{key}={sampling_cfg[key]!r} is not an option of "
+                f"config.sampling.sampler={sampling_cfg.sampler!r}; its options: "
+                f"{', '.join(sorted(takes)) or '(none)'}")
+
+
+def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info: Any) -> None:
+    """The sampler's own checks of option values and of the path/target/grid pair, on a
+    one-example stand-in (a time grid and one noise draw: no model is run)."""
+    import jax
+    import numpy as np
+
+    from diffjax import samplers
+
+    sampling = config.sampling
+    options = configs.sampler_options(sampling)
+    if sampling.grid is not None:
+        options["grid"] = sampling.grid
+    if config.model.class_conditional:
+        options.update(label=np.zeros((1,), np.int32), guidance_scale=sampling.guidance_scale,
+                       num_classes=data_info.num_classes)
+    try:
+        samplers._prepare(lambda x, t, label=None: x, path, (1, *data_info.shape),
+                          jax.random.PRNGKey(0), target=config.model.target,
+                          sampler=sampling.sampler, num_steps=sampling.num_steps, **options)
+    except ValueError as e:
+        raise ConfigError(f"config.sampling (sampler={sampling.sampler!r}, "
+                          f"num_steps={sampling.num_steps}): {e}") from None
 
 
 def _check_metrics(config: ml_collections.ConfigDict, data_info: Any) -> None:
@@ -170,6 +205,10 @@ def _check_metrics(config: ml_collections.ConfigDict, data_info: Any) -> None:
         metrics.validate(names, data_info.kind,
                          conditional=bool(config.model.class_conditional),
                          inception_weights=config.eval.inception_weights)
+        from diffjax.evaluate import nll
+        kwargs = {k: v for k, v in config.path.items() if k != "name"}
+        nll.check(metrics.split_metrics(names)[1], data_info.kind,
+                  paths.get(config.path.name, **kwargs), config.model.target)
     except (ValueError, OSError) as e:
         raise ConfigError(f"config.eval.metrics={','.join(names)!r}: {e}") from None
 
@@ -194,6 +233,7 @@ def _check_recipe(config: ml_collections.ConfigDict, data_info: Any) -> None:
         objectives.from_config(path, config.model.target, config.loss, num_classes=num_classes)
     except ValueError as e:
         raise ConfigError(f"config.loss: {e}") from None
+    _check_sampling_run(config, path, data_info)
 
 
 def validate(config: ml_collections.ConfigDict, *, process_count: int = 1):

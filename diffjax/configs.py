@@ -56,6 +56,21 @@ def default_loss_config() -> ConfigDict:
     })
 
 
+# ``config.sampling`` keys passed to the sampler as options when set (not None).
+SAMPLER_OPTIONS: dict[str, type] = {
+    "eta": float,                      # ddim
+    "s_churn": float, "s_tmin": float, "s_tmax": float, "s_noise": float,  # edm
+    "order": int,                      # dpm_solver++, unipc
+    "snr": float, "corrector_steps": int,  # pc
+    "rho": float,                      # the karras grid
+}
+
+
+def sampler_options(sampling: ConfigDict) -> dict[str, Any]:
+    """The sampler options set in ``config.sampling`` (those not None)."""
+    return {k: sampling[k] for k in SAMPLER_OPTIONS if sampling.get(k) is not None}
+
+
 def default_config() -> ConfigDict:
     """Every key a run reads, with its default (a flow-matching U-Net on digits)."""
     config = ConfigDict()
@@ -95,6 +110,9 @@ def default_config() -> ConfigDict:
         "num_samples": 64,
         "grid": _optional(str),        # None = the sampler's own default grid
         "seed": 1,
+        # Sampler options (diffjax.sample's table); None = the sampler's default. Setting
+        # one the chosen sampler does not take is a config error.
+        **{name: _optional(kind) for name, kind in SAMPLER_OPTIONS.items()},
     })
     config.eval = ConfigDict({
         # Comma-separated names of diffjax.evaluate.METRICS; "" = the default for the data
@@ -104,6 +122,10 @@ def default_config() -> ConfigDict:
         "batch_size": 500,
         "cache_dir": _optional(str),   # None = ~/.cache/diffjax/eval
         "inception_weights": _optional(str),  # local .npz, for fid_inception
+        # nll / bits_per_dim (diffjax.likelihood on the test split): examples, and the
+        # divergence: exact | hutchinson | auto (exact up to 16 dimensions).
+        "likelihood_examples": 256,
+        "likelihood_divergence": "auto",
     })
     config.parallel = ConfigDict({
         "backend": "jit",              # jit | pmap

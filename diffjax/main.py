@@ -6,9 +6,10 @@
 ``train`` resumes from the newest valid checkpoint in ``--workdir``. ``sample`` writes a grid
 and an ``.npz`` of ``config.sampling.num_samples`` samples from the EMA parameters of the
 newest checkpoint; ``eval`` appends ``config.eval.metrics`` of such samples to
-``metrics.jsonl``. Multi-host: start one process per host with ``--coordinator_address``,
-``--num_processes`` and ``--process_id`` (or the ``JAX_*`` environment variables, or a
-SLURM/Open MPI job).
+``metrics.jsonl``. With ``--restore_from=RUN`` they read RUN's checkpoint and write to
+``--workdir`` (one trained model, many sampling settings). Multi-host: start one process
+per host with ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or the
+``JAX_*`` environment variables, or a SLURM/Open MPI job).
 
 A config problem is reported before any compute as one line naming the key, the value and
 the valid choices, with exit status 2.
@@ -33,6 +34,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, metrics, "
                                "samples).")
 _MODE = flags.DEFINE_string("mode", "train", f"One of {', '.join(MODES)}.")
+_RESTORE_FROM = flags.DEFINE_string(
+    "restore_from", None, "sample/eval only: read the checkpoint from this run directory and "
+    "write the outputs to --workdir (several evaluations of one trained model, e.g. a sweep).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 in a multi-host run ('auto': let "
     "JAX detect the cluster).")
@@ -72,16 +76,19 @@ def _checked_config():
         _fail("--workdir is required")
     if _MODE.value not in MODES:
         _fail(f"--mode={_MODE.value!r} is not valid; valid choices: {', '.join(MODES)}")
+    if _RESTORE_FROM.value and _MODE.value == "train":
+        _fail("--restore_from is for --mode=sample|eval; training resumes from --workdir")
     return config
 
 
-def _sample(config, workdir: str) -> None:
-    """Writes ``samples/sample_<step>.png`` and ``.npz`` (``x``, ``labels``) from the EMA."""
+def _sample(config, workdir: str, source: str) -> None:
+    """Writes ``samples/sample_<step>.png`` and ``.npz`` (``x``, ``labels``) from the EMA of
+    the newest checkpoint in ``source``."""
     import numpy as np
 
     from diffjax import parallel, reporting, train
 
-    recipe, state, step = train.restore_for_inference(config, workdir)
+    recipe, state, step = train.restore_for_inference(config, source)
     samples, labels = train.generate(recipe, state.ema_params, config.sampling,
                                      config.sampling.num_samples, config.eval.batch_size)
     if parallel.is_main_process():
@@ -92,11 +99,12 @@ def _sample(config, workdir: str) -> None:
         print(f"wrote {npz} and {', '.join(paths)}")
 
 
-def _eval(config, workdir: str) -> None:
-    """Appends ``{"step", "mode": "eval", <metrics>}`` to ``metrics.jsonl``."""
+def _eval(config, workdir: str, source: str) -> None:
+    """Appends ``{"step", "mode": "eval", <metrics>}`` to ``workdir/metrics.jsonl`` for the
+    newest checkpoint in ``source``."""
     from diffjax import parallel, reporting, train
 
-    recipe, state, step = train.restore_for_inference(config, workdir)
+    recipe, state, step = train.restore_for_inference(config, source)
     results = train.evaluate(recipe, state.ema_params, config, workdir, f"eval_{step:07d}")
     writer = reporting.MetricsWriter(workdir, enabled=parallel.is_main_process())
     writer.write(step, {"mode": "eval", **results}, prefix="eval/")
@@ -114,19 +122,22 @@ def main(argv: Sequence[str]) -> None:
 
     try:
         config_validation.validate(config, process_count=_NUM_PROCESSES.value or 1)
-        if _MODE.value == "train":
+        source = workdir
+        if _RESTORE_FROM.value:
+            source = os.path.abspath(os.path.expanduser(_RESTORE_FROM.value))
+        if _MODE.value == "train" or source != workdir:
             checkpoint.check_workdir(workdir)
-        checkpoint.check_compatible(workdir, config)
+        checkpoint.check_compatible(source, config)
         parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         import jax
 
         config_validation.check_devices(config, jax.device_count(), jax.process_count())
         if _MODE.value == "train":
             train.train(config, workdir)
-        elif _MODE.value == "sample":
-            _sample(config, workdir)
         else:
-            _eval(config, workdir)
+            if source != workdir:
+                checkpoint.write_config(workdir, config)  # what was evaluated, beside its numbers
+            (_sample if _MODE.value == "sample" else _eval)(config, workdir, source)
     except ConfigError as e:
         _fail(str(e))
     except train.NonFiniteError as e:

@@ -266,11 +266,15 @@ def make_sampler(recipe: Recipe, sampling_cfg: ml_collections.ConfigDict,
     """``sample(params, key, labels) -> x [batch_size, ...]``, jitted, from ``config.sampling``.
 
     ``labels`` ([batch_size] ints, or None) condition a class-conditional model, guided with
-    ``sampling_cfg.guidance_scale``.
+    ``sampling_cfg.guidance_scale``. The sampler options set in ``sampling_cfg``
+    (:data:`diffjax.configs.SAMPLER_OPTIONS`, e.g. ``eta``, ``s_churn``) are passed on.
     """
+    from diffjax import configs
     from diffjax import sample as diffjax_sample  # deferred: the samplers are not needed to train
 
-    options = {} if sampling_cfg.grid is None else {"grid": sampling_cfg.grid}
+    options = configs.sampler_options(sampling_cfg)
+    if sampling_cfg.grid is not None:
+        options["grid"] = sampling_cfg.grid
     if recipe.conditional:
         options.update(guidance_scale=sampling_cfg.guidance_scale,
                        num_classes=recipe.data_info.num_classes)
@@ -313,12 +317,15 @@ def generate(recipe: Recipe, params: Any, sampling_cfg: ml_collections.ConfigDic
 def evaluate(recipe: Recipe, params: Any, config: ml_collections.ConfigDict, workdir: str,
              name: str) -> dict[str, float]:
     """Samples from ``params`` (the EMA), writes figures ``samples/<name>*.png`` and
-    returns ``config.eval.metrics`` of the samples against held-out data."""
+    returns ``config.eval.metrics``: sample metrics against held-out data, and model metrics
+    (``nll``, ``bits_per_dim``) of held-out data."""
     from diffjax.evaluate import metrics as metrics_lib  # deferred: pulls in the classifier
 
+    kind = recipe.data_info.kind
+    sample_names, model_names = metrics_lib.split_metrics(metric_names(config, kind))
+    results = _likelihood_metrics(recipe, params, config, model_names)
     num = max(config.eval.num_samples, config.sampling.num_samples)
     samples, labels = generate(recipe, params, config.sampling, num, config.eval.batch_size)
-    kind = recipe.data_info.kind
     if parallel.is_main_process():
         reference = None
         if kind == "points":
@@ -327,12 +334,30 @@ def evaluate(recipe: Recipe, params: Any, config: ml_collections.ConfigDict, wor
         reporting.save_figures(workdir, name, samples[:config.sampling.num_samples], kind,
                                reference)
     cache_dir = config.eval.cache_dir or os.path.expanduser("~/.cache/diffjax/eval")
-    results = metrics_lib.evaluate_samples(
-        samples[:config.eval.num_samples], metrics=metric_names(config, kind),
-        dataset=config.data.dataset, cache_dir=cache_dir,
-        labels=None if labels is None else labels[:config.eval.num_samples],
-        data_dir=config.data.get("data_dir"), inception_weights=config.eval.inception_weights)
+    if sample_names:
+        results.update(metrics_lib.evaluate_samples(
+            samples[:config.eval.num_samples], metrics=sample_names,
+            dataset=config.data.dataset, cache_dir=cache_dir,
+            labels=None if labels is None else labels[:config.eval.num_samples],
+            data_dir=config.data.get("data_dir"),
+            inception_weights=config.eval.inception_weights))
     return {k: float(v) for k, v in dict(results).items()}
+
+
+def _likelihood_metrics(recipe: Recipe, params: Any, config: ml_collections.ConfigDict,
+                        names: list[str]) -> dict[str, float]:
+    """``nll`` / ``bits_per_dim`` of the first ``eval.likelihood_examples`` test examples."""
+    if not names:
+        return {}
+    from diffjax.evaluate import nll
+
+    x, labels = data_lib.load_arrays(config.data.dataset, "test", config.data.get("data_dir"),
+                                     limit=config.eval.likelihood_examples)
+    return nll.likelihood_metrics(
+        names, recipe.denoiser.model_fn({"params": params}), recipe.denoiser.path,
+        recipe.denoiser.target, x, kind=recipe.data_info.kind,
+        labels=labels if recipe.conditional else None,
+        divergence=config.eval.likelihood_divergence, seed=config.sampling.seed)
 
 
 # --------------------------------------------------------------------------- the loop

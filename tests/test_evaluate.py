@@ -301,3 +301,47 @@ def test_inception_gives_2048_features_from_an_npz_of_named_arrays(tmp_path):
     np.savez(path, **{k: v.astype(np.float32) for k, v in weights.items()})
     with pytest.raises(ValueError, match="Mixed_7c.branch_pool.conv.weight"):
         evaluate.load_inception(str(path))
+
+
+# --------------------------------------------------------------------------- diversity, NLL
+
+def test_diversity_of_real_images_is_the_real_spread_and_collapse_is_zero(digits_classifier,
+                                                                         digits, cache_dir):
+    _, (x_test, y_test) = digits
+    real = evaluate.evaluate_samples(x_test, metrics=["diversity"], dataset="digits",
+                                     cache_dir=cache_dir, labels=y_test)
+    assert real["diversity"] == pytest.approx(real["diversity_real"], rel=1e-6)
+    first = {c: x_test[np.argmax(y_test == c)] for c in range(10)}
+    collapsed = np.stack([first[c] for c in y_test])  # one image per class, repeated
+    out = evaluate.evaluate_samples(collapsed, metrics=["diversity"], dataset="digits",
+                                    cache_dir=cache_dir, labels=y_test)
+    assert out["diversity"] < 1e-3 * real["diversity_real"]
+
+
+def test_nll_metric_of_the_exact_ring_mixture_is_its_log_density(x64):
+    """The bundled ring data set and GaussianMixture.ring() are the same distribution, so the
+    metric, fed the exact model, must return the mixture's own mean -log p of the examples."""
+    from diffjax import analytic, paths
+    from diffjax.evaluate import nll
+
+    ring = analytic.GaussianMixture.ring()
+    path = paths.get("rectified_flow")
+    x, _ = load_arrays("ring", "test", limit=64)
+    out = nll.likelihood_metrics(["nll"], ring.model_fn(path, "velocity"), path, "velocity",
+                                 x.astype(np.float64), kind="points")
+    expected = -np.asarray(ring.log_prob(x.astype(np.float64)))
+    assert out["nll"] == pytest.approx(expected.mean(), abs=0.02)
+    assert out["nll_stderr"] == pytest.approx(expected.std(ddof=1) / 8.0, rel=0.05)
+    assert set(out) == {"nll", "nll_stderr"}
+
+
+def test_bits_per_dim_is_refused_on_points_and_needs_a_usable_path():
+    from diffjax import paths
+    from diffjax.evaluate import nll
+
+    with pytest.raises(ValueError, match="use 'nll'"):
+        evaluate.validate(["bits_per_dim"], "points")
+    evaluate.validate(["nll"], "points")
+    with pytest.raises(ValueError, match="t_max < 1"):
+        nll.check(["nll"], "points", paths.get("rectified_flow"), "eps")
+    nll.check(["nll"], "points", paths.get("rectified_flow", t_max=0.999), "eps")

@@ -2,9 +2,9 @@
 
 Public API::
 
-    METRICS                      # registry: fd_classifier, class_accuracy,
+    METRICS                      # registry: fd_classifier, class_accuracy, diversity,
                                  #           sliced_wasserstein, mmd, fid_inception
-    MODEL_METRICS                # reserved names computed by diffjax.likelihood (bits_per_dim)
+    MODEL_METRICS                # nll, bits_per_dim: computed by diffjax.evaluate.nll
     validate(metrics, data_kind, *, conditional=None, inception_weights=None)  # before compute
     split_metrics(metrics) -> (sample_metrics, model_metrics)
     evaluate_samples(samples, *, metrics, dataset, cache_dir, labels=None, data_dir=None,

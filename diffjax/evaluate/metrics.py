@@ -16,6 +16,10 @@ class_accuracy      image         ``class_accuracy``: that CNN's accuracy on cla
                                   samples against the labels they were conditioned on;
                                   ``class_accuracy_real``: its accuracy on the test split
                                   (the ceiling)
+diversity           image         ``diversity``: RMS within-class spread of the CNN's features
+                                  of class-conditional samples, grouped by the label they were
+                                  conditioned on (``sqrt(mean_c tr Cov_c / d)``);
+                                  ``diversity_real``: the same of the test split by its labels
 sliced_wasserstein  points, image ``sliced_wasserstein``, ``sliced_wasserstein_floor``: SW_2
 mmd                 points, image ``mmd``, ``mmd_floor``: unbiased MMD^2, sum of RBF kernels
 fid_inception       image         ``fid_inception``: FID with the Inception weights of
@@ -39,11 +43,11 @@ Decisions:
   ``class_accuracy`` and ``fid_inception`` use all ``N`` samples.
 * Non-finite samples (a diverged sampler) give NaN values; floors are still reported.
 
-Likelihood hook: NLL / bits per dimension judge the *model*, not samples, so they are not
-computed here. Their names are reserved in `MODEL_METRICS` (so one ``config.eval.metrics``
-list can name both kinds and `validate` accepts them); `split_metrics` separates them, and
-the caller computes them with ``diffjax.likelihood`` on the test split and merges the
-dicts. `evaluate_samples` refuses them with a pointer there.
+Model metrics: ``nll`` (nats) and ``bits_per_dim`` judge the *model*, not samples, so they
+are not computed here. Their names are in `MODEL_METRICS` (so one ``config.eval.metrics``
+list can name both kinds and `validate` checks them); `split_metrics` separates them, and
+the caller computes them with :mod:`diffjax.evaluate.nll` on the test split and merges the
+dicts (``diffjax.train.evaluate`` does). `evaluate_samples` refuses them with a pointer there.
 """
 from __future__ import annotations
 
@@ -69,7 +73,8 @@ DATA_KINDS = ("image", "points")
 
 # Model metrics computed by `diffjax.likelihood`, not from samples (see module docstring).
 MODEL_METRICS: Mapping[str, str] = {
-    "bits_per_dim": "diffjax.likelihood.bits_per_dim on the test split",
+    "nll": "diffjax.likelihood on the test split (diffjax.evaluate.nll; nats per example)",
+    "bits_per_dim": "diffjax.likelihood on the test split (diffjax.evaluate.nll; 8-bit images)",
 }
 
 
@@ -167,6 +172,20 @@ def _class_accuracy(ctx: _Context) -> dict[str, float]:
             "class_accuracy_real": ctx.classifier.accuracy(test_x, test_y)}
 
 
+def _spread(features: np.ndarray, labels: np.ndarray) -> float:
+    """``sqrt(mean_c tr Cov(features | class c) / d)``: the RMS within-class spread."""
+    traces = [np.var(features[labels == c], axis=0).sum() for c in np.unique(labels)
+              if np.sum(labels == c) > 1]
+    return float(np.sqrt(np.mean(traces) / features.shape[1]))
+
+
+def _diversity(ctx: _Context) -> dict[str, float]:
+    test_x, test_y = ctx.test
+    return {"diversity": ctx.on_samples(
+                lambda x, y: _spread(ctx.classifier.features(x), y), ctx.samples, ctx.labels),
+            "diversity_real": _spread(ctx.test_features, test_y)}
+
+
 def _sliced_wasserstein(ctx: _Context) -> dict[str, float]:
     samples, train = ctx.paired
     test_x = ctx.test[0]
@@ -237,6 +256,8 @@ METRICS: dict[str, Metric] = {
     "class_accuracy": Metric(("image",), "the in-project classifier is an image CNN",
                              _class_accuracy, ("class_accuracy", "class_accuracy_real"),
                              needs_labels=True),
+    "diversity": Metric(("image",), "the in-project classifier is an image CNN", _diversity,
+                        ("diversity", "diversity_real"), needs_labels=True),
     "sliced_wasserstein": Metric(DATA_KINDS, "", _sliced_wasserstein,
                                  ("sliced_wasserstein", "sliced_wasserstein_floor")),
     "mmd": Metric(DATA_KINDS, "", _mmd, ("mmd", "mmd_floor")),
@@ -277,6 +298,9 @@ def validate(metrics: Sequence[str] | str, data_kind: str, *,
         raise ValueError(f"unknown data kind {data_kind!r}; choices: {list(DATA_KINDS)}")
     for name in _as_names(metrics):
         if name in MODEL_METRICS:
+            from diffjax.evaluate import nll  # deferred: pulls in the likelihood solver
+            if data_kind not in nll.MODEL_METRIC_KINDS[name]:
+                nll.check([name], data_kind, None, "")
             continue
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r}; choices: "
