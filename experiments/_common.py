@@ -1,0 +1,19 @@
+"""Quick-mode overrides shared by the sweeps (a few dozen steps, small evaluations: CI)."""
+
+DIGITS_QUICK = {
+    "training.num_steps": 40,
+    "training.checkpoint_every": 40,
+    "training.log_every": 20,
+    "eval.num_samples": 100,
+    "sampling.num_samples": 16,
+}
+
+TOY2D_QUICK = {
+    "training.num_steps": 60,
+    "training.checkpoint_every": 60,
+    "training.log_every": 30,
+    "eval.num_samples": 200,
+    "eval.batch_size": 200,
+    "sampling.num_samples": 200,
+    "eval.likelihood_examples": 64,
+}
