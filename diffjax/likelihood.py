@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from diffjax import targets as targets_lib
 from diffjax.paths import Path
-from diffjax.samplers.adaptive import solve
+from diffjax.samplers.adaptive import check_finished, solve
 
 Array = jax.Array
 
@@ -58,12 +58,15 @@ class LikelihoodInfo(NamedTuple):
       or a single probe).
     prior_logp: ``[B]`` ``log p_prior(x_{t_max})``.
     x_t_max: the data mapped to ``t_max`` (the flow's latent), ``[B, ...]``.
+    finished: bool scalar, whether the solve reached ``t_max`` within ``max_evals`` (always
+      True outside a trace: :func:`log_likelihood` raises otherwise).
     """
 
     nfe: Array
     stderr: Array
     prior_logp: Array
     x_t_max: Array
+    finished: Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +117,14 @@ def _run(static: _Static, x: Array, key: Array):
     state0 = (x, jnp.zeros((batch, num), x.dtype))
     result = solve(rhs, state0, static.t_min, path.t_max, rtol=static.rtol, atol=static.atol,
                    max_evals=static.max_evals)
-    x_end, delta = result.y
+    x_end, delta = jax.tree.map(lambda a: jnp.where(result.success, a, jnp.nan), result.y)
     with jax.ensure_compile_time_eval():  # Path.prior_std() reads its constant with float()
         prior = path.prior_logp(x_end)
     estimates = prior[:, None] + delta                                   # [B, P]
     logp = jnp.mean(estimates, axis=-1)
     stderr = jnp.std(estimates, axis=-1, ddof=1) / math.sqrt(num) if num > 1 else \
         jnp.full((batch,), jnp.nan, x.dtype)
-    return logp, LikelihoodInfo(result.nfe, stderr, prior, x_end)
+    return logp, LikelihoodInfo(result.nfe, stderr, prior, x_end, result.success), result.t
 
 
 def log_likelihood(model_fn: Callable, path: Path, x: Array, key: Optional[Array] = None, *,
@@ -137,8 +140,9 @@ def log_likelihood(model_fn: Callable, path: Path, x: Array, key: Optional[Array
         path and target allow it, e.g. rectified flow with a velocity model).
       key: PRNG key for the Hutchinson probes (required for ``"hutchinson"``).
       divergence: ``"exact"`` or ``"hutchinson"``; num_probes, probe: Hutchinson's.
-      rtol, atol, max_evals: the Dormand-Prince solver's tolerances and evaluation budget
-        (NaN where the budget runs out).
+      rtol, atol, max_evals: the Dormand-Prince solver's tolerances and evaluation budget.
+        Running out of ``max_evals`` raises ``ValueError`` naming them (under the caller's own
+        ``jit`` it cannot: ``logp`` is then NaN and ``info.finished`` False).
 
     Returns:
       ``(logp [B], LikelihoodInfo)``.
@@ -167,7 +171,10 @@ def log_likelihood(model_fn: Callable, path: Path, x: Array, key: Optional[Array
                      num_probes if divergence == "hutchinson" else 1, probe, t_min,
                      float(rtol), float(atol), int(max_evals))
     key = jax.random.PRNGKey(0) if key is None else key
-    return _run(static, jnp.asarray(x), key)
+    logp, info, t_reached = _run(static, jnp.asarray(x), key)
+    check_finished(info.finished, t_reached, "log_likelihood's ODE solve",
+                   f"max_evals={static.max_evals}", static.rtol, static.atol)
+    return logp, info
 
 
 def dequantize(x_uint8: Array, key: Array, dtype=None) -> Array:

@@ -94,3 +94,10 @@ def test_wrong_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         log_likelihood(lambda x, t: 1 / 0, path, jnp.zeros((2, 2)), jax.random.PRNGKey(0),
                        **args)
+
+
+def test_running_out_of_max_evals_raises_instead_of_returning_nan(x64):
+    path, model = _setup("rectified_flow", "velocity")
+    with pytest.raises(ValueError, match=r"max_evals=13 model evaluations .* rtol=1e-09"):
+        log_likelihood(model, path, _data(4), target="velocity", t_min=0.0, rtol=1e-9,
+                       atol=1e-9, max_evals=13)

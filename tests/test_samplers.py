@@ -106,6 +106,30 @@ def test_documented_nfe_is_counted_at_run_time(sampler, num_steps, options, nfe,
     assert calls == info.nfe == nfe
 
 
+def test_deis_order1_is_ddim(x64):
+    """Zhang & Chen 2022: tAB-DEIS with a constant eps extrapolation is DDIM."""
+    opts = dict(grid="quadratic", denoise_to_zero=False, return_trajectory=True)
+    _, deis = _sample("vp_linear", "eps", "deis", 8, order=1, **opts)
+    _, ddim = _sample("vp_linear", "eps", "ddim", 8, **opts)
+    np.testing.assert_allclose(deis.trajectory, ddim.trajectory, atol=1e-10)
+
+
+def test_deis_integrates_eps_polynomial_in_t_exactly(x64):
+    """With eps_hat = p(t) of degree order - 1, each step from the order-th on is exact:
+    x/alpha changes by int p(t) d(sigma/alpha), against quadrature."""
+    from scipy.integrate import quad
+    path, coef = _path("vp_cosine"), np.array([0.8, -1.3, 0.4])  # degree 2, order 3
+    model = lambda x, t: jnp.broadcast_to(jnp.polyval(jnp.asarray(coef), t)[:, None], x.shape)
+    _, info = diffjax.sample(model, path, (2, 2), jax.random.PRNGKey(0), target="eps",
+                             sampler="deis", num_steps=6, return_trajectory=True)
+    ts = np.asarray(info.ts)
+    x_ve = np.asarray(info.trajectory[:, 0, 0]) / np.asarray(path.alpha(info.ts))
+    d_noise = jax.jit(jax.grad(lambda t: jnp.exp(-0.5 * path.logsnr(t))))  # d(sigma/alpha)/dt
+    for i in range(2, len(ts) - 1):
+        exact = quad(lambda t: np.polyval(coef, t) * float(d_noise(t)), ts[i], ts[i + 1])[0]
+        np.testing.assert_allclose(x_ve[i + 1] - x_ve[i], exact, rtol=1e-9)
+
+
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 def test_unipc_coefficients_integrate_polynomials_exactly(order, variant, x64):
@@ -181,6 +205,18 @@ def test_adaptive_solver_matches_scipy_dop853(x64):
     sol = solve_ivp(rhs, (path.t_max, path.t_min), np.asarray(start).ravel(), method="DOP853",
                     rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(sol.y[:, -1].reshape(start.shape), _reference(), atol=1e-7)
+
+
+def test_adaptive_out_of_budget_raises_naming_the_budget_and_tolerances(x64):
+    with pytest.raises(ValueError, match=r"num_steps=20 model evaluations .* rtol=1e-09, "
+                       r"atol=1e-09: raise the budget or loosen"):
+        _sample("vp_linear", "x0", "adaptive", 20, rtol=1e-9, atol=1e-9)
+    # Inside the caller's jit it cannot raise: NaN, never a half-integrated sample.
+    run = jax.jit(lambda key: diffjax.sample(
+        _model("vp_linear", "x0"), _path("vp_linear"), (8, 2), key, target="x0",
+        sampler="adaptive", num_steps=20, rtol=1e-9, atol=1e-9, return_info=True))
+    x, info = run(jax.random.PRNGKey(0))
+    assert not bool(info.finished) and bool(jnp.all(jnp.isnan(x)))
 
 
 def test_ode_samplers_converge_at_their_order(x64):

@@ -9,31 +9,33 @@ step. Time runs data -> noise, so samplers integrate from ``t_max`` down to ``t_
 and, with ``denoise_to_zero``, one final evaluation that returns ``x0_hat(x_{t_min}, t_min)``
 (the last step "to data": exactly the DDPM / DDIM / Euler-in-``sigma`` step to ``sigma = 0``).
 
-==============  ===================================  ========  ==  ==========================
-sampler         options (defaults)                   grid      d   NFE (n = num_steps)
-==============  ===================================  ========  ==  ==========================
-ddpm            --                                   uniform   1   n; K = n - d
-ddim            eta=0.0                              uniform   1   n; K = n - d
-euler_maruyama  --                                   uniform   1   n; K = n - d
-pc              snr=0.16, corrector_steps=1 (c)      uniform   1   K (1+c) + d; K = (n-d)//(1+c)
-euler           --                                   uniform   1   n; K = n - d
-heun            --                                   uniform   1   n; K = ceil((n-d)/2), the
-                                                                   last interval Euler if n-d
-                                                                   is odd
-rk4             --                                   uniform   1   4K + d; K = (n-d)//4
-edm             s_churn=0, s_tmin=0, s_tmax=inf,     karras    1   as heun
+==============  ===================================  =========  ==  ==========================
+sampler         options (defaults)                   grid       d   NFE (n = num_steps)
+==============  ===================================  =========  ==  ==========================
+ddpm            --                                   uniform    1   n; K = n - d
+ddim            eta=0.0                              uniform    1   n; K = n - d
+euler_maruyama  --                                   uniform    1   n; K = n - d
+pc              snr=0.16, corrector_steps=1 (c)      uniform    1   K (1+c) + d; K = (n-d)//(1+c)
+euler           --                                   uniform    1   n; K = n - d
+heun            --                                   uniform    1   n; K = ceil((n-d)/2), the
+                                                                    last interval Euler if n-d
+                                                                    is odd
+rk4             --                                   uniform    1   4K + d; K = (n-d)//4
+edm             s_churn=0, s_tmin=0, s_tmax=inf,     karras     1   as heun
                 s_noise=1
-dpm_solver++    order=2, lower_order_final=True,     logsnr    0   n; K = n - d
+dpm_solver++    order=2, lower_order_final=True,     logsnr     0   n; K = n - d
                 sde=False
-unipc           order=3, variant="bh2",              logsnr    0   n; K = n - d
+unipc           order=3, variant="bh2",              logsnr     0   n; K = n - d
                 lower_order_final=True
-adaptive        rtol=1e-5, atol=1e-5                 --        0   chosen by the solver, at
-                                                                   most n; in SampleInfo.nfe
-==============  ===================================  ========  ==  ==========================
+deis            order=3                              quadratic  0   n; K = n - d
+adaptive        rtol=1e-5, atol=1e-5                 --         0   chosen by the solver, at
+                                                                    most n; in SampleInfo.nfe.
+                                                                    Raises if n is too few
+==============  ===================================  =========  ==  ==========================
 
 ``d`` is the default of ``denoise_to_zero``, each paper's own convention (DDPM's last step,
 DDIM's step to ``alpha = 1``, score-SDE's noise removal and EDM's final Euler step all return
-``x0_hat``; DPM-Solver++ and UniPC stop at ``t_min``). With ``num_steps = T`` and
+``x0_hat``; DPM-Solver++, UniPC and DEIS stop at ``t_min``). With ``num_steps = T`` and
 ``t_min = 1/T`` the ``ddpm`` sampler on the ``ddpm`` path is Ho et al.'s sampler exactly.
 
 Options every sampler takes:
@@ -63,8 +65,13 @@ Unknown samplers, grids or options, ``num_steps < 1`` and a path/target/sampler 
 cannot work on ``[t_min, t_max]`` raise ``ValueError`` before any compute, naming the problem
 and the valid choices. In particular ``alpha(t_max) = 0`` (rectified flow at ``t = 1``) leaves
 ``x0_hat`` undefined for ``eps``/``score`` models, and log-SNR based samplers and grids
-(``dpm_solver++``, ``unipc``, ``edm``, ``euler_maruyama``, ``pc``, ``logsnr``, ``karras``) need
-``alpha(t_max) > 0`` and ``sigma(t_min) > 0``: pass e.g. ``t_max=0.999`` there.
+(``dpm_solver++``, ``unipc``, ``deis``, ``edm``, ``euler_maruyama``, ``pc``, ``logsnr``,
+``karras``) need ``alpha(t_max) > 0`` and ``sigma(t_min) > 0``: pass e.g. ``t_max=0.999``
+there.
+
+``adaptive`` that runs out of its budget ``n`` before ``t_min`` raises ``ValueError`` naming
+``num_steps`` and the tolerances. Called under a trace (inside the caller's own ``jit``) it
+cannot raise: it then returns NaN samples and ``SampleInfo.finished = False``.
 
 Jitted runs are cached on ``(sampler, model_fn, path, target, shape, plan, options)``: reuse
 the same ``model_fn`` object to avoid recompiling.
@@ -82,7 +89,7 @@ import jax.numpy as jnp
 from diffjax import targets as targets_lib
 from diffjax.paths import Path
 from diffjax.samplers import adaptive as adaptive_lib
-from diffjax.samplers import ancestral, dpm_solver, edm, guidance, ode, sde, unipc
+from diffjax.samplers import ancestral, deis, dpm_solver, edm, guidance, ode, sde, unipc
 from diffjax.samplers.base import Plan, Problem
 from diffjax.samplers.grids import GRIDS, LOGSNR_GRIDS, check_grid, time_grid
 
@@ -95,11 +102,14 @@ class SampleInfo(NamedTuple):
     nfe: model evaluations used (a Python int; an int32 scalar array for ``adaptive``).
     ts: the grid ``[K + 1]`` (``[t_max, t_min]`` for ``adaptive``).
     trajectory: ``[K + 1, *shape]`` with ``return_trajectory=True``, else None.
+    finished: whether the sampler reached ``t_min`` (True for fixed-step samplers; a bool
+      scalar array for ``adaptive``, False when it ran out of ``num_steps``).
     """
 
     nfe: Union[int, Array]
     ts: Array
     trajectory: Optional[Array]
+    finished: Union[bool, Array] = True
 
 
 # -- options checks ---------------------------------------------------------------------
@@ -139,6 +149,11 @@ def _check_unipc(opts):
         raise ValueError(f"option order must be one of 1, 2, 3; got {opts['order']!r}")
     if opts["variant"] not in ("bh1", "bh2"):
         raise ValueError(f"option variant must be 'bh1' or 'bh2', got {opts['variant']!r}")
+
+
+def _check_deis(opts):
+    if opts["order"] not in (1, 2, 3):
+        raise ValueError(f"option order must be one of 1, 2, 3; got {opts['order']!r}")
 
 
 def _check_tolerances(opts):
@@ -187,6 +202,8 @@ SAMPLERS: dict[str, Sampler] = {
     "unipc": Sampler(unipc.unipc, {"order": 3, "variant": "bh2", "lower_order_final": True},
                      finite_logsnr=True, grid="logsnr", denoise_to_zero=False,
                      check=_check_unipc),
+    "deis": Sampler(deis.deis, {"order": 3}, finite_logsnr=True, grid="quadratic",
+                    denoise_to_zero=False, check=_check_deis),
     "adaptive": Sampler(adaptive_lib.adaptive, {"rtol": 1e-5, "atol": 1e-5},
                         evaluates_at_t_min=True, fixed_step=False, denoise_to_zero=False,
                         check=_check_tolerances),
@@ -344,13 +361,16 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
 
     problem = Problem(path, denoise, constrain)
     x, aux = spec.fn(problem, x, ts, keys, static.plan, **dict(static.options))
-    trajectory, nfe = (aux, static.plan.evals) if spec.fixed_step else (None, aux)
+    if spec.fixed_step:
+        trajectory, nfe, stop = aux, static.plan.evals, None
+    else:
+        trajectory, nfe, stop = None, aux.nfe, (aux.success, aux.t)
     if static.plan.denoise:
         x = denoise(x, ts[-1])[0]
         nfe = nfe + 1
     if "known" in arrays:
         x = guidance.impose_known(x, known, arrays["mask"])
-    return x, trajectory, nfe
+    return x, trajectory, nfe, stop
 
 
 class _Prepared(NamedTuple):
@@ -428,13 +448,24 @@ def sample(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: 
 
     Returns:
       ``x: shape``; or ``(x, SampleInfo)`` with ``return_info`` / ``return_trajectory``.
+
+    Raises:
+      ValueError: wrong arguments (before any compute), or ``adaptive`` out of its budget.
     """
-    prep = _prepare(model_fn, path, shape, key, target=target, sampler=sampler,
-                    num_steps=num_steps, **options)
-    x, trajectory, nfe = _run(prep.static, prep.eps0, prep.ts, prep.keys, prep.arrays)
+    with jax.ensure_compile_time_eval():  # the checks read the path's constants with float()
+        prep = _prepare(model_fn, path, shape, key, target=target, sampler=sampler,
+                        num_steps=num_steps, **options)
+    x, trajectory, nfe, stop = _run(prep.static, prep.eps0, prep.ts, prep.keys, prep.arrays)
+    finished = True
+    if stop is not None:
+        finished, t_reached = stop
+        opts = dict(prep.static.options)
+        adaptive_lib.check_finished(finished, t_reached, f"Sampler {sampler!r}",
+                                    f"num_steps={num_steps}", opts["rtol"], opts["atol"])
     if not prep.return_info:
         return x
-    return x, SampleInfo(prep.static.plan.nfe if prep.fixed_step else nfe, prep.ts, trajectory)
+    return x, SampleInfo(prep.static.plan.nfe if prep.fixed_step else nfe, prep.ts, trajectory,
+                         finished)
 
 
 __all__ = ["sample", "SAMPLERS", "GRIDS", "Sampler", "SampleInfo", "time_grid"]

@@ -38,7 +38,8 @@ _EXPO = 0.2 - 0.75 * _BETA
 
 
 class ODEResult(NamedTuple):
-    y: Any            # the state at t1 (NaN where the budget ran out)
+    y: Any            # the state at t (t1 when success, else where the budget ran out)
+    t: Array          # the time reached, scalar
     nfe: Array        # evaluations of f, int32 scalar
     num_steps: Array  # accepted steps
     success: Array    # bool scalar: t1 reached within max_evals
@@ -62,7 +63,8 @@ def solve(f: Callable[[Array, Any], Any], y0: Any, t0: float, t1: float, *, rtol
 
     NFE = 1 + 6 per attempted step (first-same-as-last: the 7th stage of an accepted step is
     the 1st of the next). Stops when ``t1`` is reached or the next attempt would exceed
-    ``max_evals``; then ``y`` is NaN and ``success`` is False.
+    ``max_evals``; then ``success`` is False and ``y`` is the state at ``t``, short of ``t1``
+    (callers must not hand it out as the solution: see :func:`check_finished`).
     """
     dtype = jax.tree.leaves(y0)[0].dtype
     t0, t1 = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
@@ -112,17 +114,31 @@ def solve(f: Callable[[Array, Any], Any], y0: Any, t0: float, t1: float, *, rtol
 
     init = (t0, y0, k1, h0, jnp.int32(1), jnp.int32(0), jnp.asarray(1e-4, dtype))
     t, y, _, _, nfe, steps, _ = jax.lax.while_loop(cond, body, init)
-    success = t == t1
-    y = jax.tree.map(lambda a: jnp.where(success, a, jnp.nan), y)
-    return ODEResult(y, nfe, steps, success)
+    return ODEResult(y, t, nfe, steps, t == t1)
+
+
+def check_finished(success: Array, t: Array, what: str, budget: str, rtol: float,
+                   atol: float) -> None:
+    """Raises ``ValueError`` if a solve ran out of its budget before its end time.
+
+    Under a trace (the caller is itself jitted) nothing can be raised; callers then return
+    NaN where ``success`` is False, so an unfinished solve is never mistaken for a result.
+    """
+    if isinstance(success, jax.core.Tracer) or bool(success):
+        return
+    raise ValueError(
+        f"{what} ran out of its budget of {budget} model evaluations before reaching the end "
+        f"time (it stopped at t={float(t):.6g}) with rtol={rtol:g}, atol={atol:g}: raise the "
+        "budget or loosen rtol/atol")
 
 
 def adaptive(problem: Problem, x: Array, ts: Array, keys, plan: Plan, *, rtol: float,
-             atol: float) -> tuple[Array, Array]:
+             atol: float) -> tuple[Array, ODEResult]:
     """Probability-flow ODE from ``ts[0]`` to ``ts[-1]`` with Dormand-Prince 5(4).
 
-    Returns ``(x, nfe)``: the NFE is chosen by the solver (at most ``plan.evals``).
+    Returns ``(x, result)``: the NFE is chosen by the solver (at most ``plan.evals``); ``x``
+    is NaN unless ``result.success`` (the solve reached ``ts[-1]`` within the budget).
     """
     result = solve(lambda t, y: problem.velocity(y, t), x, ts[0], ts[-1], rtol=rtol,
                    atol=atol, max_evals=plan.evals)
-    return result.y, result.nfe
+    return jnp.where(result.success, result.y, jnp.nan), result

@@ -48,14 +48,16 @@ def optimise_grid(model_fn: Callable, path: Path, shape: tuple, key: Array, *, t
         raise ValueError(f"optimise_grid needs a deterministic fixed-step sampler, got {sampler!r} "
                          f"with options {options}")
     ts0 = prep.ts
-    reference = sample(model_fn, path, shape, key, target=target, sampler="adaptive",
-                       num_steps=100_000, rtol=reference_tol, atol=reference_tol,
-                       t_max=float(ts0[0]), t_min=float(ts0[-1]),
-                       denoise_to_zero=bool(prep.static.plan.denoise),
-                       **{k: options[k] for k in ("label", "guidance_scale", "num_classes")
-                          if k in options})
-    if not bool(jnp.all(jnp.isfinite(reference))):
-        raise ValueError("the reference ODE solve did not finish; loosen reference_tol")
+    try:
+        reference = sample(model_fn, path, shape, key, target=target, sampler="adaptive",
+                           num_steps=100_000, rtol=reference_tol, atol=reference_tol,
+                           t_max=float(ts0[0]), t_min=float(ts0[-1]),
+                           denoise_to_zero=bool(prep.static.plan.denoise),
+                           **{k: options[k] for k in ("label", "guidance_scale", "num_classes")
+                              if k in options})
+    except ValueError as err:
+        raise ValueError(f"optimise_grid's reference solve failed; loosen reference_tol "
+                         f"({reference_tol:g}): {err}") from err
 
     half_logsnr = 0.5 * path.logsnr(ts0)
     if not bool(jnp.all(jnp.isfinite(half_logsnr))):
