@@ -6,12 +6,14 @@ Layout of a workdir::
     config.json             the run's config (written before training starts)
     checkpoints/<step>/     orbax: state/ (the TrainState pytree), data/ (one grain
                             iterator state per process)
-    checkpoints_broken/     checkpoints that failed to restore and had to make way for a
-                            new save of the same step (moved here, never deleted)
+    checkpoints_broken/     checkpoints that failed to restore and saves that never
+                            completed, moved here by the run's first save after it found
+                            them (never deleted)
 
-orbax writes each step into a temporary directory and renames it when complete, so a run
-killed mid-save leaves no half checkpoint under a step's name; saves are asynchronous and
-:meth:`Checkpointer.close` waits for them.
+orbax writes each step into a temporary directory (``<step>.orbax-checkpoint-tmp``) and
+renames it when complete, so a run killed mid-save leaves no half checkpoint under a step's
+name, only that directory; saves are asynchronous and :meth:`Checkpointer.close` waits for
+them.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from diffjax.config_validation import ConfigError
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 BROKEN_DIR = "checkpoints_broken"
+# orbax's name for a step's directory while it is written (it renames it when complete).
+PARTIAL_SUFFIX = ".orbax-checkpoint-tmp"
 # config.model keys that change how the network computes, not what its parameters are.
 _MODEL_KEYS_FREE_TO_CHANGE = ("dtype", "dropout")
 
@@ -164,33 +168,53 @@ class Checkpointer:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "data": grain.checkpoint.CheckpointHandler()})
         self.broken_steps: list[int] = []
+        self.partial_saves: list[str] = []
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def find_partial_saves(self) -> list[str]:
+        """Directories of saves that never completed (a run killed while writing them)."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(os.path.join(self.directory, name) for name in os.listdir(self.directory)
+                      if PARTIAL_SUFFIX in name)
+
     def save(self, step: int, state: Any, iterator: Optional[Any]) -> None:
-        """Saves ``state`` (and the iterator's position) as step ``step``; asynchronous."""
+        """Saves ``state`` (and the iterator's position) as step ``step``; asynchronous.
+
+        The first save moves what :meth:`restore_latest` skipped to ``checkpoints_broken/``:
+        orbax would otherwise delete it (``keep`` prunes old steps; a new save of a step
+        replaces its unfinished temporary directory).
+        """
+        if self.broken_steps or self.partial_saves:
+            self._move_aside()
         if step in self._manager.all_steps():
-            if step not in self.broken_steps:
-                return  # already saved (e.g. a signal right after a periodic save)
-            self._move_aside(step)
+            return  # already saved (e.g. a signal right after a periodic save)
         items = {"state": ocp.args.StandardSave(state)}
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator))
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-    def _move_aside(self, step: int) -> None:
-        """A broken checkpoint in the way of a new save: kept, under ``checkpoints_broken/``."""
+    def _move_aside(self) -> None:
+        """Broken checkpoints and unfinished saves: kept, under ``checkpoints_broken/``."""
+        names = [str(step) for step in self.broken_steps] + [
+            os.path.basename(path) for path in self.partial_saves]
         if jax.process_index() == 0:
-            dest = os.path.join(self.workdir, BROKEN_DIR, f"{step}.{int(time.time())}")
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.move(os.path.join(self.directory, str(step)), dest)
-            warnings.warn(f"moved broken checkpoint {step} to {dest} to save step {step} anew",
+            suffix = f".{int(time.time())}"
+            broken = os.path.join(self.workdir, BROKEN_DIR)
+            os.makedirs(broken, exist_ok=True)
+            for name in names:
+                source = os.path.join(self.directory, name)
+                if os.path.exists(source):
+                    shutil.move(source, os.path.join(broken, name + suffix))
+            warnings.warn(f"moved {', '.join(names)} from {self.directory} to {broken} (kept, "
+                          "never deleted; remove them yourself once inspected)",
                           BrokenCheckpointWarning, stacklevel=3)
         from diffjax import parallel
-        parallel.sync(f"diffjax_move_aside_{step}")
+        parallel.sync("diffjax_move_aside")
         self._manager.reload()
-        self.broken_steps.remove(step)
+        self.broken_steps, self.partial_saves = [], []
 
     def restore(self, step: int, abstract_state: Any, iterator: Optional[Any] = None) -> Any:
         """The state saved at ``step`` (shapes/shardings of ``abstract_state``); if
@@ -203,12 +227,18 @@ class Checkpointer:
     def restore_latest(self, abstract_state: Any,
                        iterator: Optional[Any] = None) -> tuple[Optional[Any], Optional[int]]:
         """The newest checkpoint that restores cleanly, as ``(state, step)``; ``(None, None)``
-        if there is none. Broken ones are reported with a warning, skipped and left in place.
+        if there is none. Broken ones and unfinished saves are reported with a warning,
+        skipped and left in place (until :meth:`save` moves them aside).
 
         Raises:
           WorkdirError: there are checkpoints but none restores (e.g. another model's):
             starting afresh would overwrite them.
         """
+        self.partial_saves = self.find_partial_saves()
+        for path in self.partial_saves:
+            warnings.warn(f"{path} is a checkpoint save that never completed (the run was "
+                          "stopped while writing it); ignoring it",
+                          BrokenCheckpointWarning, stacklevel=2)
         steps = self.steps()
         for step in reversed(steps):
             try:

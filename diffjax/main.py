@@ -118,7 +118,7 @@ def main(argv: Sequence[str]) -> None:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _checked_config()
     workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-    from diffjax import checkpoint, parallel, train
+    from diffjax import checkpoint, data, parallel, train
 
     try:
         config_validation.validate(config, process_count=_NUM_PROCESSES.value or 1)
@@ -138,7 +138,7 @@ def main(argv: Sequence[str]) -> None:
             if source != workdir:
                 checkpoint.write_config(workdir, config)  # what was evaluated, beside its numbers
             (_sample if _MODE.value == "sample" else _eval)(config, workdir, source)
-    except ConfigError as e:
+    except (ConfigError, data.DatasetNotPreparedError) as e:
         _fail(str(e))
     except train.NonFiniteError as e:
         _fail(str(e), status=1)

@@ -454,13 +454,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=tcfg.keep_checkpoints)
     try:
         state, step = checkpointer.restore_latest(abstract, iterator)
-        resumed = step is not None
-        if not resumed:
+        if step is None:
             state = jax.jit(lambda: init_state(recipe, config.seed), out_shardings=shardings)()
             step = 0
+        elif parallel.is_main_process():
+            print(f"resuming from step {step} ({checkpointer.directory}/{step})", flush=True)
         ckpt_lib.write_config(workdir, config)
+        # Records after the restored step (all of them on a fresh start) were written by an
+        # interrupted run after its last checkpoint; they are dropped and logged again.
         writer = reporting.MetricsWriter(workdir, enabled=parallel.is_main_process(),
-                                         resume_step=step if resumed else None)
+                                         resume_step=step)
         try:
             return _loop(config, workdir, recipe, mesh, shardings, state, step, iterator,
                          checkpointer, writer)

@@ -62,7 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "dataset": "digits",
         "batch_size": 128,
-        "data_dir": None,
+        # Typed, so that --config.data.data_dir=DIR works on the command line.
+        "data_dir": ml_collections.FieldReference(None, field_type=str),
         "random_flip": False,
         "num_workers": 0,
     })
