@@ -153,7 +153,10 @@ def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
         if proc.poll() is not None:
             raise AssertionError(f"process ended ({proc.returncode}) before {what}:\n"
                                  f"{proc.stderr.read()[-3000:]}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() > deadline:
+            proc.kill()  # no held process outlives its test
+            proc.communicate()
+            raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
 
 
