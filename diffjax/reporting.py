@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -41,6 +42,11 @@ class MetricsWriter:
             if resume_step is not None:
                 _drop_records_after(path, resume_step)
             self._file = open(path, "a", encoding="utf-8")
+            if self._file.tell() > 0:  # a torn last line must not swallow the next record
+                with open(path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        self._file.write("\n")
             from tensorboardX import SummaryWriter  # deferred: pulls in protobuf
             purge = None if resume_step is None else resume_step + 1
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
@@ -64,13 +70,31 @@ class MetricsWriter:
             self._file = self._tb = None
 
 
+def _parse_lines(path: str) -> tuple[list[str], list[dict], int]:
+    """The lines of a metrics file, their records, and how many lines did not parse (a line
+    torn by a power loss or a full disk; only ever the last one written)."""
+    lines, records, torn = [], [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+                lines.append(line if line.endswith("\n") else line + "\n")
+            except json.JSONDecodeError:
+                torn += 1
+    return lines, records, torn
+
+
 def _drop_records_after(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(kept) == len(lines):
+    lines, records, torn = _parse_lines(path)
+    kept = [line for line, r in zip(lines, records) if r.get("step", 0) <= step]
+    if torn:
+        warnings.warn(f"{path}: dropped {torn} line(s) that are not complete JSON records "
+                      "(a write cut short)")
+    if len(kept) == len(lines) and not torn:
         return
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -79,12 +103,11 @@ def _drop_records_after(path: str, step: int) -> None:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The records of ``workdir/metrics.jsonl``, in order."""
+    """The records of ``workdir/metrics.jsonl``, in order (a torn last line is left out)."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return _parse_lines(path)[1]
 
 
 def image_grid(x: np.ndarray, ncols: Optional[int] = None, pad: int = 1) -> np.ndarray:
