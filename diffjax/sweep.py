@@ -427,6 +427,21 @@ def _evaluate(sweep: Sweep, trial: Trial, workdir: str, quick: bool, train: Opti
     return record
 
 
+def _lock(workdir: str):
+    """An exclusive lock on the workdir for this process (released when it exits): two
+    sweeps in one workdir would run the same trials twice."""
+    import fcntl
+
+    handle = open(os.path.join(workdir, ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise SweepError(f"--workdir={workdir} is in use by another sweep; wait for it or use "
+                         "another --workdir") from None
+    return handle
+
+
 def _check_workdir(workdir: str, sweep_path: str, quick: bool) -> None:
     os.makedirs(workdir, exist_ok=True)
     marker = os.path.join(workdir, "sweep.json")
@@ -452,7 +467,18 @@ def run(sweep_path: str, workdir: str, *, quick: bool = False, workers: int = 1,
     trials = make_trials(sweep, quick)
     check(sweep, trials)
     workdir = os.path.abspath(workdir)
-    _check_workdir(workdir, sweep_path, quick)
+    os.makedirs(workdir, exist_ok=True)
+    lock = _lock(workdir)
+    try:
+        _check_workdir(workdir, sweep_path, quick)
+        return _run_trials(sweep, trials, workdir, sweep_path, quick, workers, retry_failed, log)
+    finally:
+        lock.close()
+
+
+def _run_trials(sweep: Sweep, trials: Sequence[Trial], workdir: str, sweep_path: str,
+                quick: bool, workers: int, retry_failed: bool,
+                log: Callable[[str], None]) -> list[dict]:
     start = time.time()
 
     def finished(trial: Trial) -> bool:
@@ -471,7 +497,9 @@ def run(sweep_path: str, workdir: str, *, quick: bool = False, workers: int = 1,
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         trains: dict[str, dict] = {}
         if sweep.script is None:
-            firsts = {t.train_key: t for t in reversed(todo)}
+            firsts: dict[str, Trial] = {}
+            for t in todo:  # each training once, for the first trial that needs it
+                firsts.setdefault(t.train_key, t)
             futures = {k: pool.submit(_train, sweep, t, workdir, log) for k, t in firsts.items()}
             trains = {k: f.result() for k, f in futures.items()}
         futures = [pool.submit(_evaluate, sweep, t, workdir, quick, trains.get(t.train_key), log)
@@ -542,11 +570,17 @@ def write_outputs(sweep: Sweep, trials: Sequence[Trial], workdir: str, sweep_pat
     cpu = f"{os.cpu_count()} CPU cores"
     command = (f"python -m diffjax.sweep --sweep={os.path.relpath(sweep_path)} "
                f"--workdir=DIR{' --quick' if quick else ''}")
+    records = [_read_json(os.path.join(workdir, t.name, RESULT_FILE)) or {} for t in trials]
+    trainings = {t.train_key: r.get("train_seconds") or 0.0 for t, r in zip(trials, records)}
+    evals = sum(r.get("seconds") or 0.0 for r in records)
     text = [f"# {os.path.splitext(os.path.basename(sweep_path))[0]}"
             f"{' (quick)' if quick else ''}", "", sweep.description, "",
-            f"`{command}` -- this invocation ran for {seconds / 60:.1f} min on {cpu} "
-            "(trials finished earlier are not counted; train_s/eval_s are per trial, a "
-            "training shared by several trials is listed with each).", "",
+            f"`{command}` on {cpu}: {len(trials)} trials, "
+            + (f"{len(trainings)} training run(s) {sum(trainings.values()) / 60:.1f} min + "
+               if not sweep.script else "")
+            + f"{evals / 60:.1f} min of trial runs (wall time of the subprocesses, all "
+            f"invocations; this one {seconds / 60:.1f} min). train_s is the trial's shared "
+            "training, eval_s its own run.", "",
             markdown_table(rows, shown), ""]
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
