@@ -122,3 +122,15 @@ def test_bad_sweeps_fail_before_any_compute(swept, tmp_path):
     assert not os.path.exists(out)
     with pytest.raises(sweep_lib.SweepError, match="--quick"):
         sweep_lib.run(path, workdir, quick=False)  # the workdir holds the quick run
+
+
+@pytest.mark.parametrize("name", ["one_recipe", "ddim_steps", "schedules", "edm_sampler",
+                                  "guidance", "sampler_nfe"])
+def test_every_experiment_sweep_is_valid_in_full_and_quick_mode(name):
+    """Config checks only (no compute): a broken experiment fails here, not after training."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sweep = sweep_lib.load_sweep(os.path.join(repo, "experiments", f"{name}.py"))
+    for quick in (False, True):
+        trials = sweep_lib.make_trials(sweep, quick)
+        sweep_lib.check(sweep, trials)
+        assert trials
