@@ -519,7 +519,7 @@ def _rows(sweep: Sweep, trials: Sequence[Trial], workdir: str) -> list[dict]:
             "status": "missing", "metrics": {}, "error": "", "seconds": None}
         if sweep.script is not None and record["status"] == "ok":
             for row in sweep.script.rows(os.path.join(workdir, trial.name)):
-                rows.append({"trial": trial.name, **row})
+                rows.append({**({"trial": trial.name} if len(trials) > 1 else {}), **row})
             continue
         row = {"trial": trial.name, **trial.varied}
         metrics = record.get("metrics", {})
