@@ -352,3 +352,15 @@ def test_documented_t_max_below_one_makes_rectified_flow_work_for_eps_models():
 def test_registry_names_the_issue_samplers():
     assert set(SAMPLERS) >= {"ddpm", "ddim", "euler_maruyama", "pc", "euler", "heun", "rk4",
                              "adaptive", "edm", "dpm_solver++"}
+
+
+def test_edm_churn_confined_to_a_noise_window_gives_finite_samples_on_the_mixture():
+    """Steps outside [s_tmin, s_tmax] have gamma = 0; their added noise must be exactly 0 (a
+    difference of squares there once rounded negative and turned samples into NaN)."""
+    path = paths.get("vp_linear")
+    x = diffjax.sample(RING.model_fn(path, "score"), path, (2000, 2), jax.random.PRNGKey(0),
+                       target="score", sampler="edm", num_steps=50, grid="karras",
+                       s_churn=30.0, s_tmin=0.01, s_tmax=1.0, s_noise=1.007)
+    assert bool(jnp.all(jnp.isfinite(x)))
+    # E|x|^2 of the ring (radius sqrt 2, std 0.1): 2 + 2 * 0.01.
+    assert abs(float(jnp.mean(jnp.sum(x**2, -1))) - 2.02) < 0.15

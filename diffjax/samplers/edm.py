@@ -45,7 +45,9 @@ def edm(problem: Problem, x: Array, ts: Array, keys, plan: Plan, *, s_churn: flo
             gamma = jnp.where((s_i >= s_tmin) & (s_i <= s_tmax), gamma_max, 0.0)
             s_hat = s_i * (1.0 + gamma)
             z = jax.random.normal(key, x.shape, x.dtype)
-            x_ve = x_ve + jnp.sqrt(s_hat**2 - s_i**2) * s_noise * z
+            # s_i sqrt((1 + gamma)^2 - 1), not sqrt(s_hat^2 - s_i^2): where gamma = 0 the
+            # difference of squares can round to a tiny negative number (a NaN sample).
+            x_ve = x_ve + s_i * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise * z
             t_hat = jnp.where(gamma > 0, path.t_from_logsnr(-2.0 * jnp.log(s_hat)), t)
         else:
             s_hat, t_hat = s_i, t
