@@ -54,6 +54,9 @@ EVAL_GROUPS = ("sampling", "eval")
 # Grid keys ``tag.<column>`` label a trial in the table and plots; they are not overrides.
 TAG = "tag."
 RESULT_FILE = "result.json"
+# Reported next to a tabulated metric when the run reports them: its real-data floor (or
+# ceiling), and its standard error.
+COMPANIONS = ("_floor", "_real", "_stderr")
 TRAIN_DIR = "_train"
 USAGE_ERROR = 2
 ERROR_LINES = 12
@@ -107,7 +110,8 @@ class Sweep:
       grid: one dict of overrides per trial (dotted config keys, Python values); an optional
         ``"name"`` entry names the trial's directory (default: its varying overrides), and
         ``"tag.<column>"`` entries label it in the table without changing its config.
-      metrics: result keys to tabulate; ``<metric>_floor`` is added when the run reports it.
+      metrics: result keys to tabulate; ``<metric>_floor``, ``_real`` and ``_stderr`` are
+        added when the run reports them.
       overrides: applied to every trial.
       quick: overrides added in ``--quick`` mode (fewer steps, samples).
       quick_grid: the grid in ``--quick`` mode (default: ``grid``).
@@ -525,8 +529,9 @@ def _rows(sweep: Sweep, trials: Sequence[Trial], workdir: str) -> list[dict]:
         metrics = record.get("metrics", {})
         for m in sweep.metrics:
             row[m] = metrics.get(m, math.nan)
-            if f"{m}_floor" in metrics:
-                row[f"{m}_floor"] = metrics[f"{m}_floor"]
+            for companion in (f"{m}{suffix}" for suffix in COMPANIONS):
+                if companion in metrics:
+                    row[companion] = metrics[companion]
         row["status"] = record["status"]
         row["train_s"] = record.get("train_seconds")
         row["eval_s"] = record.get("seconds")
