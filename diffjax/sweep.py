@@ -550,9 +550,15 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _label(column: str) -> str:
+    """``sampling.eta`` -> ``eta``; ``path.name`` -> ``path``."""
+    parts = column.split(".")
+    return parts[-2] if len(parts) > 1 and parts[-1] == "name" else parts[-1]
+
+
 def markdown_table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None) -> str:
     columns = list(columns or dict.fromkeys(k for r in rows for k in r))
-    head = [c.split(".")[-1] if "." in c else c for c in columns]
+    head = [_label(c) for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
@@ -635,7 +641,8 @@ def make_plot(plot: Plot, rows: Sequence[dict], workdir: str) -> str:
     for label, group in groups.items():
         if all(isinstance(r[plot.x], (int, float)) for r in group):
             group = sorted(group, key=lambda r: r[plot.x])
-        name = ", ".join(f"{s.split('.')[-1]}={_short(v)}" for s, v in zip(plot.series, label))
+        name = ", ".join(f"{_label(s)}={_short(v)}" for s, v in zip(plot.series, label)
+                         if v not in (None, ""))
         ax.plot([r[plot.x] for r in group], [r[plot.y] for r in group], "o-",
                 label=name or None)
     floors = [r[f"{plot.y}_floor"] for r in good if f"{plot.y}_floor" in r]
