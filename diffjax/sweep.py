@@ -569,7 +569,8 @@ def write_outputs(sweep: Sweep, trials: Sequence[Trial], workdir: str, sweep_pat
     """``results.csv``, ``results.md`` and the plots, from the trials' result records."""
     rows = _rows(sweep, trials, workdir)
     varied = [k for t in trials for k in t.varied]
-    columns = list(dict.fromkeys(["trial", *varied] + [k for r in rows for k in r]))
+    columns = [c for c in dict.fromkeys(["trial", *varied] + [k for r in rows for k in r])
+               if any(c in r for r in rows)]
     with open(os.path.join(workdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
