@@ -131,14 +131,14 @@ class Sweep:
     script: Optional[Script] = None
 
 
-def product(axes: Mapping[str, Sequence[Any]], **fixed: Any) -> list[dict]:
-    """The trials of every combination of ``axes`` (``{key: values}``), in order.
+def product(axes: Mapping[str, Sequence[Any]]) -> list[dict]:
+    """The trials of every combination of ``axes`` (``{key: values}``), the last key fastest.
 
-    ``fixed`` adds the same entries to each (e.g. ``name`` cannot be fixed; keys with dots
-    go in ``axes`` as one-value lists).
+    ``product({"sampling.eta": [0.0, 1.0], "sampling.num_steps": [10, 20]})`` is four trials;
+    concatenate lists (``product(...) + [{...}]``) for grids that are not products.
     """
     keys = list(axes)
-    return [dict(zip(keys, values), **fixed) for values in itertools.product(*axes.values())]
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
 # --------------------------------------------------------------------------- trials
@@ -171,7 +171,7 @@ def load_sweep(path: str) -> Sweep:
 
 
 def _format(value: Any) -> str:
-    """A value as ``--config.key=<text>`` parses it back."""
+    """A value as text: hashed into the training key, shown in records."""
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if isinstance(value, (list, tuple)):
