@@ -32,7 +32,7 @@ Usage::
 Writes ``results.csv`` (one row per run), ``best_confirmed.csv``, ``results.md`` (all
 tables), ``summary.md`` (best sampler per budget, for the README), ``tuned_grids.json`` and
 ``sampler_nfe.png`` under ``--out``. The full run took 26 minutes on a shared 2-core CPU
-(24 CPU-minutes; ``--quick``: 2 minutes). See docs/samplers.md for the results.
+(24 CPU-minutes; ``--quick``: 2 minutes). The results are in README.md, "Sampling".
 """
 from __future__ import annotations
 
