@@ -9,7 +9,8 @@ variance-preserving paths:
 * ``edm``: on the cosine path, but ``log(sigma/alpha) ~ N(-1.2, 1.2^2)`` (EDM's training
   distribution; EDM's preconditioning and weighting are *not* used, to vary one thing);
 * ``cosine_matched``, ``edm_matched``: the same on the cosine path cut at ``t_max = 0.996``,
-  the log-SNR range of the linear path (see ``MATCHED``).
+  the log-SNR range of the linear path (see ``MATCHED``);
+* ``*_v``: linear, cosine_matched and edm_matched with the v target instead of eps.
 
 Each is sampled with DDIM (eta = 0) on its own path at 10 and 50 steps.
 
@@ -30,6 +31,10 @@ SCHEDULES = {
     "cosine_matched": {"path.name": "vp_cosine", "loss.time_sampling": "uniform", **MATCHED},
     "edm_matched": {"path.name": "vp_cosine", "loss.time_sampling": "lognormal", **MATCHED},
 }
+# The same three distributions with v-prediction (Salimans & Ho 2022), whose x0_hat stays
+# bounded as alpha -> 0: separates the noise distribution from eps's instability there.
+SCHEDULES.update({f"{name}_v": {**SCHEDULES[name], "model.target": "v"}
+                  for name in ("linear", "cosine_matched", "edm_matched")})
 
 
 def _grid(steps):
@@ -43,7 +48,7 @@ SWEEP = Sweep(
     grid=_grid([10, 50]),
     metrics=["fd_classifier"],
     quick=DIGITS_QUICK,
-    quick_grid=[t for t in _grid([10]) if "matched" not in t["name"]],
+    quick_grid=[t for t in _grid([10]) if "matched" not in t["name"] and "_v" not in t["name"]],
     plots=[Plot(x="sampling.num_steps", y="fd_classifier", series=["tag.schedule"],
                 name="schedules", logy=True,
                 title="Training noise distribution (digits): FD vs DDIM steps")],
