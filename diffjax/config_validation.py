@@ -206,7 +206,7 @@ def _check_metrics(config: ml_collections.ConfigDict, data_info: Any) -> None:
                          conditional=bool(config.model.class_conditional),
                          inception_weights=config.eval.inception_weights)
         from diffjax.evaluate import nll
-        kwargs = {k: v for k, v in config.path.items() if k != "name"}
+        kwargs = configs.path_kwargs(config.path)
         nll.check(metrics.split_metrics(names)[1], data_info.kind,
                   paths.get(config.path.name, **kwargs), config.model.target)
     except (ValueError, OSError) as e:
@@ -217,7 +217,7 @@ def _check_recipe(config: ml_collections.ConfigDict, data_info: Any) -> None:
     """Builds the path, checks the network and the objective (all cheap, nothing traced)."""
     from diffjax import models
 
-    kwargs = {k: v for k, v in config.path.items() if k != "name"}
+    kwargs = configs.path_kwargs(config.path)
     try:
         path = paths.get(config.path.name, **kwargs)
     except ValueError as e:

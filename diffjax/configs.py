@@ -20,6 +20,7 @@ import ml_collections
 
 from diffjax import data as data_lib
 from diffjax import models
+from diffjax import paths as paths_lib
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -27,6 +28,39 @@ ConfigDict = ml_collections.ConfigDict
 def _optional(kind: type, value: Any = None) -> ml_collections.FieldReference:
     """A field that may be None but takes ``kind`` from the command line."""
     return ml_collections.FieldReference(value, field_type=kind)
+
+
+def _path_keywords() -> dict[str, type]:
+    """Every keyword argument of every path in :data:`diffjax.paths.PATHS`, with its type."""
+    import inspect
+
+    keywords: dict[str, type] = {}
+    for cls in paths_lib.PATHS.values():
+        for name, param in inspect.signature(cls).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                keywords.setdefault(name, type(param.default))
+    return keywords
+
+
+def default_path_config(name: str = "rectified_flow", **kwargs: Any) -> ConfigDict:
+    """``config.path``: ``name`` and every path keyword, ``None`` meaning the path's default.
+
+    Holding all keywords lets ``--config.path.t_max=0.999`` (or ``sigma_max``, ``rho``, ...)
+    work from the command line on any config; a keyword the named path does not take is
+    refused by the validation, naming the path's keywords.
+    """
+    cfg = ConfigDict({"name": name})
+    for key, kind in _path_keywords().items():
+        cfg[key] = _optional(kind, kwargs.pop(key, None))
+    if kwargs:
+        raise ValueError(f"Unknown path keyword(s) {sorted(kwargs)}; valid: "
+                         f"{', '.join(sorted(_path_keywords()))}")
+    return cfg
+
+
+def path_kwargs(path_cfg: ConfigDict) -> dict[str, Any]:
+    """The keyword arguments of ``paths.get(path_cfg.name, ...)``: the keys that are set."""
+    return {k: v for k, v in path_cfg.items() if k != "name" and v is not None}
 
 
 def default_model_config(arch: str = "unet") -> ConfigDict:
@@ -76,7 +110,7 @@ def default_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
     config.data = data_lib.default_config()
-    config.path = ConfigDict({"name": "rectified_flow"})
+    config.path = default_path_config("rectified_flow")
     config.model = default_model_config("unet")
     config.loss = default_loss_config()
     config.optim = ConfigDict({
@@ -202,7 +236,7 @@ def apply_recipe(config: ConfigDict, recipe: str, **path_kwargs: Any) -> ConfigD
     with config.unlocked():
         for group, values in RECIPES[recipe].items():
             if group == "path":
-                config.path = ConfigDict({**values, **path_kwargs})
+                config.path = default_path_config(**values, **path_kwargs)
             else:
                 config[group].update(values)
     return config

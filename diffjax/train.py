@@ -32,7 +32,7 @@ from jax import lax
 
 from diffjax import checkpoint as ckpt_lib
 from diffjax import data as data_lib
-from diffjax import models, objectives, parallel, paths, reporting
+from diffjax import configs, models, objectives, parallel, paths, reporting
 from diffjax.denoiser import Denoiser
 
 Array = jax.Array
@@ -116,8 +116,7 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     """Builds network, denoiser, objective and optimizer from a (validated) config."""
     if data_info is None:
         data_info = data_lib.info(config.data.dataset, config.data.get("data_dir"))
-    path_cfg = dict(config.path)
-    path = paths.get(path_cfg.pop("name"), **path_cfg)
+    path = paths.get(config.path.name, **configs.path_kwargs(config.path))
     conditional = bool(config.model.get("class_conditional", False))
     num_classes = data_info.num_classes if conditional else 0
     net = models.from_config(config.model, data_shape=data_info.shape,

@@ -438,3 +438,22 @@ def test_a_metrics_line_torn_by_a_power_loss_is_dropped_and_never_glued_to_the_n
     with pytest.warns(UserWarning, match="not complete JSON"):
         reporting.MetricsWriter(str(tmp_path), resume_step=2).close()
     assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n'
+
+
+def test_path_keywords_are_settable_on_any_config_and_checked_against_the_named_path():
+    """``--config.path.<kw>`` works although the config file never set ``kw``; a keyword the
+    named path does not take is refused, naming the path's keywords (no compute)."""
+    from diffjax import config_validation, configs, paths
+    assert config_validation.is_known_override("path.t_max") is None
+    config = configs.apply_recipe(configs.default_config(), "flow")
+    with config.unlocked():
+        config.path.t_max = 0.999
+    assert configs.path_kwargs(config.path) == {"t_max": 0.999}
+    assert paths.get(config.path.name, **configs.path_kwargs(config.path)).t_max == 0.999
+    with config.unlocked():
+        config.path.sigma_max = 3.0
+    with pytest.raises(config_validation.ConfigError, match=r"sigma_max.*t_min, t_max"):
+        config_validation.validate(config)
+    # Switching recipes resets the path's keywords to the new path's defaults.
+    config = configs.apply_recipe(config, "score_ve", sigma_max=3.0)
+    assert configs.path_kwargs(config.path) == {"sigma_max": 3.0}
