@@ -6,8 +6,8 @@
 Recipes (the part after ``:``): ddpm, score_ve, score_vp, flow, edm (default) -- identical
 apart from the keys ``diffjax.configs.RECIPES`` lists. At this budget (1300 steps, 30 model
 evaluations to sample) EDM gives the best samples; fd_classifier of 500 samples (real-data
-floor 2.35): edm 2.95, score_vp 3.52, ddpm 3.93, flow 3.97, score_ve 24 (its
-predictor-corrector sampler needs more steps: 2.64 with 200).
+floor 3.20): edm 3.30, flow 3.51, score_vp 4.61, ddpm 5.13, score_ve 33 (its
+predictor-corrector sampler needs more steps: 3.61 with 200).
 """
 from diffjax import configs
 
