@@ -7,12 +7,12 @@ and what is accepted, e.g.::
     config.trainig is not a valid key; did you mean config.training?
 
 Valid keys are those of :func:`diffjax.configs.reference_config` (the defaults, with the keys
-of every arch under ``model``) plus, under ``path``, the keyword arguments of the named path.
+of every arch under ``model`` and every path keyword under ``path``; the named path refuses
+the keywords it does not take).
 """
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Any, Iterable, Optional
 
 import ml_collections
@@ -39,14 +39,6 @@ def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
         raise _choices_error(key, value, choices)
 
 
-def _path_keys() -> set[str]:
-    """``name`` and every keyword of every path (the named path checks its own in paths.get)."""
-    keys = {"name"}
-    for cls in paths.PATHS.values():
-        keys |= {p for p in inspect.signature(cls.__init__).parameters if p != "self"}
-    return keys
-
-
 def unknown_key(key: str, valid: Iterable[str], prefix: str) -> ConfigError:
     """The error for ``prefix + key`` not in ``valid``, naming the nearest valid key."""
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
@@ -64,13 +56,11 @@ def check_keys(config: ml_collections.ConfigDict,
 
 def _check_keys(config: Any, reference: Any, prefix: str) -> None:
     for key in config.keys():
-        valid = _path_keys() if prefix == "path." else set(reference.keys())
+        valid = set(reference.keys())
         if key not in valid:
             raise unknown_key(key, valid, prefix)
         value = config[key]
-        if prefix == "" and key == "path":
-            _check_keys(value, None, "path.")
-        elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        if isinstance(value, ml_collections.ConfigDict) and isinstance(
                 reference.get(key), ml_collections.ConfigDict):
             _check_keys(value, reference[key], f"{prefix}{key}.")
 
@@ -82,9 +72,6 @@ def is_known_override(dotted: str) -> Optional[ConfigError]:
     parts = dotted.split(".")
     for i, part in enumerate(parts):
         prefix = "".join(p + "." for p in parts[:i])
-        if prefix == "path.":
-            valid = _path_keys()
-            return None if part in valid else unknown_key(part, valid, prefix)
         if not isinstance(node, ml_collections.ConfigDict):
             return ConfigError(f"config.{prefix.rstrip('.')} is not a group; it has no key {part!r}")
         if part not in node:
