@@ -345,9 +345,8 @@ def _main_cmd(config: str, overrides: Overrides, workdir: str, mode: str,
               restore_from: Optional[str] = None) -> list[str]:
     """The diffjax.main command of a run, its config a file written into ``workdir``.
 
-    A config file rather than ``--config.key=value`` flags: it takes any Python value and
-    keys the base config lacks (e.g. a path's keyword arguments), exactly as :func:`check`
-    validated them.
+    A config file rather than ``--config.key=value`` flags: it takes any Python value exactly
+    as :func:`check` validated it, and any trial can be re-run by hand from its directory.
     """
     if mode == "train":
         overrides = {**overrides, "training.eval_every": 0, "training.progress_bar": False}
