@@ -164,14 +164,17 @@ class GaussianMixture:
 
     def model_fn(self, path: Path, target: str = "eps") -> Callable[[Array, Array], Array]:
         """The exact model ``f(x, t)`` in ``target`` parameterisation, for :func:`diffjax.sample`."""
-        cond = self.conditional_model_fn(path, target)
-        return lambda x, t: cond(x, t, None)
+        conditional = self.conditional_model_fn(path, target)
+        return lambda x, t: conditional(x, t, None)
 
     def conditional_model_fn(self, path: Path, target: str = "eps"):
-        """The exact ``f(x, t, label)``; ``label = num_classes`` (or ``None``) is unconditional."""
+        """The exact ``f(x, t, cond)`` for the condition dict ``cond`` (:mod:`diffjax.conditions`):
+        ``cond["label"]`` selects the component(s); the null label ``num_classes``, a missing
+        label or ``cond=None`` is the whole mixture."""
         targets_lib.check_target(target)
 
-        def fn(x, t, label=None):
+        def fn(x, t, cond=None):
+            label = (cond or {}).get("label")
             t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
             x0 = self.x0_hat(path, x, t, label)
             s = path.sigma(t).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))

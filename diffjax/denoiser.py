@@ -1,6 +1,6 @@
 """Reads a network's raw output as a model in target space, plainly or with EDM preconditioning.
 
-Networks in :mod:`diffjax.models` map ``(x, noise_cond, label) -> F`` and know nothing of
+Networks in :mod:`diffjax.models` map ``(x, noise_cond, cond) -> F`` and know nothing of
 paths. :class:`Denoiser` decides what they see and how ``F`` is read:
 
 * ``preconditioning="none"``: ``noise_cond = t`` and ``F`` is the prediction of ``target``.
@@ -16,7 +16,7 @@ paths. :class:`Denoiser` decides what they see and how ``F`` is read:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,9 +54,11 @@ def check_preconditioning(preconditioning: str, target: str) -> None:
 class Denoiser:
     """A Flax network read as a model in ``target`` space.
 
-    ``apply(variables, x, t, label, train=..., rngs=...)`` returns the prediction of
-    ``target`` at ``x: [B, ...]``, ``t: [B]``. ``model_fn(variables)`` closes over the
-    parameters and gives the ``f(x, t[, label])`` that :func:`diffjax.sample` takes.
+    ``apply(variables, x, t, cond, train=..., rngs=...)`` returns the prediction of
+    ``target`` at ``x: [B, ...]``, ``t: [B]`` under the condition dict ``cond``
+    (:mod:`diffjax.conditions`; None or ``{}`` = none). :meth:`fn` is the pure
+    ``f(params, x, t, cond)`` that :func:`diffjax.sample` takes with ``params=`` (parameters
+    traced, never constants); ``model_fn(variables)`` closes over them instead.
     """
 
     net: Any
@@ -68,19 +70,24 @@ class Denoiser:
     def __post_init__(self):
         check_preconditioning(self.preconditioning, self.target)
 
-    def apply(self, variables, x: Array, t: Array, label: Optional[Array] = None, *,
-              train: bool = False, rngs: Optional[dict] = None) -> Array:
+    def apply(self, variables, x: Array, t: Array, cond: Optional[Mapping[str, Array]] = None,
+              *, train: bool = False, rngs: Optional[dict] = None) -> Array:
         t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
-        kwargs = dict(label=label, train=train, rngs=rngs or {})
+        cond = dict(cond or {})
+        kwargs = dict(train=train, rngs=rngs or {})
         if self.preconditioning == "none":
-            return self.net.apply(variables, x, t, **kwargs)
+            return self.net.apply(variables, x, t, cond, **kwargs)
         alpha = broadcast_to_x(self.path.alpha(t), x)
         sigma_ve = jnp.exp(-0.5 * self.path.logsnr(t))            # sigma / alpha, [B]
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma_ve, self.sigma_data)
         x_ve = x / alpha
-        f = self.net.apply(variables, broadcast_to_x(c_in, x) * x_ve, c_noise, **kwargs)
+        f = self.net.apply(variables, broadcast_to_x(c_in, x) * x_ve, c_noise, cond, **kwargs)
         return broadcast_to_x(c_skip, x) * x_ve + broadcast_to_x(c_out, x) * f
 
+    def fn(self, params, x: Array, t: Array, cond: Optional[Mapping[str, Array]] = None) -> Array:
+        """``f(params, x, t, cond)`` in eval mode (no dropout), for ``diffjax.sample(params=...)``."""
+        return self.apply({"params": params}, x, t, cond)
+
     def model_fn(self, variables):
-        """``f(x, t, label=None)`` for sampling (eval mode, no dropout)."""
-        return lambda x, t, label=None: self.apply(variables, x, t, label)
+        """``f(x, t, cond=None)`` closed over ``variables`` (eval mode, no dropout)."""
+        return lambda x, t, cond=None: self.apply(variables, x, t, cond)

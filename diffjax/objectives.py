@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
+from diffjax import conditions
 from diffjax import targets as targets_lib
 from diffjax.paths import Path
 
@@ -55,11 +56,12 @@ def _check(name: str, value: str, choices: tuple) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """The loss of the one recipe. Call it as ``objective(model_fn, x0, key, label)``.
+    """The loss of the one recipe. Call it as ``objective(model_fn, x0, key, cond)``.
 
-    ``model_fn(x_t, t, label)`` returns the prediction in ``target`` space. ``label``
-    (``[B]`` ints or ``None``) is replaced by the null label ``num_classes`` with
-    probability ``label_dropout`` (classifier-free guidance training, Ho & Salimans 2022).
+    ``model_fn(x_t, t, cond)`` returns the prediction in ``target`` space. ``cond`` is the
+    condition dict (:mod:`diffjax.conditions`, ``{}`` or None for none); with probability
+    ``label_dropout`` an example's conditions are replaced by their null values (classifier-free
+    guidance training, Ho & Salimans 2022), ``nulls`` (default: the null label ``num_classes``).
     """
 
     path: Path
@@ -77,6 +79,7 @@ class Objective:
     logit_std: float = 1.0
     label_dropout: float = 0.0
     num_classes: int = 0
+    nulls: Optional[conditions.Nulls] = None
 
     def __post_init__(self):
         targets_lib.check_target(self.target)
@@ -153,30 +156,41 @@ class Objective:
         return self.eps_weight(t) / targets_lib.eps_mse_factor(self.target, self.path, t)
 
     # -- the loss --------------------------------------------------------------------
-    def draw(self, key: Array, x0: Array, label: Optional[Array] = None):
-        """The random draws of one step: ``(t [B], eps [B, ...], label)``, made for the whole batch."""
+    @property
+    def null_values(self) -> conditions.Nulls:
+        return self.nulls or conditions.Nulls(num_classes=self.num_classes)
+
+    def draw(self, key: Array, x0: Array, cond: Optional[Mapping[str, Array]] = None,
+             batch: Optional[int] = None):
+        """The random draws of one step for the whole batch: ``(t [B], eps [B, ...], masks)``.
+
+        ``masks`` (:func:`diffjax.conditions.drop_masks`) say which examples' conditions are
+        dropped; ``batch`` overrides ``x0.shape[0]`` (``x0`` is then only a shape stand-in).
+        """
         k_t, k_eps, k_drop = jax.random.split(key, 3)
-        t = self.sample_t(k_t, x0.shape[0]).astype(x0.dtype)
-        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-        if label is not None and self.label_dropout > 0:
-            drop = jax.random.bernoulli(k_drop, self.label_dropout, label.shape)
-            label = jnp.where(drop, self.num_classes, label)
-        return t, eps, label
+        n = x0.shape[0] if batch is None else batch
+        t = self.sample_t(k_t, n).astype(x0.dtype)
+        eps = jax.random.normal(k_eps, (n, *x0.shape[1:]), x0.dtype)
+        masks = {}
+        if cond and self.label_dropout > 0:
+            masks = conditions.drop_masks(tuple(cond), k_drop, n, self.label_dropout)
+        return t, eps, masks
 
     def per_example(self, model_fn: Callable, x0: Array, t: Array, eps: Array,
-                    label: Optional[Array] = None) -> Array:
+                    cond: Optional[Mapping[str, Array]] = None) -> Array:
         """Weighted squared error per example, ``[B]`` (mean over the non-batch axes)."""
         x_t = self.path.marginal(x0, eps, t)
         y = targets_lib.from_x0_eps(self.target, self.path, x0, eps, t)
-        out = model_fn(x_t, t, label)
+        out = model_fn(x_t, t, dict(cond or {}))
         sq = jnp.mean(jnp.reshape((out - y) ** 2, (x0.shape[0], -1)), axis=-1)
         return self.loss_weight(t) * sq
 
     def __call__(self, model_fn: Callable, x0: Array, key: Array,
-                 label: Optional[Array] = None) -> tuple[Array, dict]:
+                 cond: Optional[Mapping[str, Array]] = None) -> tuple[Array, dict]:
         """Mean loss over the batch and a dict of metrics."""
-        t, eps, label = self.draw(key, x0, label)
-        losses = self.per_example(model_fn, x0, t, eps, label)
+        t, eps, masks = self.draw(key, x0, cond)
+        cond = self.null_values.apply_masks(dict(cond or {}), masks)
+        losses = self.per_example(model_fn, x0, t, eps, cond)
         return jnp.mean(losses), {"loss": jnp.mean(losses)}
 
 
@@ -186,7 +200,8 @@ def _normal_pdf(x: Array, mean: float, std: float) -> Array:
 
 def from_config(path: Path, target: str, loss_cfg, *, num_classes: int = 0) -> Objective:
     """Builds the :class:`Objective` from ``config.loss`` (keys named as the fields)."""
-    fields = {f.name for f in dataclasses.fields(Objective)} - {"path", "target", "num_classes"}
+    fields = {f.name for f in dataclasses.fields(Objective)} - {"path", "target", "num_classes",
+                                                                 "nulls"}
     kwargs = {}
     for key, value in dict(loss_cfg).items():
         if key not in fields:

@@ -135,8 +135,8 @@ def init_state(recipe: Recipe, seed: int) -> TrainState:
     directly in its sharded layout)."""
     init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
     x = jnp.zeros((1, *recipe.data_info.shape), jnp.float32)
-    label = jnp.zeros((1,), jnp.int32) if recipe.conditional else None
-    params = recipe.net.init({"params": init_key}, x, jnp.zeros((1,)), label=label)["params"]
+    cond = {"label": jnp.zeros((1,), jnp.int32)} if recipe.conditional else {}
+    params = recipe.net.init({"params": init_key}, x, jnp.zeros((1,)), cond)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree_util.tree_map(jnp.copy, params),
                       opt_state=recipe.optimizer.init(params), key=train_key,
@@ -144,26 +144,23 @@ def init_state(recipe: Recipe, seed: int) -> TrainState:
 
 
 # --------------------------------------------------------------------------- the step
-def _draws(objective: objectives.Objective, key: Array, x0: Array, label: Optional[Array],
-           axis_name: Optional[str]) -> tuple[Array, Array, Optional[Array]]:
-    """``(t, eps, label)`` for the rows of the global batch that this call sees.
+def _draws(objective: objectives.Objective, key: Array, x0: Array, cond: dict,
+           axis_name: Optional[str]) -> tuple[Array, Array, dict]:
+    """``(t, eps, cond)`` for the rows of the global batch that this call sees, with the
+    condition dropout of classifier-free guidance applied.
 
     Under jit the call sees the global batch. Under pmap it sees one device's rows: the
-    draws are made for the whole global batch (from stand-ins of its shape) and this
-    device's rows are cut out, so both backends use the same numbers.
+    draws are made for the whole global batch and this device's rows are cut out, so both
+    backends use the same numbers.
     """
     if axis_name is None:
-        return objective.draw(key, x0, label)
-    b = x0.shape[0]
-    n = lax.axis_size(axis_name)
-    stand_in = jnp.zeros((n * b, *x0.shape[1:]), x0.dtype)
-    # A stand-in label of 0 comes back as num_classes exactly where it was dropped.
-    label_in = None if label is None else jnp.zeros((n * b,), label.dtype)
-    t, eps, dropped = objective.draw(key, stand_in, label_in)
-    rows = lambda a: lax.dynamic_slice_in_dim(a, lax.axis_index(axis_name) * b, b)  # noqa: E731
-    if label is not None:
-        label = jnp.where(rows(dropped) == objective.num_classes, objective.num_classes, label)
-    return rows(t), rows(eps), label
+        t, eps, masks = objective.draw(key, x0, cond)
+    else:
+        b = x0.shape[0]
+        t, eps, masks = objective.draw(key, x0, cond, batch=lax.axis_size(axis_name) * b)
+        rows = lambda a: lax.dynamic_slice_in_dim(a, lax.axis_index(axis_name) * b, b)  # noqa: E731
+        t, eps, masks = rows(t), rows(eps), {k: rows(m) for k, m in masks.items()}
+    return t, eps, objective.null_values.apply_masks(cond, masks)
 
 
 def _ema(ema: Any, params: Any, decay: Array) -> Any:
@@ -224,13 +221,13 @@ def make_train_step(recipe: Recipe, axis_name: Optional[str] = None
         if axis_name is not None:  # one dropout stream per device: masks are per device
             dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(axis_name))
         x0 = batch["x"]
-        label = batch["label"] if recipe.conditional else None
-        t, eps, label = _draws(objective, draw_key, x0, label, axis_name)
+        cond = {"label": batch["label"]} if recipe.conditional else {}
+        t, eps, cond = _draws(objective, draw_key, x0, cond, axis_name)
 
         def loss_fn(params):
-            model = lambda x, s, y: denoiser.apply(  # noqa: E731
-                {"params": params}, x, s, y, train=True, rngs={"dropout": dropout_key})
-            return jnp.mean(objective.per_example(model, x0, t, eps, label))
+            model = lambda x, s, c: denoiser.apply(  # noqa: E731
+                {"params": params}, x, s, c, train=True, rngs={"dropout": dropout_key})
+            return jnp.mean(objective.per_example(model, x0, t, eps, cond))
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         if axis_name is not None:

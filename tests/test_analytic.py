@@ -91,10 +91,10 @@ def test_conditional_model_mixes_only_the_labelled_components(x64):
     x = jax.random.normal(jax.random.PRNGKey(2), (5, 2))
     t = jnp.full((5,), 0.3)
     cond = mix.conditional_model_fn(path, "eps")
-    np.testing.assert_allclose(cond(x, t, jnp.ones(5, jnp.int32)), sub.model_fn(path, "eps")(x, t),
+    np.testing.assert_allclose(cond(x, t, {"label": jnp.ones(5, jnp.int32)}), sub.model_fn(path, "eps")(x, t),
                                rtol=1e-10)
     null = jnp.full((5,), mix.num_classes, jnp.int32)
-    np.testing.assert_allclose(cond(x, t, null), mix.model_fn(path, "eps")(x, t), rtol=1e-10)
+    np.testing.assert_allclose(cond(x, t, {"label": null}), mix.model_fn(path, "eps")(x, t), rtol=1e-10)
 
 
 def test_digits_mixture_is_64_dimensional_and_labelled():

@@ -51,13 +51,17 @@ class Net:
         self.loss_and_grad = jax.jit(jax.value_and_grad(self._train_loss))
 
     def _apply(self, variables, x, t, label, rng):
-        return self.module.apply(variables, x, t, label, train=False, rngs={"dropout": rng})
+        return self.module.apply(variables, x, t, _cond(label), train=False, rngs={"dropout": rng})
 
     def _train_loss(self, params, label, rng):
         """Mean squared error to a fixed random target, with dropout active."""
-        out = self.module.apply({"params": params}, self.x, self.t, label, train=True,
+        out = self.module.apply({"params": params}, self.x, self.t, _cond(label), train=True,
                                 rngs={"dropout": rng})
         return jnp.mean((out - self.target) ** 2)
+
+
+def _cond(label):
+    return None if label is None else {"label": label}
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +132,10 @@ def test_adm_unet_depends_on_noise_cond_and_label():
     module = models.UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
                          scale_shift=True, resblock_updown=True, num_classes=NUM_CLASSES)
     x, t, label = _conditioning_batch(jnp.ones((1, 8, 8, 1)))
-    shapes = jax.eval_shape(module.init, key(0), x, t, label)
+    shapes = jax.eval_shape(module.init, key(0), x, t, {"label": label})
     params = _perturb(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes),
                       scale=0.3)
-    out = jax.jit(module.apply)(params, x, t, label)
+    out = jax.jit(module.apply)(params, x, t, {"label": label})
     assert out.shape == x.shape
     _assert_conditioning_used(out)
 
@@ -140,7 +144,7 @@ def test_missing_label_means_null_label(mlp):
     null = jnp.full((BATCH,), NUM_CLASSES, jnp.int32)
     np.testing.assert_array_equal(
         mlp.module.apply(mlp.perturbed, mlp.x, mlp.t),
-        mlp.module.apply(mlp.perturbed, mlp.x, mlp.t, null))
+        mlp.module.apply(mlp.perturbed, mlp.x, mlp.t, {"label": null}))
 
 
 def test_dropout_acts_only_in_training(net):
@@ -197,7 +201,7 @@ def test_unet_with_attention_is_equivariant_to_batch_permutation(unet):
 def test_bfloat16_compute_returns_float32_close_to_float32(unet):
     bf16 = unet.module.clone(dtype=jnp.bfloat16)
     label = _labels()
-    out16 = jax.jit(bf16.apply)(unet.perturbed, unet.x, unet.t, label)
+    out16 = jax.jit(bf16.apply)(unet.perturbed, unet.x, unet.t, {"label": label})
     out32 = unet.apply(unet.perturbed, unet.x, unet.t, label, key(0))
     assert out16.dtype == jnp.float32
     # bf16 keeps 8 mantissa bits (relative error ~4e-3 per op); a few percent overall.
@@ -323,4 +327,4 @@ def test_module_rejects_bad_input_at_trace_time():
         jax.eval_shape(models.UNet(ch_mult=(1, 2, 2, 2)).init, key(0), x, t)
     with pytest.raises(ValueError, match="unconditional"):
         jax.eval_shape(models.MLP().init, key(0), jnp.zeros((2, 2)), t,
-                       jnp.zeros(2, jnp.int32))
+                       {"label": jnp.zeros(2, jnp.int32)})

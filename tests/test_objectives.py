@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax import analytic, objectives, paths, targets
+from diffjax import analytic, conditions, objectives, paths, targets
 
 MIX = analytic.GaussianMixture.ring()
 
@@ -139,10 +139,29 @@ def test_time_samplers_draw_their_distributions(x64):
 def test_label_dropout_uses_the_null_label():
     obj = objectives.Objective(paths.get("vp_linear"), "eps", label_dropout=0.3, num_classes=10)
     label = jnp.arange(20000) % 10
-    _, _, dropped = obj.draw(jax.random.PRNGKey(0), jnp.zeros((20000, 2)), label)
+    _, _, masks = obj.draw(jax.random.PRNGKey(0), jnp.zeros((20000, 2)), {"label": label})
+    dropped = obj.null_values.apply_masks({"label": label}, masks)["label"]
     null = np.asarray(dropped) == 10
     assert float(null.mean()) == pytest.approx(0.3, abs=0.015)
     np.testing.assert_array_equal(np.asarray(dropped)[~null], np.asarray(label)[~null])
+
+
+def test_condition_dropout_nulls_each_kind_and_its_companion_together():
+    n, rates = 20000, {"text": 0.2, "control": 0.5}
+    nulls = conditions.Nulls(text=np.zeros(3, np.int32), text_mask=np.array([1, 0, 0]))
+    cond = {"text": jnp.full((n, 3), 7, jnp.int32), "text_mask": jnp.ones((n, 3), jnp.int32),
+            "control": jnp.ones((n, 2, 2, 1))}
+    out = nulls.drop(cond, jax.random.PRNGKey(1), rates)
+    text_null = np.all(np.asarray(out["text"]) == 0, axis=1)
+    mask_null = np.all(np.asarray(out["text_mask"]) == [1, 0, 0], axis=1)
+    control_null = np.all(np.asarray(out["control"]) == 0, axis=(1, 2, 3))
+    np.testing.assert_array_equal(text_null, mask_null)          # the mask follows its text
+    assert float(text_null.mean()) == pytest.approx(0.2, abs=0.015)
+    assert float(control_null.mean()) == pytest.approx(0.5, abs=0.015)
+    # Independent draws per kind: P(both) = 0.2 * 0.5.
+    assert float((text_null & control_null).mean()) == pytest.approx(0.1, abs=0.01)
+    kept = ~text_null
+    assert np.all(np.asarray(out["text"])[kept] == 7)
 
 
 def test_unknown_names_raise_with_the_choices():

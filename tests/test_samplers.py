@@ -258,7 +258,8 @@ def test_guidance_scale_one_is_conditional_and_zero_unconditional(x64):
                             target="eps", sampler="ddim", num_steps=8)
     guided1 = run(cond, label=label, guidance_scale=1.0, num_classes=RING.num_classes)
     guided0 = run(cond, label=label, guidance_scale=0.0, num_classes=RING.num_classes)
-    np.testing.assert_allclose(guided1, run(lambda x, t: cond(x, t, label)), atol=1e-12)
+    np.testing.assert_allclose(guided1, run(lambda x, t: cond(x, t, {"label": label})),
+                               atol=1e-12)
     np.testing.assert_allclose(guided0, run(lambda x, t: cond(x, t, None)), atol=1e-12)
 
 
@@ -272,8 +273,8 @@ def test_guidance_mixes_eps_in_one_batched_call(x64):
         return cond(x, t, lab)
 
     def by_hand(x, t):  # two separate calls and the documented formula
-        eps_u = cond(x, t, jnp.full_like(label, RING.num_classes))
-        return eps_u + w * (cond(x, t, label) - eps_u)
+        eps_u = cond(x, t, {"label": jnp.full_like(label, RING.num_classes)})
+        return eps_u + w * (cond(x, t, {"label": label}) - eps_u)
 
     run = functools.partial(diffjax.sample, path=path, shape=(16, 2), key=jax.random.PRNGKey(5),
                             target="eps", sampler="euler", num_steps=6)

@@ -125,7 +125,7 @@ def test_edm_denoiser_returns_x0_when_the_network_outputs_its_target(name, x64):
     c_skip, c_out, c_in, c_noise = denoiser.edm_coefficients(sig)
 
     class Oracle:
-        def apply(self, variables, x_in, noise_cond, label=None, train=False, rngs=None):
+        def apply(self, variables, x_in, noise_cond, cond=None, train=False, rngs=None):
             np.testing.assert_allclose(noise_cond, c_noise, rtol=1e-12)
             x_ve = x_in / c_in[:, None, None]
             return (x0 - c_skip[:, None, None] * x_ve) / c_out[:, None, None]

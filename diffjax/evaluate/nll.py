@@ -90,7 +90,7 @@ def likelihood_metrics(names: Sequence[str], model_fn: Callable, path, target: s
     if divergence == "auto":
         divergence = "exact" if dim <= EXACT_MAX_DIM else "hutchinson"
     fn = model_fn if labels is None else (
-        lambda x_t, t: model_fn(x_t, t, jnp.asarray(labels, jnp.int32)))
+        lambda x_t, t: model_fn(x_t, t, {"label": jnp.asarray(labels, jnp.int32)}))
     k_deq, k_probe = jax.random.split(jax.random.PRNGKey(seed))
     y = jnp.asarray(x, jnp.float32)
     if kind == "image":

@@ -1,10 +1,11 @@
 """Networks (Flax Linen) and their registry.
 
 Every architecture has the same call:
-``model.apply(variables, x, noise_cond, label=None, train=False, rngs={"dropout": key})`` →
+``model.apply(variables, x, noise_cond, cond=None, train=False, rngs={"dropout": key})`` →
 float32 array shaped like ``x``. ``noise_cond: [B]`` is whatever number the caller chooses (t,
-EDM's c_noise, ...); ``label: [B]`` ints in ``[0, num_classes]`` with ``num_classes`` the null label
-of classifier-free guidance, or None.
+EDM's c_noise, ...); ``cond`` is the condition dict of :mod:`diffjax.conditions` (e.g.
+``{"label": [B] ints in [0, num_classes]}`` with ``num_classes`` the null label of classifier-free
+guidance), or None.
 
 Build from a config with :func:`from_config`; check a config without building with
 :func:`validate`.

@@ -1,7 +1,7 @@
 """A residual MLP for low-dimensional (e.g. 2-D toy) data."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -28,13 +28,14 @@ def check_mlp(data_shape: tuple[int, ...], *, hidden: int, depth: int, dropout: 
 class MLP(nn.Module):
     """Residual MLP: ``depth`` pre-activation blocks, each conditioned on the noise embedding.
 
-    Call: ``apply(variables, x, noise_cond, label=None, train=False, rngs={"dropout": key})``.
+    Call: ``apply(variables, x, noise_cond, cond=None, train=False, rngs={"dropout": key})``.
 
     Args of ``__call__``:
       x: [B, D].
       noise_cond: [B] float, whatever the caller feeds; multiplied by ``embedding_scale`` inside
         the embedding and nowhere else.
-      label: [B] int in ``[0, num_classes]`` (``num_classes`` = null label), or None; None is
+      cond: the condition dict (:mod:`diffjax.conditions`); this network reads ``cond["label"]``:
+        [B] int in ``[0, num_classes]`` (``num_classes`` = null label), or None; None is
         required when ``num_classes == 0`` and means the null label otherwise.
       train: enables dropout.
 
@@ -62,7 +63,9 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, noise_cond: jnp.ndarray,
-                 label: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
+                 cond: Mapping[str, jnp.ndarray] | None = None,
+                 train: bool = False) -> jnp.ndarray:
+        label = (cond or {}).get("label")
         if x.ndim != 2:
             raise ValueError(f"MLP expects x of shape [B, D], got {x.shape}")
         if noise_cond.shape != x.shape[:1]:

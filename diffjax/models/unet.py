@@ -13,7 +13,7 @@ and the network outputs exactly 0.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, Mapping
 
 import flax.linen as nn
 import jax
@@ -160,13 +160,14 @@ class AttnBlock(nn.Module):
 class UNet(nn.Module):
     """DDPM++ / ADM U-Net.
 
-    Call: ``apply(variables, x, noise_cond, label=None, train=False, rngs={"dropout": key})``.
+    Call: ``apply(variables, x, noise_cond, cond=None, train=False, rngs={"dropout": key})``.
 
     Args of ``__call__``:
       x: [B, H, W, C]; H and W divisible by ``2^(len(ch_mult) - 1)``.
       noise_cond: [B] float, whatever the caller feeds (t, c_noise, ...); multiplied by
         ``embedding_scale`` inside the embedding and nowhere else.
-      label: [B] int in ``[0, num_classes]`` (``num_classes`` = null label), or None; None is
+      cond: the condition dict (:mod:`diffjax.conditions`); this network reads ``cond["label"]``:
+        [B] int in ``[0, num_classes]`` (``num_classes`` = null label), or None; None is
         required when ``num_classes == 0`` and means the null label otherwise.
       train: enables dropout (then needs ``rngs={"dropout": key}``).
 
@@ -207,7 +208,9 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, noise_cond: jnp.ndarray,
-                 label: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
+                 cond: Mapping[str, jnp.ndarray] | None = None,
+                 train: bool = False) -> jnp.ndarray:
+        label = (cond or {}).get("label")
         if x.ndim != 4:
             raise ValueError(f"UNet expects x of shape [B, H, W, C], got {x.shape}")
         if noise_cond.shape != x.shape[:1]:

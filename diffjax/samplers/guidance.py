@@ -31,14 +31,14 @@ def guided_model(model_fn: Callable, label: Array, guidance_scale: float,
     unconditional one only; anything else one batched call of size ``2B``.
     """
     if guidance_scale == 1.0:
-        return lambda x, t: model_fn(x, t, label)
+        return lambda x, t: model_fn(x, t, {"label": label})
     null = jnp.full_like(label, num_classes)
     if guidance_scale == 0.0:
-        return lambda x, t: model_fn(x, t, null)
+        return lambda x, t: model_fn(x, t, {"label": null})
     both_labels = jnp.concatenate([label, null])
 
     def fn(x, t):
-        out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both_labels)
+        out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), {"label": both_labels})
         out_c, out_u = jnp.split(out, 2)
         return out_u + guidance_scale * (out_c - out_u)
 

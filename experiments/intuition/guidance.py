@@ -52,7 +52,8 @@ def guided_fields(mix, path, points: np.ndarray, t: float, label: int) -> dict:
         null = jnp.full_like(labels, NUM_CLASSES)
         return {"guided": {w: guidance_lib.guided_model(cond, labels, w, NUM_CLASSES)(x, tb)
                            for w in SCALES},
-                "conditional": cond(x, tb, labels), "unconditional": cond(x, tb, null),
+                "conditional": cond(x, tb, {"label": labels}),
+                "unconditional": cond(x, tb, {"label": null}),
                 "log_p": mix.log_prob_t(path, x, tb),
                 "log_p_class": mix.log_prob_t(path, x, tb, labels)}
 
