@@ -1,0 +1,266 @@
+"""The FID Inception's loading path and the FID protocol, without PyTorch.
+
+The weights files are written here byte by byte from the documented layout of
+``torch.save`` (zip and legacy containers, the pickle opcodes of a state dict), so the
+reader is judged by a second, independent implementation of the format. Feature equality
+with pytorch-fid's own network is the job of
+``experiments/benchmarks/fid_inception_vs_pytorch.py`` (it needs PyTorch).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from diffjax import evaluate
+from diffjax.data import load_arrays
+from diffjax.evaluate import inception, metrics, torch_weights
+
+_STORAGE = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage",
+            np.dtype(np.int64): "LongStorage", np.dtype(np.float64): "DoubleStorage"}
+
+
+def _unicode(s: str) -> bytes:
+    raw = s.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _int_tuple(values) -> bytes:
+    return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
+
+
+def _state_pickle(tensors: dict, legacy: bool) -> bytes:
+    """Protocol-2 pickle of an OrderedDict of ``_rebuild_tensor_v2`` calls.
+
+    ``tensors``: name -> (storage key, storage array, offset, size, stride).
+    """
+    out = [b"\x80\x02ccollections\nOrderedDict\n)R("]
+    for name, (key, storage, offset, size, stride) in tensors.items():
+        pid = (b"(" + _unicode("storage") + f"ctorch\n{_STORAGE[storage.dtype]}\n".encode()
+               + _unicode(key) + _unicode("cpu") + b"J" + struct.pack("<i", storage.size)
+               + (b"N" if legacy else b"") + b"tQ")
+        out.append(_unicode(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid
+                   + b"J" + struct.pack("<i", offset) + _int_tuple(size) + _int_tuple(stride)
+                   + b"\x89ccollections\nOrderedDict\n)RtR")
+    out.append(b"u.")
+    return b"".join(out)
+
+
+def write_torch_file(path, tensors: dict, legacy: bool = False) -> None:
+    """Writes ``tensors`` (see `_state_pickle`) as ``torch.save`` would, without torch."""
+    storages = {key: storage for key, storage, *_ in tensors.values()}
+    if legacy:
+        with open(path, "wb") as f:
+            for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001,
+                                                          "little_endian": True}):
+                f.write(pickle.dumps(header, protocol=2))
+            f.write(_state_pickle(tensors, legacy=True))
+            f.write(pickle.dumps(list(storages), protocol=2))
+            for storage in storages.values():
+                f.write(struct.pack("<q", storage.size) + storage.astype(
+                    storage.dtype.newbyteorder("<")).tobytes())
+        return
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", _state_pickle(tensors, legacy=False))
+        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/version", "3\n")
+        for key, storage in storages.items():
+            archive.writestr(f"archive/data/{key}", storage.astype("<" + storage.dtype.str[1:])
+                             .tobytes())
+
+
+def contiguous(arrays: dict[str, np.ndarray]) -> dict:
+    """One storage per array, C order, as a state dict of fresh tensors is saved."""
+    out = {}
+    for i, (name, a) in enumerate(arrays.items()):
+        a = np.ascontiguousarray(a)
+        stride = tuple(s // a.itemsize for s in a.strides)
+        out[name] = (str(i), a.reshape(-1), 0, a.shape, stride)
+    return out
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_state_dict_reader_rebuilds_strided_tensors_of_either_format(tmp_path, legacy):
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal(12).astype(np.float32)
+    tensors = {
+        "conv.weight": ("0", shared, 0, (3, 4), (4, 1)),
+        "transposed": ("0", shared, 0, (4, 3), (1, 4)),  # a .t() view of the same storage
+        "tail": ("0", shared, 5, (7,), (1,)),            # a slice at an offset
+        "half": ("1", np.arange(6, dtype=np.float16), 0, (2, 3), (3, 1)),
+        "bn.num_batches_tracked": ("2", np.array([7], np.int64), 0, (), ()),
+    }
+    path = tmp_path / "weights.pth"
+    write_torch_file(path, tensors, legacy=legacy)
+    out = torch_weights.read_state_dict(path)
+    assert sorted(out) == sorted(tensors)
+    np.testing.assert_array_equal(out["conv.weight"], shared.reshape(3, 4))
+    np.testing.assert_array_equal(out["transposed"], shared.reshape(3, 4).T)
+    np.testing.assert_array_equal(out["tail"], shared[5:])
+    np.testing.assert_array_equal(out["half"], np.arange(6, dtype=np.float16).reshape(2, 3))
+    assert out["half"].dtype == np.float16
+    assert out["bn.num_batches_tracked"].shape == () and out["bn.num_batches_tracked"] == 7
+
+
+def test_state_dict_reader_refuses_a_pickle_that_names_other_code(tmp_path):
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"x": io.BytesIO}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="_io.BytesIO is not part of"):
+        torch_weights.read_state_dict(path)
+
+
+def _random_bn_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Zero conv kernels, random batch norms: every BasicConv outputs the constant
+    ``relu(beta - mean * gamma / sqrt(var + 1e-3))`` per channel, whatever its input."""
+    weights = {}
+    for name, shape in evaluate.expected_weight_shapes().items():
+        if name.endswith("conv.weight"):
+            weights[name] = np.zeros(shape, np.float32)
+        elif name.endswith("running_var"):
+            weights[name] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        else:
+            weights[name] = rng.standard_normal(shape).astype(np.float32)
+    return weights
+
+
+def _expected_pool3(weights: dict[str, np.ndarray]) -> np.ndarray:
+    """pytorch-fid's FIDInceptionE_2 concatenates [1x1, 3x3 (2a, 2b), 3x3dbl (3a, 3b), pool]."""
+    parts = []
+    for branch in ("branch1x1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_3a",
+                   "branch3x3dbl_3b", "branch_pool"):
+        bn = {k: weights[f"Mixed_7c.{branch}.bn.{k}"]
+              for k in ("weight", "bias", "running_mean", "running_var")}
+        parts.append(np.maximum(bn["bias"] - bn["running_mean"] * bn["weight"]
+                                / np.sqrt(bn["running_var"] + 1e-3), 0.0))
+    return np.concatenate(parts)
+
+
+def test_inception_from_a_pth_file_gives_the_closed_form_pool3_features(tmp_path):
+    rng = np.random.default_rng(1)
+    weights = _random_bn_weights(rng)
+    expected = _expected_pool3(weights)
+    assert expected.shape == (inception.FEATURE_DIM,) and np.mean(expected > 0) > 0.3
+    state = {**weights, "fc.weight": np.zeros((1008, 2048), np.float32),  # in the real file
+             "Mixed_7c.branch_pool.bn.num_batches_tracked": np.array(0, np.int64)}
+    path = tmp_path / "pt_inception-2015-12-05-random.pth"
+    write_torch_file(path, contiguous(state))
+    images = rng.integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    features = evaluate.load_inception(path)(images)
+    np.testing.assert_allclose(features, np.stack([expected, expected]), rtol=1e-5, atol=1e-5)
+
+    npz = tmp_path / "weights.npz"  # the same arrays as an .npz load identically
+    np.savez(npz, **weights)
+    np.testing.assert_array_equal(evaluate.load_inception(npz)(images), features)
+
+    del state["Mixed_7c.branch_pool.conv.weight"]
+    write_torch_file(path, contiguous(state))
+    with pytest.raises(ValueError, match="Mixed_7c.branch_pool.conv.weight"):
+        evaluate.load_inception(path)
+
+
+def test_inception_missing_weights_error_says_how_to_provide_them(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    for path in (None, missing):
+        with pytest.raises(evaluate.MissingInceptionWeights,
+                           match=r"config\.eval\.inception_weights.*pt_inception"):
+            evaluate.load_inception(path)
+    with pytest.raises(evaluate.MissingInceptionWeights, match="does not exist"):
+        evaluate.validate(["fid_inception"], "image", inception_weights=missing)
+
+
+def test_average_pool_ignores_padding_as_the_fid_graph_does():
+    x = np.random.default_rng(2).standard_normal((1, 5, 6, 2)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ones = np.pad(np.ones_like(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    window = lambda a: sum(a[:, i:i + 5, j:j + 6] for i in range(3) for j in range(3))
+    np.testing.assert_allclose(inception._avg_pool_3x3(x), window(padded) / window(ones),
+                               rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- FID protocol
+
+def test_quantize_rounds_to_the_8bit_levels_a_saved_png_holds():
+    levels = np.arange(256)
+    np.testing.assert_array_equal(inception.quantize(levels / 127.5 - 1.0), levels)
+    x = np.random.default_rng(3).uniform(-1.5, 1.5, 10_000)
+    # torchvision.utils.save_image: (x + 1) / 2 * 255 + 0.5, clamped, truncated.
+    png = np.clip(((x + 1.0) / 2.0) * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+    np.testing.assert_array_equal(inception.quantize(x), png)
+
+
+class _PixelFeatures:
+    """Stands in for Inception: the pixels as features; records what it was given."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.dtypes: list[np.dtype] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.dtypes.append(x.dtype)
+        return x.reshape(x.shape[0], -1).astype(np.float64)
+
+
+def test_fid_is_against_the_whole_train_split_on_quantised_images(tmp_path, monkeypatch):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"first weights")
+    loaded = []
+
+    def fake_load(path):
+        loaded.append(_PixelFeatures(str(path)))
+        return loaded[-1]
+
+    monkeypatch.setattr(inception, "load_inception", fake_load)
+    train, _ = load_arrays("digits", "train")
+    cache = str(tmp_path / "cache")
+
+    def fid(x):
+        return evaluate.evaluate_samples(x, metrics=["fid_inception"], dataset="digits",
+                                         cache_dir=cache, inception_weights=str(weights)
+                                         )["fid_inception"]
+
+    # The train split itself is at distance 0 only if it is the reference.
+    assert fid(train) == pytest.approx(0.0, abs=1e-6)
+    assert all(d == np.uint8 for f in loaded for d in f.dtypes)
+    # Values within half a level of an 8-bit level, and values beyond [-1, 1], are what
+    # their saved PNG would be: the same images.
+    levels = inception.quantize(train) / np.float32(127.5) - 1.0
+    jitter = np.random.default_rng(4).uniform(-0.45, 0.45, train.shape) / 127.5
+    beyond = np.where(levels >= 1.0, 3.0, np.where(levels <= -1.0, -3.0, levels))
+    assert fid((levels + jitter).astype(np.float32)) == pytest.approx(0.0, abs=1e-6)
+    assert fid(beyond.astype(np.float32)) == pytest.approx(0.0, abs=1e-6)
+    test, _ = load_arrays("digits", "test")
+    assert fid(test) > 1.0
+    name = f"inception_stats_digits_train_{metrics._file_digest(str(weights))}.npz"
+    assert any(n == name for n in os.listdir(cache))
+
+
+def test_fid_statistics_are_cached_per_weights_file_content(tmp_path, monkeypatch):
+    class Shifted(_PixelFeatures):
+        def __call__(self, x):
+            return super().__call__(x) + self.shift
+
+    def fake_load(path):
+        extractor = Shifted(str(path))
+        extractor.shift = float(open(path, "rb").read().decode())
+        return extractor
+
+    monkeypatch.setattr(inception, "load_inception", fake_load)
+    train, _ = load_arrays("digits", "train")
+    weights = tmp_path / "w.pth"
+    kwargs = dict(metrics=["fid_inception"], dataset="digits", cache_dir=str(tmp_path / "c"),
+                  inception_weights=str(weights))
+    weights.write_bytes(b"0.0")
+    assert evaluate.evaluate_samples(train, **kwargs)["fid_inception"] == pytest.approx(
+        0.0, abs=1e-6)
+    # Same path, new content: new reference statistics, so the train split is again at 0
+    # (stale statistics would put it at distance 64 * 2^2).
+    weights.write_bytes(b"2.0")
+    assert evaluate.evaluate_samples(train, **kwargs)["fid_inception"] == pytest.approx(
+        0.0, abs=1e-6)
+    assert len(os.listdir(tmp_path / "c")) == 2
