@@ -113,6 +113,9 @@ def test_state_dict_reader_refuses_a_pickle_that_names_other_code(tmp_path):
         archive.writestr("archive/data.pkl", pickle.dumps({"x": io.BytesIO}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match="_io.BytesIO is not part of"):
         torch_weights.read_state_dict(path)
+    path.write_bytes(b"not a weights file")
+    with pytest.raises(ValueError, match="neither a torch zip archive nor a legacy"):
+        evaluate.load_inception(path)
 
 
 def _random_bn_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:

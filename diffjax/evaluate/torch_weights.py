@@ -135,30 +135,41 @@ def _read_zip(path: str) -> Any:
             return _Unpickler(f, load_storage).load()
 
 
+def _plain(f: BinaryIO) -> Any:
+    """One pickle that may hold no globals and no storages (the legacy headers)."""
+    def no_storage(*_args: Any) -> np.ndarray:
+        raise pickle.UnpicklingError("a storage outside the state dict's pickle")
+    return _Unpickler(f, no_storage).load()
+
+
 def _read_legacy(path: str) -> Any:
     with open(path, "rb") as f:
-        if pickle.load(f) != _LEGACY_MAGIC or pickle.load(f) != _LEGACY_PROTOCOL:
+        try:
+            magic, protocol = _plain(f), _plain(f)
+        except Exception:  # Any byte string can come here: say what was expected.
+            magic = protocol = None
+        if magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL:
             raise ValueError(f"{path} is neither a torch zip archive nor a legacy torch file")
-        sys_info = pickle.load(f)
+        sys_info = _plain(f)
         little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
-        storages: dict[str, tuple[_StorageType, list]] = {}
+        storages: dict[str, np.ndarray] = {}
 
         def load_storage(storage_type: _StorageType, key: str, _location: Any, numel: int,
                          view: tuple[str, int, int] | None = None) -> np.ndarray:
             # The bytes follow the pickle: hand out a placeholder, filled in below.
             if key not in storages:
-                storages[key] = (storage_type, [np.empty(numel, storage_type.dtype)])
-            whole = storages[key][1][0]
+                storages[key] = np.empty(numel, storage_type.dtype)
+            whole = storages[key]
             if view is None:
                 return whole
             _, start, length = view
             return whole[start:start + length]
 
         obj = _Unpickler(f, load_storage).load()
-        for key in pickle.load(f):
-            storage_type, (array,) = storages[key]
+        for key in _plain(f):
+            array = storages[key]
             (numel,) = np.frombuffer(f.read(8), "<i8" if little else ">i8")
-            dtype = storage_type.dtype.newbyteorder("<" if little else ">")
+            dtype = array.dtype.newbyteorder("<" if little else ">")
             data = np.frombuffer(f.read(int(numel) * dtype.itemsize), dtype)
             if data.shape[0] != array.shape[0]:
                 raise ValueError(f"{path}: storage {key} is truncated")
