@@ -165,6 +165,8 @@ def test_inception_from_a_pth_file_gives_the_closed_form_pool3_features(tmp_path
     write_torch_file(path, contiguous(state))
     with pytest.raises(ValueError, match="Mixed_7c.branch_pool.conv.weight"):
         evaluate.load_inception(path)
+    path.unlink()  # ~95 MB each; pytest keeps the last runs' temporary directories
+    npz.unlink()
 
 
 def test_inception_missing_weights_error_says_how_to_provide_them(tmp_path):

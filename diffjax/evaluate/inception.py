@@ -26,8 +26,9 @@ a ``.pth`` file, gives pytorch-fid's features to float tolerance.
 
 Inputs are ``[N, H, W, C]``, either ``uint8`` in ``[0, 255]`` (what FID is defined on:
 saved images; `quantize` makes them from model samples) or floats in ``[-1, 1]`` (the range
-the network was trained on), with ``C`` 1 or 3; 1-channel images are tiled to 3 and every image is resized to 299x299 with
-bilinear interpolation (half-pixel centres, no antialiasing, as PyTorch's
+the network was trained on), with ``C`` 1 or 3; 1-channel images are tiled to 3 (as
+pytorch-fid's RGB conversion) and every image is resized to 299x299 with bilinear
+interpolation (half-pixel centres, no antialiasing, as PyTorch's
 ``interpolate(..., align_corners=False)``).
 """
 from __future__ import annotations
