@@ -24,7 +24,23 @@ on the same statistics. Exits 1 if any comparison misses its tolerance.
 Needs the ``compare`` extra (``pip install -e ".[compare]"``: ``torch==2.13.0`` and
 ``pytorch-fid``). Usage::
 
-    python experiments/benchmarks/fid_inception_vs_pytorch.py [--num 8] [--seed 0]
+    PYTHONPATH=. python experiments/benchmarks/fid_inception_vs_pytorch.py [--num 8] [--seed 0]
+
+Result (``--num 8 --seed 0``; torch 2.13.0+cpu, pytorch-fid 0.3.0; a 2-core CPU shared with
+other jobs, load average 13-17: 8.0 min wall, 2.4 CPU-minutes). Both file formats read
+exactly as ``torch.load`` (566 arrays, max |diff| 0); max |feature difference| / max
+|feature|:
+
+=========  ========  ======================  ======================  ==================
+size       max |f|   diffjax vs pytorch-fid  pytorch-fid f32 vs f64  torchvision blocks
+=========  ========  ======================  ======================  ==================
+32x32      426.0     1.4e-06                 1.4e-06                 0.44
+299x299    11.2      5.3e-05                 3.6e-05                 0.89
+375x500    172.5     1.9e-06                 5.2e-05                 0.51
+=========  ========  ======================  ======================  ==================
+
+Fréchet distance (2048-d, 4096 samples each): pytorch-fid 7.174241415, diffjax
+7.174241415 (relative difference 1e-14).
 """
 from __future__ import annotations
 
