@@ -144,18 +144,57 @@ def _expected_pool3(weights: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
+# (name, out channels, kernel, stride, padding): a strided square kernel and a 1x7 one.
+_LAYOUT_LAYERS = (("Conv2d_1a_3x3", 32, (3, 3), 2, (0, 0)),
+                  ("Mixed_6b.branch7x7_2", 128, (1, 7), 1, (0, 3)))
+
+
+def _check_conv_layout(variables, weights, name, features, kernel, stride, padding):
+    """The loaded layer against PyTorch's conv2d written out: out[o, y, x] =
+    sum_{i, a, b} in[i, s y + a - p_h, s x + b - p_w] w[o, i, a, b], then BN and ReLU."""
+    w = weights[f"{name}.conv.weight"].astype(np.float64)
+    bn = {k: weights[f"{name}.bn.{k}"] for k in ("weight", "bias", "running_mean",
+                                                  "running_var")}
+    x = np.random.default_rng(5).standard_normal((1, 9, 11, w.shape[1])).astype(np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
+    kh, kw = kernel
+    out_h, out_w = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    conv = np.zeros((1, out_h, out_w, w.shape[0]))
+    for a in range(kh):
+        for b in range(kw):
+            patch = xp[:, a:a + stride * (out_h - 1) + 1:stride,
+                       b:b + stride * (out_w - 1) + 1:stride]
+            conv += patch @ w[:, :, a, b].T
+    expected = np.maximum((conv - bn["running_mean"]) * bn["weight"]
+                          / np.sqrt(bn["running_var"] + 1e-3) + bn["bias"], 0.0)
+    sub = {col: variables[col] for col in ("params", "batch_stats")}
+    for part in name.split("."):
+        sub = {col: tree[part] for col, tree in sub.items()}
+    got = inception.BasicConv(features, kernel, strides=stride, padding=padding).apply(sub, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_inception_from_a_pth_file_gives_the_closed_form_pool3_features(tmp_path):
     rng = np.random.default_rng(1)
     weights = _random_bn_weights(rng)
     expected = _expected_pool3(weights)
     assert expected.shape == (inception.FEATURE_DIM,) and np.mean(expected > 0) > 0.3
+    # Earlier layers do not reach the closed form (Mixed_7c's kernels are zero): give two a
+    # random kernel, to check the kernel layout below.
+    for layer in _LAYOUT_LAYERS:
+        name = f"{layer[0]}.conv.weight"
+        weights[name] = rng.standard_normal(weights[name].shape).astype(np.float32)
     state = {**weights, "fc.weight": np.zeros((1008, 2048), np.float32),  # in the real file
              "Mixed_7c.branch_pool.bn.num_batches_tracked": np.array(0, np.int64)}
     path = tmp_path / "pt_inception-2015-12-05-random.pth"
     write_torch_file(path, contiguous(state))
     images = rng.integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
-    features = evaluate.load_inception(path)(images)
+    extractor = evaluate.load_inception(path)
+    features = extractor(images)
     np.testing.assert_allclose(features, np.stack([expected, expected]), rtol=1e-5, atol=1e-5)
+
+    for layer in _LAYOUT_LAYERS:
+        _check_conv_layout(extractor.variables, weights, *layer)
 
     npz = tmp_path / "weights.npz"  # the same arrays as an .npz load identically
     np.savez(npz, **weights)
