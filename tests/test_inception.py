@@ -227,6 +227,31 @@ def test_average_pool_ignores_padding_as_the_fid_graph_does():
                                rtol=1e-6)
 
 
+def _torch_bilinear_1d(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]`` weights of PyTorch's ``interpolate(mode="bilinear",
+    align_corners=False)`` along one axis: source ``max(0, (j + 0.5) n_in / n_out - 0.5)``."""
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), lo), 1.0 - (src - lo))
+    np.add.at(m, (np.arange(n_out), hi), src - lo)
+    return m
+
+
+@pytest.mark.parametrize("size", [(8, 8), (420, 350)])
+def test_network_input_is_pytorch_bilinear_resize_of_rgb(size):
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-1, 1, (1, *size, 1)).astype(np.float32)
+    rows, cols = (_torch_bilinear_1d(n, inception.INPUT_SIZE) for n in size)
+    expected = np.einsum("yh,hw,xw->yx", rows, x[0, :, :, 0].astype(np.float64), cols)
+    got = np.asarray(inception.network_input(x))
+    assert got.shape == (1, 299, 299, 3)
+    for c in range(3):
+        # Source positions up to ~420 in float32 are off by ~3e-5 pixel: that, not the rule.
+        np.testing.assert_allclose(got[0, :, :, c], expected, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- FID protocol
 
 def test_quantize_rounds_to_the_8bit_levels_a_saved_png_holds():

@@ -172,17 +172,22 @@ class InceptionE(nn.Module):
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
+def network_input(x: jax.Array) -> jax.Array:
+    """``[N, H, W, C in {1, 3}] -> [N, 299, 299, 3]``: RGB, bilinear resize as pytorch-fid's."""
+    if x.shape[-1] == 1:
+        x = jnp.tile(x, (1, 1, 1, 3))
+    elif x.shape[-1] != 3:
+        raise ValueError(f"Inception expects 1 or 3 channels, got shape {x.shape}")
+    return jax.image.resize(x.astype(jnp.float32), (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3),
+                            method="bilinear", antialias=False)
+
+
 class InceptionV3(nn.Module):
     """``__call__(x: [N, H, W, C] in [-1, 1], C in {1, 3}) -> [N, 2048]`` pool3 features."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if x.shape[-1] == 1:
-            x = jnp.tile(x, (1, 1, 1, 3))
-        elif x.shape[-1] != 3:
-            raise ValueError(f"Inception expects 1 or 3 channels, got shape {x.shape}")
-        x = jax.image.resize(x.astype(jnp.float32), (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3),
-                             method="bilinear", antialias=False)
+        x = network_input(x)
         x = BasicConv(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
         x = BasicConv(32, (3, 3), name="Conv2d_2a_3x3")(x)
         x = BasicConv(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
