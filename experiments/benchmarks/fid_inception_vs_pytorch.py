@@ -27,7 +27,7 @@ Needs the ``compare`` extra (``pip install -e ".[compare]"``: ``torch==2.13.0`` 
     PYTHONPATH=. python experiments/benchmarks/fid_inception_vs_pytorch.py [--num 8] [--seed 0]
 
 Result (``--num 8 --seed 0``; torch 2.13.0+cpu, pytorch-fid 0.3.0; a 2-core CPU shared with
-other jobs, load average 13-17: 8.0 min wall, 2.4 CPU-minutes). Both file formats read
+other jobs, load average 9-17: 7-8 min wall, 2-2.4 CPU-minutes). Both file formats read
 exactly as ``torch.load`` (566 arrays, max |diff| 0); max |feature difference| / max
 |feature|:
 
