@@ -31,5 +31,8 @@ setup(
         "cuda12": ["jax[cuda12]>=0.10.2"],
         # TPU users: `pip install -e ".[tpu]"` on a Cloud TPU VM.
         "tpu": ["jax[tpu]>=0.10.2"],
+        # Cross-checks against reference implementations (experiments/benchmarks/*_vs_*.py);
+        # torch pinned to the version the checks were run with.
+        "compare": ["torch==2.13.0", "pytorch-fid", "diffusers"],
     },
 )

@@ -35,6 +35,8 @@ def get_config(recipe: str = "score_vp"):
     config.training.ema_warmup = False
     config.sampling.num_steps = 1000
     config.sampling.num_samples = 64
-    config.eval.num_samples = 10_000
+    # FID as papers report it: 50k samples against the 50k training images
+    # (--config.eval.metrics=fid_inception --config.eval.inception_weights=<pt_inception .pth>).
+    config.eval.num_samples = 50_000
     config.eval.batch_size = 500
     return configs.apply_recipe(config, recipe or "score_vp")

@@ -36,7 +36,9 @@ def get_config(recipe: str = "edm"):
     config.training.ema_warmup = False
     config.sampling.num_steps = 35
     config.sampling.num_samples = 64
-    config.eval.num_samples = 10_000
+    # FID as papers report it: 50k samples against the 50k training images
+    # (--config.eval.metrics=fid_inception --config.eval.inception_weights=<pt_inception .pth>).
+    config.eval.num_samples = 50_000
     config.eval.batch_size = 500
     config = configs.apply_recipe(config, recipe or "edm")
     if (recipe or "edm") == "edm":

@@ -12,7 +12,6 @@ import scipy.stats
 
 from diffjax import evaluate
 from diffjax.data import load_arrays
-from diffjax.evaluate import inception
 
 
 # --------------------------------------------------------------------------- Fréchet
@@ -42,6 +41,32 @@ def test_frechet_of_diagonal_gaussians_matches_closed_form():
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((s1 - s2) ** 2)
     value = evaluate.frechet_distance(mu1, np.diag(s1 ** 2), mu2, np.diag(s2 ** 2))
     assert value == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_of_gaussians_with_shared_eigenvectors_matches_closed_form():
+    # C1 = Q diag(a) Q^T, C2 = Q diag(b) Q^T commute, so tr((C1 C2)^{1/2}) = sum sqrt(a b)
+    # and the distance is |mu1 - mu2|^2 + sum (sqrt a - sqrt b)^2 in any rotated basis.
+    rng = np.random.default_rng(13)
+    q, _ = np.linalg.qr(rng.standard_normal((9, 9)))
+    a, b = rng.uniform(0.05, 3.0, 9), rng.uniform(0.05, 3.0, 9)
+    mu1, mu2 = rng.standard_normal(9), rng.standard_normal(9)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    value = evaluate.frechet_distance(mu1, (q * a) @ q.T, mu2, (q * b) @ q.T)
+    assert value == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_from_samples_of_two_gaussians_converges_to_the_closed_form():
+    # Samples of N(0, diag(s1^2)) and N(m, diag(s2^2)); the estimate's error shrinks like
+    # 1/sqrt(N) around |m|^2 + sum (s1 - s2)^2 (plus an O(D/N) bias).
+    rng = np.random.default_rng(14)
+    dim, n = 4, 40_000
+    s1, s2, m = np.array([1.0, 0.5, 2.0, 1.0]), np.array([0.5, 0.5, 1.0, 1.5]), 0.3
+    expected = dim * m ** 2 + np.sum((s1 - s2) ** 2)
+    value = evaluate.frechet_from_samples(rng.standard_normal((n, dim)) * s1,
+                                          m + rng.standard_normal((n, dim)) * s2)
+    assert value == pytest.approx(expected, rel=0.03)
+    assert evaluate.frechet_from_samples(rng.standard_normal((n, dim)) * s1,
+                                         rng.standard_normal((n, dim)) * s1) < 0.01
 
 
 @pytest.mark.parametrize("rank", [None, 5])
@@ -262,45 +287,6 @@ def test_class_accuracy_needs_labels_and_model_metrics_are_routed_out(tmp_path):
     with pytest.raises(ValueError, match="diffjax.likelihood"):
         evaluate.evaluate_samples(np.zeros((4, 8, 8, 1)), metrics=["bits_per_dim"],
                                   dataset="digits", cache_dir=str(tmp_path))
-
-
-# --------------------------------------------------------------------------- Inception
-
-def test_inception_missing_weights_error_says_how_to_provide_them(tmp_path):
-    missing = str(tmp_path / "nope.npz")
-    for path in (None, missing):
-        with pytest.raises(evaluate.MissingInceptionWeights,
-                           match=r"config\.eval\.inception_weights.*pt_inception"):
-            evaluate.load_inception(path)
-    with pytest.raises(evaluate.MissingInceptionWeights, match="does not exist"):
-        evaluate.validate(["fid_inception"], "image", inception_weights=missing)
-
-
-def test_inception_gives_2048_features_from_an_npz_of_named_arrays(tmp_path):
-    rng = np.random.default_rng(12)
-    weights = {}
-    for name, shape in evaluate.expected_weight_shapes().items():
-        if name.endswith("conv.weight"):  # He init keeps activations O(1) through 94 layers.
-            weights[name] = rng.standard_normal(shape) * math.sqrt(2.0 / np.prod(shape[1:]))
-        elif name.endswith(("running_var", "bn.weight")):
-            weights[name] = np.ones(shape)
-        else:
-            weights[name] = np.zeros(shape)
-    assert len(weights) == 5 * 94
-    assert weights["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
-    weights["fc.weight"] = np.zeros((1008, 2048))  # present in the public file, ignored
-    path = tmp_path / "inception.npz"
-    np.savez(path, **{k: v.astype(np.float32) for k, v in weights.items()})
-    extractor = evaluate.load_inception(str(path))
-    gray = rng.uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
-    features = extractor(gray)
-    assert features.shape == (2, inception.FEATURE_DIM)
-    assert np.all(np.isfinite(features)) and np.all(features >= 0)  # pooled ReLU outputs
-
-    del weights["Mixed_7c.branch_pool.conv.weight"]
-    np.savez(path, **{k: v.astype(np.float32) for k, v in weights.items()})
-    with pytest.raises(ValueError, match="Mixed_7c.branch_pool.conv.weight"):
-        evaluate.load_inception(str(path))
 
 
 # --------------------------------------------------------------------------- diversity, NLL

@@ -15,7 +15,8 @@ Public API::
     sliced_wasserstein(a, b, *, num_projections=256, seed=0, p=2) -> float
     mmd(a, b, *, bandwidths=None) -> float
     train_classifier(x, y, *, num_classes, ...) -> Classifier;  load_or_train(dataset, cache_dir)
-    load_inception(path) -> InceptionFeatures  # local .npz only, never a download
+    load_inception(path) -> InceptionFeatures  # local .pth / .npz only, never a download
+    quantize(images) -> uint8                  # as saved PNGs hold them (the FID protocol)
 
 See :mod:`diffjax.evaluate.metrics` for what each metric reports and its floor.
 """
@@ -27,6 +28,7 @@ from diffjax.evaluate.inception import (
     MissingInceptionWeights,
     expected_weight_shapes,
     load_inception,
+    quantize,
 )
 from diffjax.evaluate.metrics import (
     DATA_KINDS,
@@ -52,6 +54,7 @@ __all__ = [
     "load_inception",
     "load_or_train",
     "mmd",
+    "quantize",
     "sliced_wasserstein",
     "split_metrics",
     "train_classifier",

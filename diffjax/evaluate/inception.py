@@ -6,9 +6,11 @@ TTUR), as ported to PyTorch by pytorch-fid. It differs from torchvision's Incept
 two places: the average pools inside the Inception blocks ignore padding
 (``count_include_pad=False``), and the branch pool of the last block is a 3x3 *max* pool.
 
-Weights are never downloaded. They come from a local ``.npz`` named by
-``config.eval.inception_weights`` whose keys are pytorch-fid's state-dict names in PyTorch
-layout, for example::
+Weights are never downloaded. They come from a local file named by
+``config.eval.inception_weights``: either pytorch-fid's own state dict
+(``pt_inception-2015-12-05-6726825d.pth``, the ``fid_weights`` release of
+github.com/mseitzer/pytorch-fid), read without PyTorch by `torch_weights.read_state_dict`,
+or an ``.npz`` of the same arrays under the same names, in PyTorch layout, for example::
 
     Conv2d_1a_3x3.conv.weight          [32, 3, 3, 3]      conv kernel [O, I, kh, kw]
     Conv2d_1a_3x3.bn.weight            [32]               batch-norm scale
@@ -18,26 +20,22 @@ layout, for example::
     Mixed_5b.branch5x5_2.conv.weight   [64, 48, 5, 5]
     ...                                (94 conv layers; `expected_weight_shapes()` lists all)
 
-Other keys in the file (``fc.*``, ``*.num_batches_tracked``) are ignored. To make the file
-from the public PyTorch port (``pt_inception-2015-12-05-6726825d.pth``, the ``fid_weights``
-release of github.com/mseitzer/pytorch-fid), on any machine with PyTorch::
+Other keys in the file (``fc.*``, ``*.num_batches_tracked``) are ignored.
+``experiments/benchmarks/fid_inception_vs_pytorch.py`` checks that this network, loaded from
+a ``.pth`` file, gives pytorch-fid's features to float tolerance.
 
-    import numpy as np, torch
-    state = torch.load("pt_inception-2015-12-05-6726825d.pth", map_location="cpu")
-    np.savez("pt_inception-2015-12-05.npz",
-             **{name: tensor.numpy() for name, tensor in state.items()})
-
-then set ``--config.eval.inception_weights=/path/to/pt_inception-2015-12-05.npz``.
-
-Inputs are ``[N, H, W, C]`` in ``[-1, 1]`` (the range the network was trained on) with
-``C`` 1 or 3; 1-channel images are tiled to 3 and every image is resized to 299x299 with
-bilinear interpolation (half-pixel centres, no antialiasing, as PyTorch's
+Inputs are ``[N, H, W, C]``, either ``uint8`` in ``[0, 255]`` (what FID is defined on:
+saved images; `quantize` makes them from model samples) or floats in ``[-1, 1]`` (the range
+the network was trained on), with ``C`` 1 or 3; 1-channel images are tiled to 3 (as
+pytorch-fid's RGB conversion) and every image is resized to 299x299 with bilinear
+interpolation (half-pixel centres, no antialiasing, as PyTorch's
 ``interpolate(..., align_corners=False)``).
 """
 from __future__ import annotations
 
 import functools
 import os
+import zipfile
 from typing import Any
 
 import flax.linen as nn
@@ -46,21 +44,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffjax.evaluate import torch_weights
+
 __all__ = ["FEATURE_DIM", "InceptionFeatures", "InceptionV3", "MissingInceptionWeights",
-           "check_weights_path", "expected_weight_shapes", "load_inception"]
+           "check_weights_path", "expected_weight_shapes", "load_inception", "quantize",
+           "read_weights"]
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 CONFIG_KEY = "config.eval.inception_weights"
 
 _HOW_TO = (
-    f"Set {CONFIG_KEY} to a local .npz of the FID Inception-v3 weights (nothing is "
-    "downloaded). To make one, fetch pt_inception-2015-12-05-6726825d.pth from the "
-    "'fid_weights' release of github.com/mseitzer/pytorch-fid and run, where PyTorch is "
-    "installed: python -c \"import numpy as np, torch; "
-    "s = torch.load('pt_inception-2015-12-05-6726825d.pth', map_location='cpu'); "
-    "np.savez('pt_inception-2015-12-05.npz', **{k: v.numpy() for k, v in s.items()})\". "
-    "See diffjax/evaluate/inception.py for the expected array names.")
+    f"Set {CONFIG_KEY} to a local copy of the FID Inception-v3 weights (nothing is "
+    "downloaded): pt_inception-2015-12-05-6726825d.pth from the 'fid_weights' release of "
+    "github.com/mseitzer/pytorch-fid (read as is, PyTorch is not needed), or an .npz of "
+    "the same arrays under the same names. See diffjax/evaluate/inception.py.")
 
 
 class MissingInceptionWeights(FileNotFoundError):
@@ -174,17 +172,22 @@ class InceptionE(nn.Module):
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
+def network_input(x: jax.Array) -> jax.Array:
+    """``[N, H, W, C in {1, 3}] -> [N, 299, 299, 3]``: RGB, bilinear resize as pytorch-fid's."""
+    if x.shape[-1] == 1:
+        x = jnp.tile(x, (1, 1, 1, 3))
+    elif x.shape[-1] != 3:
+        raise ValueError(f"Inception expects 1 or 3 channels, got shape {x.shape}")
+    return jax.image.resize(x.astype(jnp.float32), (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3),
+                            method="bilinear", antialias=False)
+
+
 class InceptionV3(nn.Module):
     """``__call__(x: [N, H, W, C] in [-1, 1], C in {1, 3}) -> [N, 2048]`` pool3 features."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if x.shape[-1] == 1:
-            x = jnp.tile(x, (1, 1, 1, 3))
-        elif x.shape[-1] != 3:
-            raise ValueError(f"Inception expects 1 or 3 channels, got shape {x.shape}")
-        x = jax.image.resize(x.astype(jnp.float32), (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3),
-                             method="bilinear", antialias=False)
+        x = network_input(x)
         x = BasicConv(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
         x = BasicConv(32, (3, 3), name="Conv2d_2a_3x3")(x)
         x = BasicConv(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
@@ -246,26 +249,51 @@ def check_weights_path(path: str | os.PathLike | None) -> str:
     return str(path)
 
 
+def read_weights(path: str) -> dict[str, np.ndarray]:
+    """``{name: array}`` of a ``.pth`` state dict (zip or legacy format) or an ``.npz``.
+
+    Told apart by content, not by name: an ``.npz`` is a zip of ``.npy`` members only.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            is_npz = all(name.endswith(".npy") for name in archive.namelist())
+        if is_npz:
+            with np.load(path) as npz:
+                return {name: npz[name] for name in npz.files}
+    return torch_weights.read_state_dict(path)
+
+
 def _load_variables(path: str) -> dict[str, Any]:
+    arrays = read_weights(path)
     flat, missing, wrong = {}, [], []
-    with np.load(path) as npz:
-        for var_path, (name, is_kernel, shape) in _variable_table().items():
-            if name not in npz.files:
-                missing.append(name)
-                continue
-            array = np.asarray(npz[name], dtype=np.float32)
-            if is_kernel and array.ndim == 4:
-                array = array.transpose(2, 3, 1, 0)
-            if array.shape != shape:
-                wrong.append(f"{name}: {array.shape}")
-                continue
-            flat[var_path] = jnp.asarray(array)
+    for var_path, (name, is_kernel, shape) in _variable_table().items():
+        if name not in arrays:
+            missing.append(name)
+            continue
+        array = np.asarray(arrays[name], dtype=np.float32)
+        if is_kernel and array.ndim == 4:
+            array = array.transpose(2, 3, 1, 0)
+        if array.shape != shape:
+            wrong.append(f"{name}: {array.shape}")
+            continue
+        flat[var_path] = jnp.asarray(array)
     if missing or wrong:
         raise ValueError(
             f"{path} is not a FID Inception-v3 weights file: {len(missing)} arrays missing "
             f"(e.g. {missing[:3]}), {len(wrong)} of the wrong shape (e.g. {wrong[:3]}). "
             f"{_HOW_TO}")
     return traverse_util.unflatten_dict(flat)
+
+
+def quantize(x: np.ndarray) -> np.ndarray:
+    """Images in ``[-1, 1]`` -> ``uint8`` as a saved PNG holds them, any shape.
+
+    Clipped, then rounded to the nearest of the 256 levels (``floor(127.5 x + 128)``, as
+    torchvision's ``save_image`` and EDM's ``generate.py`` write images). Non-finite values
+    stay a caller's concern: they have no uint8 image.
+    """
+    x = np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0)
+    return np.floor(x * 127.5 + 128.0).clip(0, 255).astype(np.uint8)
 
 
 @jax.jit
@@ -281,14 +309,19 @@ class InceptionFeatures:
         self.path = path
 
     def __call__(self, x: np.ndarray, *, batch_size: int = 50) -> np.ndarray:
-        """``x: [N, H, W, C]`` in ``[-1, 1]`` -> ``[N, 2048]`` float32 features."""
-        x = np.asarray(x, dtype=np.float32)
+        """``x: [N, H, W, C]``, uint8 or floats in ``[-1, 1]`` -> ``[N, 2048]`` float32.
+
+        Uint8 images map to ``u / 127.5 - 1``, the range pytorch-fid gives the network.
+        """
+        x = np.asarray(x)
         if x.ndim != 4:
             raise ValueError(f"expected images [N, H, W, C], got shape {x.shape}")
         batch_size = max(1, min(batch_size, x.shape[0]))
         out = []
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start:start + batch_size]
+            chunk = (chunk.astype(np.float32) / 127.5 - 1.0 if chunk.dtype == np.uint8
+                     else chunk.astype(np.float32))
             # Pad the last chunk so that every call has one shape and compiles once.
             pad = batch_size - chunk.shape[0]
             if pad:
@@ -298,7 +331,7 @@ class InceptionFeatures:
 
 
 def load_inception(path: str | os.PathLike | None) -> InceptionFeatures:
-    """Loads the FID Inception-v3 from a local ``.npz``; see the module docstring.
+    """Loads the FID Inception-v3 from a local ``.pth`` or ``.npz``; see the module docstring.
 
     Raises:
       MissingInceptionWeights: ``path`` is unset or no such file exists.

@@ -1,7 +1,8 @@
 """The metric registry: the one way a run or a sweep turns samples into numbers.
 
 Every sample metric compares generated samples with the held-out ``test`` split of the
-data set the model was trained on. A distance estimated from finitely many samples is not
+data set the model was trained on, except ``fid_inception``, which follows the published
+protocol (below). A distance estimated from finitely many samples is not
 0 even for a perfect model, so each distance comes with its *floor*: the same distance,
 at the same sample size, between real ``train`` data and the same ``test`` split. A model
 is as good as real data when its value reaches the floor.
@@ -22,9 +23,10 @@ diversity           image         ``diversity``: RMS within-class spread of the 
                                   ``diversity_real``: the same of the test split by its labels
 sliced_wasserstein  points, image ``sliced_wasserstein``, ``sliced_wasserstein_floor``: SW_2
 mmd                 points, image ``mmd``, ``mmd_floor``: unbiased MMD^2, sum of RBF kernels
-fid_inception       image         ``fid_inception``: FID with the Inception weights of
-                                  ``config.eval.inception_weights`` (no floor: it would need
-                                  Inception features of the train split too)
+fid_inception       image         ``fid_inception``: FID as papers report it, with the
+                                  Inception weights of ``config.eval.inception_weights``:
+                                  samples clipped and quantised to uint8, against the
+                                  statistics of the whole *train* split (no floor)
 ==================  ============  ===========================================================
 
 Decisions:
@@ -42,6 +44,12 @@ Decisions:
   seeded test subset of at most ``n`` points, shared by value and floor.
   ``class_accuracy`` and ``fid_inception`` use all ``N`` samples.
 * Non-finite samples (a diverged sampler) give NaN values; floors are still reported.
+* ``fid_inception`` is the number papers report (Heusel et al. 2017; e.g. CIFAR-10: 50k
+  samples against the 50k training images): samples are clipped to [-1, 1] and quantised to
+  uint8 (`inception.quantize`, as saved PNGs hold them) before the network; the reference
+  is every image of the ``train`` split through the same quantisation, its statistics
+  cached in ``cache_dir`` per (data set, split, SHA-256 of the weights file). Callers pass
+  float samples as for every other metric.
 
 Model metrics: ``nll`` (nats) and ``bits_per_dim`` judge the *model*, not samples, so they
 are not computed here. Their names are in `MODEL_METRICS` (so one ``config.eval.metrics``
@@ -214,16 +222,24 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _inception_reference(ctx: _Context, extractor: inception_lib.InceptionFeatures
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Test-split Inception statistics, cached per data set and weights file.
+# The FID protocol of Heusel et al. 2017 as papers report it (e.g. Karras et al. 2022):
+# generated images as saved 8-bit files against the statistics of the whole training split.
+FID_REFERENCE_SPLIT = "train"
 
-    Written to a temporary file and renamed, so a concurrent reader never sees half a file.
+
+def _inception_reference(ctx: _Context, extractor: inception_lib.InceptionFeatures,
+                         split: str = FID_REFERENCE_SPLIT) -> tuple[np.ndarray, np.ndarray]:
+    """Inception statistics of every image of ``split``, quantised like the samples.
+
+    Cached per (data set, split, weights file content), so that a changed weights file is
+    never scored against stale statistics. Written to a temporary file and renamed, so a
+    concurrent reader never sees half a file.
     """
-    name = f"inception_stats_{ctx.dataset}_{_file_digest(extractor.path)}.npz"
+    name = f"inception_stats_{ctx.dataset}_{split}_{_file_digest(extractor.path)}.npz"
     path = os.path.join(ctx.cache_dir, name)
     if not os.path.isfile(path):
-        mu, cov = frechet.gaussian_stats(extractor(ctx.test[0]))
+        images = ctx._split(split)[0]
+        mu, cov = frechet.gaussian_stats(extractor(inception_lib.quantize(images)))
         os.makedirs(ctx.cache_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=ctx.cache_dir)
         try:
@@ -242,7 +258,8 @@ def _fid_inception(ctx: _Context) -> dict[str, float]:
     reference = _inception_reference(ctx, extractor)
 
     def fid(x: np.ndarray) -> float:
-        return frechet.frechet_distance(*frechet.gaussian_stats(extractor(x)), *reference)
+        features = extractor(inception_lib.quantize(x))
+        return frechet.frechet_distance(*frechet.gaussian_stats(features), *reference)
 
     return {"fid_inception": ctx.on_samples(fid, ctx.samples)}
 
