@@ -132,3 +132,50 @@ def test_packaged_minilm_equals_the_numpy_forward_pass(minilm):
 def test_too_long_prompt_is_refused_with_its_length(minilm):
     with pytest.raises(ValueError, match="tokens long.*max_length=16"):
         minilm.tokenize(["a " * 20 + "circle"])
+
+
+# -- the learned word-level encoder and precomputed embeddings ----------------------------
+def test_word_vocab_round_trips_captions_and_refuses_unknown_words():
+    from diffjax.text import learned
+
+    vocab = learned.WordVocab.from_captions(["A red circle.", "two blue squares"], max_length=6)
+    assert len(vocab) == 2 + 6
+    ids, mask = vocab.tokenize(["two red circle", ""])
+    assert [vocab.words[i] for i in ids[0, :mask[0].sum()]] == ["two", "red", "circle", "<eos>"]
+    assert ids[1].tolist() == [learned.EOS, 0, 0, 0, 0, 0]  # the empty prompt = the null text
+    with pytest.raises(ValueError, match="word 'crimson' is not in .*8 words"):
+        vocab.tokenize(["a crimson circle"])
+    with pytest.raises(ValueError, match="at most 5"):
+        vocab.tokenize(["a red circle a red circle"])
+
+
+def test_text_transformer_ignores_padding():
+    from diffjax.text import learned
+
+    net = learned.TextTransformer(vocab_size=10, width=16, depth=2, num_heads=2, max_length=6)
+    ids = np.array([[3, 4, 1, 0, 0, 0], [3, 4, 1, 7, 7, 7]], np.int32)
+    mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0]], np.int32)  # same real tokens
+    params = net.init(jax.random.PRNGKey(0), ids, mask)
+    out = np.asarray(net.apply(params, ids, mask))
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+    assert np.all(out[:, 3:] == 0)
+
+
+def test_precomputed_embeddings_file_is_checked(tmp_path):
+    from diffjax.text import precomputed
+
+    path = tmp_path / "train.npz"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        precomputed.load(str(path))
+    np.savez(path, context=np.zeros((3, 4, 8)), context_mask=np.ones((3, 4)))
+    with pytest.raises(ValueError, match="missing array.*null_context"):
+        precomputed.load(str(path))
+    np.savez(path, context=np.ones((3, 4, 8)), context_mask=np.ones((3, 4)),
+             null_context=np.zeros((4, 8)), null_context_mask=np.zeros(4))
+    with pytest.raises(ValueError, match="3 rows of embeddings for a split of 5"):
+        precomputed.load(str(path), num_examples=5)
+    cond, nulls = precomputed.load(str(path), num_examples=3)
+    dropped = nulls.null({"context": jnp.asarray(cond["context"]),
+                          "context_mask": jnp.asarray(cond["context_mask"])})
+    assert float(jnp.abs(dropped["context"]).max()) == 0.0
+    assert float(jnp.abs(dropped["context_mask"]).max()) == 0.0
