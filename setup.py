@@ -31,5 +31,7 @@ setup(
         "cuda12": ["jax[cuda12]>=0.10.2"],
         # TPU users: `pip install -e ".[tpu]"` on a Cloud TPU VM.
         "tpu": ["jax[tpu]>=0.10.2"],
+        # Sweeps on a SLURM cluster: `python -m diffjax.sweep --launcher=slurm` (README).
+        "slurm": ["submitit>=1.5"],
     },
 )

@@ -233,7 +233,7 @@ def make_trials(sweep: Sweep, quick: bool) -> list[Trial]:
         except SweepError as e:
             raise SweepError(f"trial {name!r}: {e}") from None
         file = repo_path(sweep.config.partition(":")[0])
-        train_key, key = identity.trial_keys(sweep.config, file, config.to_dict())
+        train_key, key = identity.trial_keys(file, config.to_dict())
         trials.append(Trial(name, overrides, own, train_key, key))
     return trials
 

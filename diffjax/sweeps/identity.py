@@ -68,10 +68,13 @@ def code_version(package: str = PACKAGE) -> str:
     return f"files:{package_digest(package)}"
 
 
-def trial_keys(config_spec: str, config_file: str, config: Mapping[str, Any]) -> tuple[str, str]:
-    """``(train_key, trial_key)`` of a trial whose resolved config (as a dict) is ``config``."""
-    common = {"config": config_spec, "config_file": file_digest(config_file),
-              "code": code_version()}
+def trial_keys(config_file: str, config: Mapping[str, Any]) -> tuple[str, str]:
+    """``(train_key, trial_key)`` of a trial whose resolved config (as a dict) is ``config``.
+
+    The config file's path is not part of it: a moved file with the same contents (a moved
+    workdir, another checkout) names the same runs.
+    """
+    common = {"config_file": file_digest(config_file), "code": code_version()}
     train = {k: v for k, v in config.items() if k not in EVAL_GROUPS}
     train_key = digest({**common, "train": train})
     evaluation = {k: v for k, v in config.items() if k in EVAL_GROUPS}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import shutil
 from typing import Any, Mapping, Optional, Sequence
 
 from diffjax.sweeps import records
@@ -91,12 +92,20 @@ def check_launcher(launcher: str, options: Mapping[str, Any]) -> None:
     if launcher not in LAUNCHERS:
         raise SweepError(f"--launcher={launcher!r} is not valid; valid choices: "
                          f"{', '.join(LAUNCHERS)}")
+    unknown = sorted(set(options) - set(SLURM_KEYS))
+    if unknown:
+        raise SweepError(f"unknown option --slurm.{unknown[0]}; valid keys: "
+                         f"{', '.join(sorted(SLURM_KEYS))}")
     if launcher == "local":
         if options:
             raise SweepError(f"--slurm.{next(iter(options))} needs --launcher=slurm or "
                              "submitit_local")
         return
     import_submitit(launcher)
+    if launcher == "slurm" and shutil.which("srun") is None:
+        raise SweepError("--launcher=slurm needs SLURM's srun, which is not on PATH: run the "
+                         "sweep on the cluster's login node (--launcher=submitit_local runs "
+                         "the same code path on this machine)")
     if launcher == "submitit_local" and options.get("nodes", 1) > 1:
         raise SweepError(f"--slurm.nodes={options['nodes']}: submitit's local executor runs "
                          "one node; use --slurm.tasks_per_node to run several processes")
@@ -199,12 +208,7 @@ class SubmititLauncher:
         if name == "submitit_local":
             self.executor = submitit.LocalExecutor(self.folder, max_num_timeout=MAX_TIMEOUTS)
         else:
-            try:
-                self.executor = submitit.SlurmExecutor(self.folder,
-                                                       max_num_timeout=MAX_TIMEOUTS)
-            except RuntimeError as e:  # no srun: not on a SLURM cluster
-                raise SweepError(f"--launcher=slurm: {e} (--launcher=submitit_local runs the "
-                                 "same code path on this machine)") from None
+            self.executor = submitit.SlurmExecutor(self.folder, max_num_timeout=MAX_TIMEOUTS)
 
     def _parameters(self, multi_node: bool, job_name: str) -> dict:
         o = self.options
