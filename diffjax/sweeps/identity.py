@@ -20,9 +20,16 @@ EVAL_GROUPS = ("sampling", "eval")
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _leaf(value: Any) -> Any:
+    """JSON for what json cannot write: sets sorted (their order varies between processes)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(repr, value))
+    return repr(value)
+
+
 def digest(value: Any) -> str:
     """A short hash of a JSON-able value (other leaves by ``repr``)."""
-    text = json.dumps(value, sort_keys=True, default=repr)
+    text = json.dumps(value, sort_keys=True, default=_leaf)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

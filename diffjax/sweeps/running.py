@@ -84,10 +84,10 @@ def run(sweep_path: str, workdir: str, *, quick: bool = False, workers: int = 1,
     held = lock(workdir)
     try:
         check_workdir(workdir, sweep_path, quick, trials)
-        runner = launchers.make_launcher(
-            launcher, workdir, workers=workers, options=slurm,
-            sweep_name=os.path.splitext(os.path.basename(sweep_path))[0])
         cap = max_parallel or (workers if launcher == "local" else len(trials) * 2)
+        runner = launchers.make_launcher(
+            launcher, workdir, workers=cap, options=slurm,
+            sweep_name=os.path.splitext(os.path.basename(sweep_path))[0])
         start = time.time()
         try:
             _Scheduler(sweep, trials, workdir, quick, runner, cap, POLL_S[launcher], log,
