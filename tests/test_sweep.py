@@ -166,15 +166,14 @@ def test_code_version_is_the_checkouts_git_revision_or_a_hash_of_the_package(tmp
                           text=True)
     if head.returncode == 0:  # this checkout: its revision (plus a hash when edited)
         assert identity.code_version().split("+")[0] == f"git:{head.stdout.strip()}"
-    for copy in ("a", "b"):  # an installed package (no git): a hash of its files
+    for copy in ("a", "b", "edited"):  # installed packages (no git): a hash of their files
         shutil.copytree(os.path.join(REPO, "diffjax"), tmp_path / copy / "diffjax",
                         ignore=shutil.ignore_patterns("__pycache__"))
-    a, b = (identity.code_version(str(tmp_path / c / "diffjax")) for c in ("a", "b"))
-    assert a.startswith("files:") and a == b
-    with open(tmp_path / "b" / "diffjax" / "sweeps" / "report.py", "a") as f:
+    with open(tmp_path / "edited" / "diffjax" / "sweeps" / "report.py", "a") as f:
         f.write("\n# an edit\n")
-    identity.code_version.cache_clear()
-    assert identity.code_version(str(tmp_path / "b" / "diffjax")) != a
+    a, b, edited = (identity.code_version(str(tmp_path / c / "diffjax"))
+                    for c in ("a", "b", "edited"))
+    assert a.startswith("files:") and a == b and edited != a
 
 
 def test_trial_identity_changes_with_the_config_files_contents_and_the_code(tmp_path,
@@ -256,7 +255,8 @@ def cluster_swept(swept, tmp_path_factory):
     cluster's mishaps: once the training job has logged a step, the sweep command is killed
     and the job gets SIGTERM (preemption); a second sweep command then finishes the sweep.
 
-    Returns (workdir, output of the second command, the training's directory).
+    Returns (workdir, output of the second command, the training's directory, the trials'
+    states between the two commands).
     """
     pytest.importorskip("submitit")  # the [slurm] extra
     root = tmp_path_factory.mktemp("cluster")
@@ -275,10 +275,11 @@ def cluster_swept(swept, tmp_path_factory):
     os.kill(int(job["job_id"]), signal.SIGTERM)  # the local job's controller: its job process
     first.kill()
     first.wait()
+    orphaned = sweep_lib.trial_states(workdir)  # no sweep command; the job goes on
     second = _cli(*args)
     out, _ = second.communicate(timeout=900)
     assert second.returncode == 0, out
-    return workdir, out, run_dir
+    return workdir, out, run_dir, orphaned
 
 
 def test_submitit_local_runs_the_sweep_to_the_local_launchers_results(swept, cluster_swept):
@@ -293,7 +294,7 @@ def test_submitit_local_runs_the_sweep_to_the_local_launchers_results(swept, clu
 
 
 def test_a_preempted_training_job_is_requeued_and_resumes_from_its_checkpoint(cluster_swept):
-    _, _, run_dir = cluster_swept
+    _, _, run_dir, _ = cluster_swept
     record = records.read_json(os.path.join(run_dir, records.TRAIN_RECORD))
     assert record["status"] == "ok" and record["attempts"] == 2
     # The first attempt checkpointed where SIGTERM stopped it, before the final step.
@@ -303,7 +304,7 @@ def test_a_preempted_training_job_is_requeued_and_resumes_from_its_checkpoint(cl
 
 def test_a_rerun_after_the_sweep_command_died_reattaches_and_submits_nothing_twice(
         cluster_swept):
-    workdir, out, run_dir = cluster_swept
+    workdir, out, run_dir, _ = cluster_swept
     job = records.read_json(os.path.join(run_dir, records.JOB_FILE))
     assert f"re-attached to job {job['job_id']}" in out
     assert [ln for ln in out.splitlines() if ln.endswith("...")] == ["num_steps=4 ...",
@@ -319,6 +320,9 @@ def test_status_prints_each_trials_state_with_the_tail_of_a_failure(swept, clust
                   sweep_lib.trial_states(workdir)}
         assert {n: states[n][0] for n in expected} == expected
     assert "non-finite loss" in states["diverges"][1]
+    job = records.read_json(os.path.join(cluster_swept[2], records.JOB_FILE))["job_id"]
+    for _, state, detail in cluster_swept[3]:  # while the training job ran on its own
+        assert state == "pending" and detail.endswith(f": running (job {job})")
     text = _cli(f"--workdir={cluster_swept[0]}", "--status").communicate(timeout=120)[0]
     assert "0 pending, 0 running, 2 done, 0 failed" in text
 

@@ -82,6 +82,7 @@ class RunJob:
             with _forward_sigterm(self._proc, stop):
                 status = self._proc.wait()
         self.seconds += time.time() - self._start
+        self._start = None  # counted: a checkpoint() from here on adds nothing
         if rank != 0:
             return None
         unfinished = (self.kind == "train" and status == 0
@@ -100,7 +101,8 @@ class RunJob:
         if proc is not None and proc.poll() is None:
             proc.terminate()  # the trainer checkpoints and exits 0
             proc.wait()
-        spent = time.time() - getattr(self, "_start", time.time())
+        start = getattr(self, "_start", None)
+        spent = 0.0 if start is None else time.time() - start
         return submitit.helpers.DelayedSubmission(
             dataclasses.replace(self, seconds=self.seconds + spent))
 
