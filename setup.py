@@ -16,6 +16,9 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
+    # Text encoders: safetensors weights and Hugging Face tokenizers (neither needs torch).
+    "safetensors>=0.4",
+    "tokenizers>=0.19",
 ]
 
 setup(
@@ -26,13 +29,16 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # The suite also runs the cluster launcher (on submitit's local executor).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "submitit>=1.5"],
         # GPU users: `pip install -e ".[cuda12]"` (Linux x86_64, NVIDIA driver >= 525).
         "cuda12": ["jax[cuda12]>=0.10.2"],
         # TPU users: `pip install -e ".[tpu]"` on a Cloud TPU VM.
         "tpu": ["jax[tpu]>=0.10.2"],
         # Cross-checks against reference implementations (experiments/benchmarks/*_vs_*.py);
-        # torch pinned to the version the checks were run with.
-        "compare": ["torch==2.13.0", "pytorch-fid", "diffusers"],
+        # torch pinned to the version the checks were run with (it takes the CPU wheel).
+        "compare": ["torch==2.13.0", "pytorch-fid", "diffusers", "sentence-transformers"],
+        # Sweeps on a SLURM cluster: `python -m diffjax.sweep --launcher=slurm` (README).
+        "slurm": ["submitit>=1.5"],
     },
 )
