@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from diffjax.config_validation import ConfigError
+from diffjax.errors import BrokenCheckpointWarning, CheckpointReadError, WorkdirError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -38,14 +38,6 @@ BROKEN_DIR = "checkpoints_broken"
 PARTIAL_SUFFIX = ".orbax-checkpoint-tmp"
 # config.model keys that change how the network computes, not what its parameters are.
 _MODEL_KEYS_FREE_TO_CHANGE = ("dtype", "dropout")
-
-
-class WorkdirError(ConfigError):
-    """The workdir cannot be used for this run (unwritable, or holds an incompatible run)."""
-
-
-class BrokenCheckpointWarning(UserWarning):
-    """A checkpoint that does not restore was skipped."""
 
 
 class _IteratorSnapshot:

@@ -23,9 +23,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from diffjax.choices import BACKENDS, PARAM_SHARDINGS
+
 DATA_AXIS = "data"
-BACKENDS = ("jit", "pmap")
-PARAM_SHARDINGS = ("replicated", "fsdp")
 # Resource-manager variables under which jax.distributed can find its peers by itself.
 _CLUSTER_ENV_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
