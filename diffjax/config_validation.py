@@ -219,17 +219,30 @@ def _check_recipe(config: ml_collections.ConfigDict, data_info: Any) -> None:
     _check_sampling_run(config, path, data_info)
 
 
+def validate_static(config: ml_collections.ConfigDict) -> None:
+    """Keys, numbers and names: the checks that run no JAX computation, so they may come
+    before ``jax.distributed.initialize`` (which refuses to start after one).
+
+    Raises:
+      ConfigError: the first problem found, as a one-line message.
+    """
+    check_keys(config)
+    _check_numbers(config)
+    _check_names(config)
+
+
 def validate(config: ml_collections.ConfigDict, *, process_count: int = 1):
     """Checks everything that can be checked without devices; returns the data's DataInfo.
+
+    Some checks run small JAX computations (a sampler's time grid): in a multi-process run
+    call it after :func:`diffjax.parallel.initialize`.
 
     Raises:
       ConfigError: the first problem found, as a one-line message.
     """
     from diffjax import data
 
-    check_keys(config)
-    _check_numbers(config)
-    _check_names(config)
+    validate_static(config)
     try:
         data_info = data.validate_config(config.data, process_count)
     except ValueError as e:

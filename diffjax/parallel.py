@@ -159,6 +159,25 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(flags))
 
 
+def gather_ints(values: list[int]) -> list[list[int]]:
+    """Every process's ``values`` (lists of any length), in process order, on every process."""
+    if jax.process_count() == 1:
+        return [list(values)]
+    lengths = multihost_utils.process_allgather(np.asarray([len(values)], np.int64), tiled=True)
+    padded = np.full((int(np.max(lengths)),), -1, np.int64)
+    padded[:len(values)] = values
+    table = np.asarray(multihost_utils.process_allgather(padded[None], tiled=True))
+    return [list(map(int, row[:n])) for row, n in zip(table, np.asarray(lengths))]
+
+
+def common_values(per_process: list[list[int]]) -> list[int]:
+    """The values every process has, sorted (e.g. the checkpoint steps all of them see)."""
+    common = set(per_process[0])
+    for values in per_process[1:]:
+        common &= set(values)
+    return sorted(common)
+
+
 # --------------------------------------------------------------------------- backends
 def _with_global_state(pmapped: StepFn, mesh: Mesh) -> StepFn:
     """Multi-host pmap takes and returns host-local arrays; the loop and orbax keep global
