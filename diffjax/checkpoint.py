@@ -10,6 +10,11 @@ Layout of a workdir::
                             completed, moved here by the run's first save after it found
                             them (never deleted)
 
+Restoring falls back to an older checkpoint only when a newer one is damaged: transient I/O
+errors are retried with backoff and then stop the run, another number of processes or
+changed data-loader settings are refused with the reason, and every process restores the
+same step.
+
 orbax writes each step into a temporary directory (``<step>.orbax-checkpoint-tmp``) and
 renames it when complete, so a run killed mid-save leaves no half checkpoint under a step's
 name, only that directory; saves are asynchronous and :meth:`Checkpointer.close` waits for
@@ -30,6 +35,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from diffjax import parallel
 from diffjax.choices import DATA_LOADER_KEYS
 from diffjax.errors import BrokenCheckpointWarning, CheckpointReadError, WorkdirError
 
@@ -277,7 +283,6 @@ class Checkpointer:
             warnings.warn(f"moved {', '.join(names)} from {self.directory} to {broken} (kept, "
                           "never deleted; remove them yourself once inspected)",
                           BrokenCheckpointWarning, stacklevel=3)
-        from diffjax import parallel
         parallel.sync("diffjax_move_aside")
         self._manager.reload()
         self.broken_steps, self.partial_saves = [], []
@@ -323,8 +328,6 @@ class Checkpointer:
     def _agreed_steps(self) -> list[int]:
         """The steps every process sees (on a shared file system they all see the same; one
         whose listing lags must not restore another step than the others)."""
-        from diffjax import parallel
-
         mine = self.steps()
         common = parallel.common_values(parallel.gather_ints(mine))
         if common != mine:
@@ -348,8 +351,6 @@ class Checkpointer:
             processes; or there are checkpoints but none restores (e.g. another model's):
             starting afresh would overwrite them.
         """
-        from diffjax import parallel
-
         self.partial_saves = self.find_partial_saves()
         for path in self.partial_saves:
             warnings.warn(f"{path} is a checkpoint save that never completed (the run was "

@@ -65,7 +65,8 @@ def load(spec: str, overrides: Overrides = (), *, check: bool = True,
       overrides: ``{"training.num_steps": 10}`` (values as they are), or
         ``["training.num_steps=10", ...]`` (strings parsed as on the command line).
       check: refuse an override key that the reference config does not have.
-      lock: the returned config refuses new keys (as on the command line).
+      lock: the returned config refuses new keys (as on the command line). Mapping
+        overrides may add keys the reference config has (another arch's model keys).
 
     Raises:
       ConfigError: no such file, a bad override key, or an override value that does not
@@ -89,9 +90,12 @@ def load(spec: str, overrides: Overrides = (), *, check: bool = True,
         raise ConfigError(f"--config={spec}: {message}") from None
     config = holder.value
     if mapping:
-        for dotted, value in overrides.items():
-            try:
-                _set(config, dotted, value)
-            except (TypeError, KeyError, AttributeError) as e:
-                raise ConfigError(f"config.{dotted}={value!r}: {e}") from None
+        # The keys were checked against the reference config, which has every arch's model
+        # keys: a sweep may switch config.model.arch and set the new arch's keys.
+        with config.unlocked():
+            for dotted, value in overrides.items():
+                try:
+                    _set(config, dotted, value)
+                except (TypeError, ValueError, KeyError, AttributeError) as e:
+                    raise ConfigError(f"config.{dotted}={value!r}: {e}") from None
     return config

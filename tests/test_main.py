@@ -199,3 +199,12 @@ def test_loader_refuses_bad_files_keys_and_values_in_one_line(spec, overrides, n
     with pytest.raises(ConfigError) as excinfo:
         config_loading.load(spec, overrides)
     assert named in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_loader_lets_a_sweep_switch_arch_and_set_its_keys_but_the_result_stays_locked():
+    path = os.path.join(REPO, "configs", "toy2d.py")
+    assert "ch" not in _get_config(path).model  # an MLP config: no U-Net width
+    config = config_loading.load(path, {"model.arch": "unet", "model.ch": 16})
+    assert (config.model.arch, config.model.ch) == ("unet", 16)
+    with pytest.raises(AttributeError):
+        config.model.not_a_key = 1
