@@ -164,6 +164,8 @@ def gather_ints(values: list[int]) -> list[list[int]]:
     if jax.process_count() == 1:
         return [list(values)]
     lengths = multihost_utils.process_allgather(np.asarray([len(values)], np.int64), tiled=True)
+    if int(np.max(lengths)) == 0:  # nothing anywhere (a fresh run): no empty all-gather
+        return [[] for _ in range(jax.process_count())]
     padded = np.full((int(np.max(lengths)),), -1, np.int64)
     padded[:len(values)] = values
     table = np.asarray(multihost_utils.process_allgather(padded[None], tiled=True))
