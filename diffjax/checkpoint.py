@@ -10,6 +10,11 @@ Layout of a workdir::
                             completed, moved here by the run's first save after it found
                             them (never deleted)
 
+Restoring falls back to an older checkpoint only when a newer one is damaged: transient I/O
+errors are retried with backoff and then stop the run, another number of processes or
+changed data-loader settings are refused with the reason, and every process restores the
+same step.
+
 orbax writes each step into a temporary directory (``<step>.orbax-checkpoint-tmp``) and
 renames it when complete, so a run killed mid-save leaves no half checkpoint under a step's
 name, only that directory; saves are asynchronous and :meth:`Checkpointer.close` waits for
@@ -17,6 +22,7 @@ them.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,7 +35,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from diffjax.config_validation import ConfigError
+from diffjax import parallel
+from diffjax.choices import DATA_LOADER_KEYS
+from diffjax.errors import BrokenCheckpointWarning, CheckpointReadError, WorkdirError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -38,14 +46,6 @@ BROKEN_DIR = "checkpoints_broken"
 PARTIAL_SUFFIX = ".orbax-checkpoint-tmp"
 # config.model keys that change how the network computes, not what its parameters are.
 _MODEL_KEYS_FREE_TO_CHANGE = ("dtype", "dropout")
-
-
-class WorkdirError(ConfigError):
-    """The workdir cannot be used for this run (unwritable, or holds an incompatible run)."""
-
-
-class BrokenCheckpointWarning(UserWarning):
-    """A checkpoint that does not restore was skipped."""
 
 
 class _IteratorSnapshot:
@@ -120,9 +120,37 @@ def load_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, (dict, ml_collections.ConfigDict)) or part not in node:
+            return _UNSET
+        node = node[part]
+    return node
+
+
+_UNSET = object()
+
+
+def data_loader_changes(old: ml_collections.ConfigDict,
+                        new: ml_collections.ConfigDict) -> list[str]:
+    """The data-loader settings (:data:`diffjax.choices.DATA_LOADER_KEYS`) that differ: a
+    checkpointed iterator position is meaningless under other values. Keys an older
+    config.json lacks are not compared."""
+    found = []
+    for key in DATA_LOADER_KEYS:
+        a, b = _get(old, key), _get(new, key)
+        if a is not _UNSET and b is not _UNSET and _jsonable({"v": a}) != _jsonable({"v": b}):
+            found.append(f"config.{key}: {a!r} -> {b!r}")
+    return found
+
+
+def check_compatible(workdir: str, config: ml_collections.ConfigDict, *,
+                     resume: bool = True) -> None:
     """Refuses (WorkdirError) a config whose model, path, target or data shape differs from
-    the run already in ``workdir``; changing e.g. ``training.num_steps`` is fine."""
+    the run already in ``workdir``; changing e.g. ``training.num_steps`` is fine. With
+    ``resume`` (training continues the run) the data-loader settings must be unchanged too:
+    the checkpoints hold the iterator's position in the old sequence of batches."""
     old = load_config(workdir)
     if old is None:
         return
@@ -132,6 +160,13 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
             f"--workdir={workdir} holds a run with a different model/path/data "
             f"({'; '.join(found[:4])}{' ...' if len(found) > 4 else ''}); refusing to touch it. "
             "Use a new --workdir, or the config stored in its config.json.")
+    changed = data_loader_changes(old, config) if resume else []
+    if changed:
+        raise WorkdirError(
+            f"--workdir={workdir} was trained with other data-loader settings "
+            f"({'; '.join(changed)}); its checkpoints hold a position in that sequence of "
+            "batches, which cannot be resumed under the new settings. Resume with the old "
+            "values (its config.json), or start a new --workdir.")
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -145,6 +180,39 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.replace(tmp, path)
 
 
+# --------------------------------------------------------------------------- errors
+_OK, _DAMAGED, _FATAL = 0, 1, 2
+# errno values of a storage that may answer on a second try (network file systems, busy
+# disks); ENOENT and friends mean the checkpoint is incomplete, which no retry changes.
+_TRANSIENT_ERRNOS = frozenset({
+    errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE,
+    errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ENETUNREACH,
+    errno.EHOSTUNREACH, errno.ENETDOWN})
+# The status codes of tensorstore/gRPC (cloud storage) for the same situation.
+_TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is an I/O failure that may pass:
+    a transient errno, a timeout, a dropped connection, or a storage status saying so."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (TimeoutError, ConnectionError)):
+            return True
+        if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+            return True
+        if any(status in str(error) for status in _TRANSIENT_STATUS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
+
 # --------------------------------------------------------------------------- orbax
 class Checkpointer:
     """Saves and restores ``(train state, data iterator state)`` under ``workdir/checkpoints``.
@@ -154,10 +222,12 @@ class Checkpointer:
       keep: number of most recent checkpoints kept.
       async_save: write checkpoints in the background (wait with :meth:`wait`/:meth:`close`).
       read_only: only restore (sample/eval modes): nothing is created or deleted.
+      retries, backoff_s: a transient read error (:func:`is_transient`) is retried up to
+        ``retries`` times, after ``backoff_s``, ``2 * backoff_s``, ... seconds.
     """
 
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False):
+                 read_only: bool = False, retries: int = 4, backoff_s: float = 0.5):
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         options = ocp.CheckpointManagerOptions(
@@ -169,6 +239,8 @@ class Checkpointer:
                            "data": grain.checkpoint.CheckpointHandler()})
         self.broken_steps: list[int] = []
         self.partial_saves: list[str] = []
+        # Transient read errors: retried this many times, waiting backoff_s * 2**attempt.
+        self.retries, self.backoff_s = retries, backoff_s
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -211,7 +283,6 @@ class Checkpointer:
             warnings.warn(f"moved {', '.join(names)} from {self.directory} to {broken} (kept, "
                           "never deleted; remove them yourself once inspected)",
                           BrokenCheckpointWarning, stacklevel=3)
-        from diffjax import parallel
         parallel.sync("diffjax_move_aside")
         self._manager.reload()
         self.broken_steps, self.partial_saves = [], []
@@ -221,17 +292,63 @@ class Checkpointer:
         ``iterator`` is given its position is restored in place."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if iterator is not None:
+            self._check_process_count(step)
             items["data"] = grain.checkpoint.CheckpointRestore(iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def _check_process_count(self, step: int) -> None:
+        """Each process saved its own data position (``process_<i>-of-<n>.json``): under
+        another number of processes they cannot be assigned, which is no damage."""
+        folder = os.path.join(self.directory, str(step), "data")
+        counts = {name.rsplit("-of-", 1)[1].split(".")[0] for name in
+                  (os.listdir(folder) if os.path.isdir(folder) else [])
+                  if name.startswith("process_") and "-of-" in name}
+        if counts and counts != {str(jax.process_count())}:
+            raise WorkdirError(
+                f"checkpoint {step} in {self.directory} holds the data positions of "
+                f"{'/'.join(sorted(counts))} processes; this run has {jax.process_count()}. "
+                "Resume with the same number of processes, or start a new --workdir.")
+
+    def _restore_with_retries(self, step: int, abstract_state: Any,
+                              iterator: Optional[Any]) -> Any:
+        """:meth:`restore`, retried with exponential backoff while the error is transient
+        (:func:`is_transient`); other errors propagate at once."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self.restore(step, abstract_state, iterator)
+            except Exception as e:  # classified below: only transient ones are retried
+                if not is_transient(e) or attempt == self.retries:
+                    raise
+                delay = self.backoff_s * 2 ** attempt
+                warnings.warn(f"reading checkpoint {step} failed ({_reason(e)}); retrying in "
+                              f"{delay:.3g} s", BrokenCheckpointWarning, stacklevel=3)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _agreed_steps(self) -> list[int]:
+        """The steps every process sees (on a shared file system they all see the same; one
+        whose listing lags must not restore another step than the others)."""
+        mine = self.steps()
+        common = parallel.common_values(parallel.gather_ints(mine))
+        if common != mine:
+            warnings.warn(f"checkpoints {sorted(set(mine) - set(common))} are not seen by every "
+                          "process; restoring from those all processes see",
+                          BrokenCheckpointWarning, stacklevel=3)
+        return common
 
     def restore_latest(self, abstract_state: Any,
                        iterator: Optional[Any] = None) -> tuple[Optional[Any], Optional[int]]:
         """The newest checkpoint that restores cleanly, as ``(state, step)``; ``(None, None)``
-        if there is none. Broken ones and unfinished saves are reported with a warning,
-        skipped and left in place (until :meth:`save` moves them aside).
+        if there is none. Every process restores the same step: the candidates are the steps
+        all processes see, and a step damaged for any process is skipped by all. Damaged
+        ones and unfinished saves are reported with a warning, skipped and left in place
+        (until :meth:`save` moves them aside); only damage leads to an older checkpoint.
 
         Raises:
-          WorkdirError: there are checkpoints but none restores (e.g. another model's):
+          CheckpointReadError: an I/O error that outlasted :attr:`retries` retries (an older
+            checkpoint would silently undo training; the newest may be fine once readable).
+          WorkdirError: the checkpoints hold the data positions of another number of
+            processes; or there are checkpoints but none restores (e.g. another model's):
             starting afresh would overwrite them.
         """
         self.partial_saves = self.find_partial_saves()
@@ -239,16 +356,30 @@ class Checkpointer:
             warnings.warn(f"{path} is a checkpoint save that never completed (the run was "
                           "stopped while writing it); ignoring it",
                           BrokenCheckpointWarning, stacklevel=2)
-        steps = self.steps()
+        steps = self._agreed_steps()
         for step in reversed(steps):
+            state, outcome, error = None, _OK, None
             try:
-                return self.restore(step, abstract_state, iterator), step
-            except Exception as e:  # any failure to read a step means: try an older one
-                self.broken_steps.append(step)
-                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                warnings.warn(f"checkpoint {step} in {self.directory} does not restore "
-                              f"({type(e).__name__}: {reason}); skipping it",
-                              BrokenCheckpointWarning, stacklevel=2)
+                state = self._restore_with_retries(step, abstract_state, iterator)
+            except WorkdirError as e:
+                outcome, error = _FATAL, e
+            except Exception as e:  # damage (after retries, transient errors are fatal)
+                outcome, error = (_FATAL if is_transient(e) else _DAMAGED), e
+            outcomes = [o for row in parallel.gather_ints([outcome]) for o in row]
+            if _FATAL in outcomes:
+                if isinstance(error, WorkdirError):
+                    raise error
+                raise CheckpointReadError(
+                    f"checkpoint {step} in {self.directory} could not be read "
+                    f"({_reason(error) if error else 'on another process'}) after "
+                    f"{self.retries} retries; not falling back to an older checkpoint. "
+                    "Check the file system and resume again.") from error
+            if _DAMAGED not in outcomes:
+                return state, step
+            self.broken_steps.append(step)
+            warnings.warn(f"checkpoint {step} in {self.directory} does not restore "
+                          f"({_reason(error) if error else 'on another process'}); skipping it",
+                          BrokenCheckpointWarning, stacklevel=2)
         if steps:
             raise WorkdirError(
                 f"none of the checkpoints {steps} in {self.directory} restores into this "

@@ -17,12 +17,9 @@ from typing import Any, Iterable, Optional
 
 import ml_collections
 
-from diffjax import configs, objectives, paths, targets
+from diffjax import choices, configs, objectives, paths, targets
 from diffjax.denoiser import PRECONDITIONINGS
-
-
-class ConfigError(ValueError):
-    """A config value or key that cannot work; the message is one line."""
+from diffjax.errors import ConfigError  # noqa: F401  (re-exported: its old home)
 
 
 def _choices_error(key: str, value: Any, choices: Iterable[str]) -> ConfigError:
@@ -117,7 +114,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_names(config: ml_collections.ConfigDict) -> None:
-    from diffjax import models, parallel, train
+    from diffjax import models
 
     check_choice("path.name", config.path.name, paths.PATHS)
     check_choice("model.arch", config.model.arch, models.ARCHS)
@@ -125,14 +122,14 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     check_choice("model.preconditioning", config.model.preconditioning, PRECONDITIONINGS)
     check_choice("loss.weighting", config.loss.weighting, objectives.WEIGHTINGS)
     check_choice("loss.time_sampling", config.loss.time_sampling, objectives.TIME_SAMPLINGS)
-    check_choice("optim.optimizer", config.optim.optimizer, train.OPTIMIZERS)
-    check_choice("optim.schedule", config.optim.schedule, train.LR_SCHEDULES)
-    check_choice("training.nonfinite", config.training.nonfinite, train.NONFINITE_MODES)
-    check_choice("parallel.backend", config.parallel.backend, parallel.BACKENDS)
+    check_choice("optim.optimizer", config.optim.optimizer, choices.OPTIMIZERS)
+    check_choice("optim.schedule", config.optim.schedule, choices.LR_SCHEDULES)
+    check_choice("training.nonfinite", config.training.nonfinite, choices.NONFINITE_MODES)
+    check_choice("parallel.backend", config.parallel.backend, choices.BACKENDS)
     check_choice("eval.likelihood_divergence", config.eval.likelihood_divergence,
-                 ("auto", "exact", "hutchinson"))
+                 choices.LIKELIHOOD_DIVERGENCES)
     check_choice("parallel.param_sharding", config.parallel.param_sharding,
-                 parallel.PARAM_SHARDINGS)
+                 choices.PARAM_SHARDINGS)
     _check_sampler(config.sampling)
     if config.model.preconditioning == "edm" and config.model.target != "x0":
         raise ConfigError(f"config.model.preconditioning='edm' needs config.model.target='x0' "
@@ -184,10 +181,9 @@ def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info:
 
 
 def _check_metrics(config: ml_collections.ConfigDict, data_info: Any) -> None:
-    from diffjax import train
     from diffjax.evaluate import metrics
 
-    names = train.metric_names(config, data_info.kind)
+    names = choices.metric_names(config, data_info.kind)
     try:
         metrics.validate(names, data_info.kind,
                          conditional=bool(config.model.class_conditional),
@@ -223,17 +219,30 @@ def _check_recipe(config: ml_collections.ConfigDict, data_info: Any) -> None:
     _check_sampling_run(config, path, data_info)
 
 
+def validate_static(config: ml_collections.ConfigDict) -> None:
+    """Keys, numbers and names: the checks that run no JAX computation, so they may come
+    before ``jax.distributed.initialize`` (which refuses to start after one).
+
+    Raises:
+      ConfigError: the first problem found, as a one-line message.
+    """
+    check_keys(config)
+    _check_numbers(config)
+    _check_names(config)
+
+
 def validate(config: ml_collections.ConfigDict, *, process_count: int = 1):
     """Checks everything that can be checked without devices; returns the data's DataInfo.
+
+    Some checks run small JAX computations (a sampler's time grid): in a multi-process run
+    call it after :func:`diffjax.parallel.initialize`.
 
     Raises:
       ConfigError: the first problem found, as a one-line message.
     """
     from diffjax import data
 
-    check_keys(config)
-    _check_numbers(config)
-    _check_names(config)
+    validate_static(config)
     try:
         data_info = data.validate_config(config.data, process_count)
     except ValueError as e:

@@ -12,25 +12,27 @@ per host with ``--coordinator_address``, ``--num_processes`` and ``--process_id`
 ``JAX_*`` environment variables, or a SLURM/Open MPI job).
 
 A config problem is reported before any compute as one line naming the key, the value and
-the valid choices, with exit status 2.
+the valid choices, with exit status 2. The order matters for multi-host runs: the checks
+that run no JAX computation come first, then the processes join
+(``jax.distributed.initialize`` refuses to start after any JAX computation), then the
+remaining checks, whose verdict all processes share before any of them computes.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from diffjax import config_validation
-from diffjax.config_validation import ConfigError
+from diffjax import config_loading, config_validation
+from diffjax.choices import MODES
+from diffjax.errors import ConfigError, NonFiniteError
 
-MODES = ("train", "sample", "eval")
 USAGE_ERROR = 2
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/NAME.py[:recipe]).", lock_config=True)
+_CONFIG = flags.DEFINE_string("config", None, "Config file (configs/NAME.py[:recipe]); "
+                              "override its keys with --config.group.key=value.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, metrics, "
                                "samples).")
 _MODE = flags.DEFINE_string("mode", "train", f"One of {', '.join(MODES)}.")
@@ -43,6 +45,8 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, "
                                    "num_processes).")
+# The --config.group.key=value arguments, in order; parsed by diffjax.config_loading.
+_OVERRIDES: list[str] = []
 
 
 def _fail(message: str, status: int = USAGE_ERROR) -> None:
@@ -50,27 +54,31 @@ def _fail(message: str, status: int = USAGE_ERROR) -> None:
     sys.exit(status)
 
 
+def _is_override(arg: str) -> bool:
+    return arg.lstrip("-").startswith(("config.", "noconfig."))
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's parsing, with every problem turned into one line and exit status 2."""
+    """absl's parsing, with every problem turned into one line and exit status 2; the
+    ``--config.*`` overrides are kept aside for :func:`diffjax.config_loading.load`."""
+    _OVERRIDES.clear()
     for arg in argv[1:]:
-        if arg.startswith("--config.") and "=" in arg:
-            error = config_validation.is_known_override(arg[len("--config."):].split("=")[0])
-            if error is not None:
-                _fail(str(error))
+        if _is_override(arg):
+            bare = arg.lstrip("-")
+            _OVERRIDES.append(bare[len("no"):] + "=false" if bare.startswith("no") else bare)
     try:
-        rest = flags.FLAGS(list(argv))
+        rest = flags.FLAGS([a for a in argv if not _is_override(a)])
         # orbax and tfds log every file at INFO: warnings and up unless -v/--verbosity asks.
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         return rest
-    except Exception as e:  # absl/ml_collections raise several types; all are usage errors
+    except Exception as e:  # absl raises several types; all are usage errors
         message = " ".join(str(e).replace("\\n", " ").split())
         _fail(f"bad command line: {message}")
 
 
-def _checked_config():
-    config = _CONFIG.value
-    if config is None:
+def _checked_flags() -> None:
+    if not _CONFIG.value:
         _fail("--config is required (e.g. --config=configs/digits.py)")
     if not _WORKDIR.value:
         _fail("--workdir is required")
@@ -78,7 +86,21 @@ def _checked_config():
         _fail(f"--mode={_MODE.value!r} is not valid; valid choices: {', '.join(MODES)}")
     if _RESTORE_FROM.value and _MODE.value == "train":
         _fail("--restore_from is for --mode=sample|eval; training resumes from --workdir")
-    return config
+
+
+def _headline(results: dict[str, float]) -> list[str]:
+    """One line per metric, next to its floor (or the real data's value) where it has one:
+    ``fd_classifier = 3.1 (floor 2.9: real data scores this)``."""
+    lines = []
+    for key, value in results.items():
+        if key.endswith(("_floor", "_real")):
+            continue
+        line = f"  {key} = {value:.5g}"
+        for suffix, what in (("_floor", "floor"), ("_real", "real data")):
+            if key + suffix in results:
+                line += f"   ({what}: {results[key + suffix]:.5g})"
+        lines.append(line)
+    return lines
 
 
 def _sample(config, workdir: str, source: str) -> None:
@@ -96,7 +118,12 @@ def _sample(config, workdir: str, source: str) -> None:
         paths = reporting.save_figures(workdir, name, samples, recipe.data_info.kind)
         npz = os.path.join(workdir, "samples", f"{name}.npz")
         np.savez(npz, x=samples, **({} if labels is None else {"labels": labels}))
-        print(f"wrote {npz} and {', '.join(paths)}")
+        finite = int(np.isfinite(samples.reshape(len(samples), -1)).all(axis=1).sum())
+        print(f"sampled {len(samples)} from step {step} of {source} "
+              f"(sampler={config.sampling.sampler}, num_steps={config.sampling.num_steps}); "
+              f"{finite} of {len(samples)} finite\n  samples: {npz}\n  grid:    "
+              f"{', '.join(paths)}\n  quality: python -m diffjax.main --mode=eval "
+              "(same flags) scores them against the data's floor", flush=True)
 
 
 def _eval(config, workdir: str, source: str) -> None:
@@ -110,28 +137,58 @@ def _eval(config, workdir: str, source: str) -> None:
     writer.write(step, {"mode": "eval", **results}, prefix="eval/")
     writer.close()
     if parallel.is_main_process():
-        print(" ".join(f"{k}={v:.5g}" for k, v in results.items()))
+        print("\n".join([f"evaluated step {step} of {source}:", *_headline(results),
+                         f"  metrics: {os.path.join(workdir, reporting.METRICS_FILE)}",
+                         f"  grid:    {os.path.join(workdir, 'samples')}/eval_{step:07d}*.png"]),
+              flush=True)
+
+
+def _agreed(error: Optional[ConfigError]) -> None:
+    """Every process stops with status 2 if any found a config problem (all processes read
+    the same config, but data and workdirs are per host)."""
+    from diffjax import parallel
+
+    if parallel.any_process(error is not None):
+        _fail(str(error) if error is not None else
+              "another process of this run found a config problem (see its output)")
+
+
+def _prepare(config, workdir: str, source: str):
+    """The checks that need the cluster: validation with JAX, workdir, devices."""
+    import jax
+
+    from diffjax import checkpoint
+
+    config_validation.validate(config, process_count=jax.process_count())
+    if _MODE.value == "train" or source != workdir:
+        checkpoint.check_workdir(workdir)
+    checkpoint.check_compatible(source, config, resume=_MODE.value == "train")
+    config_validation.check_devices(config, jax.device_count(), jax.process_count())
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = _checked_config()
+    _checked_flags()
     workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+    source = workdir
+    if _RESTORE_FROM.value:
+        source = os.path.abspath(os.path.expanduser(_RESTORE_FROM.value))
+    try:
+        config = config_loading.load(_CONFIG.value, _OVERRIDES)
+        config_validation.validate_static(config)  # no JAX computation: before joining
+    except ConfigError as e:
+        _fail(str(e))
     from diffjax import checkpoint, data, parallel, train
 
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    error = None
     try:
-        config_validation.validate(config, process_count=_NUM_PROCESSES.value or 1)
-        source = workdir
-        if _RESTORE_FROM.value:
-            source = os.path.abspath(os.path.expanduser(_RESTORE_FROM.value))
-        if _MODE.value == "train" or source != workdir:
-            checkpoint.check_workdir(workdir)
-        checkpoint.check_compatible(source, config)
-        parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        import jax
-
-        config_validation.check_devices(config, jax.device_count(), jax.process_count())
+        _prepare(config, workdir, source)
+    except (ConfigError, data.DatasetNotPreparedError) as e:
+        error = ConfigError(str(e))
+    _agreed(error)
+    try:
         if _MODE.value == "train":
             train.train(config, workdir)
         else:
@@ -140,7 +197,7 @@ def main(argv: Sequence[str]) -> None:
             (_sample if _MODE.value == "sample" else _eval)(config, workdir, source)
     except (ConfigError, data.DatasetNotPreparedError) as e:
         _fail(str(e))
-    except train.NonFiniteError as e:
+    except NonFiniteError as e:
         _fail(str(e), status=1)
 
 

@@ -23,9 +23,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from diffjax.choices import BACKENDS, PARAM_SHARDINGS
+
 DATA_AXIS = "data"
-BACKENDS = ("jit", "pmap")
-PARAM_SHARDINGS = ("replicated", "fsdp")
 # Resource-manager variables under which jax.distributed can find its peers by itself.
 _CLUSTER_ENV_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
@@ -157,6 +157,27 @@ def any_process(flag: bool) -> bool:
         return flag
     flags = multihost_utils.process_allgather(np.asarray([flag], np.int32), tiled=True)
     return bool(np.any(flags))
+
+
+def gather_ints(values: list[int]) -> list[list[int]]:
+    """Every process's ``values`` (lists of any length), in process order, on every process."""
+    if jax.process_count() == 1:
+        return [list(values)]
+    lengths = multihost_utils.process_allgather(np.asarray([len(values)], np.int64), tiled=True)
+    if int(np.max(lengths)) == 0:  # nothing anywhere (a fresh run): no empty all-gather
+        return [[] for _ in range(jax.process_count())]
+    padded = np.full((int(np.max(lengths)),), -1, np.int64)
+    padded[:len(values)] = values
+    table = np.asarray(multihost_utils.process_allgather(padded[None], tiled=True))
+    return [list(map(int, row[:n])) for row, n in zip(table, np.asarray(lengths))]
+
+
+def common_values(per_process: list[list[int]]) -> list[int]:
+    """The values every process has, sorted (e.g. the checkpoint steps all of them see)."""
+    common = set(per_process[0])
+    for values in per_process[1:]:
+        common &= set(values)
+    return sorted(common)
 
 
 # --------------------------------------------------------------------------- backends

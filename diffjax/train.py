@@ -33,17 +33,12 @@ from jax import lax
 from diffjax import checkpoint as ckpt_lib
 from diffjax import data as data_lib
 from diffjax import configs, models, objectives, parallel, paths, reporting
+from diffjax.choices import (  # noqa: F401  (re-exported: their old home)
+    DEFAULT_METRICS, LR_SCHEDULES, NONFINITE_MODES, OPTIMIZERS, metric_names)
 from diffjax.denoiser import Denoiser
+from diffjax.errors import NonFiniteError
 
 Array = jax.Array
-NONFINITE_MODES = ("skip", "stop")
-OPTIMIZERS = ("adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine")
-
-
-class NonFiniteError(FloatingPointError):
-    """Raised under ``training.nonfinite="stop"`` at the first non-finite loss or gradient."""
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -246,17 +241,6 @@ def describe_nonfinite(finite: np.ndarray, params: Any) -> str:
 
 
 # --------------------------------------------------------------------------- sampling
-DEFAULT_METRICS = {"image": ("fd_classifier",), "points": ("sliced_wasserstein", "mmd")}
-
-
-def metric_names(config: ml_collections.ConfigDict, kind: str) -> tuple[str, ...]:
-    """``config.eval.metrics`` as a tuple; empty means the default for the data kind."""
-    names = config.eval.metrics
-    if isinstance(names, str):
-        names = tuple(n.strip() for n in names.split(",") if n.strip())
-    return tuple(names) or DEFAULT_METRICS[kind]
-
-
 def make_sampler(recipe: Recipe, sampling_cfg: ml_collections.ConfigDict,
                  batch_size: int) -> Callable[[Any, Array, Optional[Array]], Array]:
     """``sample(params, key, labels) -> x [batch_size, ...]``, jitted, from ``config.sampling``.

@@ -22,6 +22,7 @@ untouched`` (also without config.json). tests/test_data.py:
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -457,3 +458,148 @@ def test_path_keywords_are_settable_on_any_config_and_checked_against_the_named_
     # Switching recipes resets the path's keywords to the new path's defaults.
     config = configs.apply_recipe(config, "score_ve", sigma_max=3.0)
     assert configs.path_kwargs(config.path) == {"sigma_max": 3.0}
+
+
+# --------------------------------------------------------------------------- 8. restore
+class _Position:
+    """A checkpointable stand-in for the data iterator: its position is one int."""
+
+    def __init__(self, index: int = 0):
+        self.index = index
+
+    def get_state(self) -> bytes:
+        return json.dumps({"index": self.index}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.index = json.loads(state.decode())["index"]
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+def _saved_steps(workdir: str, steps=(10, 20, 30)) -> tuple:
+    """Checkpoints of a small pytree whose leaf holds its step; returns its abstract state."""
+    writer = checkpoint.Checkpointer(workdir, async_save=False)
+    for step in steps:
+        writer.save(step, {"w": np.full((3,), float(step), np.float32)}, _Position(step))
+    writer.close()
+    return {"w": jax.ShapeDtypeStruct((3,), np.float32)}
+
+
+def _reader(workdir: str, monkeypatch, failures: dict, sleeps: list) -> checkpoint.Checkpointer:
+    """A reader whose reads of step s raise ``failures[s].pop(0)`` while that list lasts."""
+    reader = checkpoint.Checkpointer(workdir, read_only=True, retries=3, backoff_s=0.25)
+    real = reader._manager.restore
+
+    def flaky(step, *args, **kwargs):
+        if failures.get(step):
+            raise failures[step].pop(0)
+        return real(step, *args, **kwargs)
+
+    monkeypatch.setattr(reader._manager, "restore", flaky)
+    monkeypatch.setattr(checkpoint.time, "sleep", sleeps.append)
+    return reader
+
+
+def test_transient_io_errors_are_retried_with_backoff_and_restore_the_newest_step(
+        tmp_path, monkeypatch):
+    abstract = _saved_steps(str(tmp_path))
+    eio = OSError(errno.EIO, "Input/output error")
+    # orbax wraps what the file system raised: the cause decides, not the wrapper.
+    wrapped = ValueError("error reading checkpoint")
+    wrapped.__cause__ = TimeoutError("read timed out")
+    sleeps: list = []
+    reader = _reader(str(tmp_path), monkeypatch, {30: [eio, wrapped]}, sleeps)
+    position = _Position()
+    with pytest.warns(checkpoint.BrokenCheckpointWarning, match="retrying"):
+        state, step = reader.restore_latest(abstract, position)
+    reader.close()
+    assert step == 30 and position.index == 30 and float(state["w"][0]) == 30.0
+    assert sleeps == [0.25, 0.5] and reader.broken_steps == []
+
+
+def test_io_errors_that_outlast_the_retries_stop_instead_of_restoring_an_older_step(
+        tmp_path, monkeypatch):
+    abstract = _saved_steps(str(tmp_path))
+    sleeps: list = []
+    failures = {30: [OSError(errno.ETIMEDOUT, "timed out") for _ in range(10)]}
+    reader = _reader(str(tmp_path), monkeypatch, failures, sleeps)
+    with pytest.raises(checkpoint.CheckpointReadError, match="checkpoint 30.*not falling back"):
+        with pytest.warns(checkpoint.BrokenCheckpointWarning):
+            reader.restore_latest(abstract)
+    reader.close()
+    assert sleeps == [0.25, 0.5, 1.0] and reader.broken_steps == []
+    assert len(failures[30]) == 10 - 4  # one read and three retries
+
+
+def test_damage_still_falls_back_to_the_previous_step_without_retrying(tmp_path, monkeypatch):
+    abstract = _saved_steps(str(tmp_path))
+    sleeps: list = []
+    damage = {30: [FileNotFoundError(errno.ENOENT, "no such file: array shard")]}
+    reader = _reader(str(tmp_path), monkeypatch, damage, sleeps)
+    with pytest.warns(checkpoint.BrokenCheckpointWarning, match="checkpoint 30 .*skipping"):
+        state, step = reader.restore_latest(abstract)
+    reader.close()
+    assert (step, float(state["w"][0]), reader.broken_steps, sleeps) == (20, 20.0, [30], [])
+
+
+@pytest.mark.parametrize("error, transient", [
+    (OSError(errno.EIO, "io"), True), (OSError(errno.ESTALE, "stale handle"), True),
+    (ConnectionResetError(), True), (ValueError("UNAVAILABLE: gcs backend"), True),
+    (FileNotFoundError(errno.ENOENT, "missing"), False), (PermissionError(errno.EACCES, "no"),
+                                                          False),
+    (ValueError("DATA_LOSS: bad chunk"), False), (json.JSONDecodeError("bad", "{", 0), False),
+])
+def test_only_io_failures_that_may_pass_count_as_transient(error, transient):
+    assert checkpoint.is_transient(error) is transient
+
+
+def test_all_processes_restore_the_newest_step_every_one_of_them_can_read(tmp_path,
+                                                                          monkeypatch):
+    """Another process (simulated by the gather) does not list step 30 and finds step 20
+    damaged: this process must restore 10 too, although 30 and 20 read fine here."""
+    abstract = _saved_steps(str(tmp_path))
+    other = [[10, 20], [checkpoint._DAMAGED], [checkpoint._OK]]
+    gathered = []
+
+    def gather(values):
+        gathered.append(list(values))
+        return [list(values), other.pop(0)]
+
+    monkeypatch.setattr(parallel, "gather_ints", gather)
+    reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+    with pytest.warns(checkpoint.BrokenCheckpointWarning) as warned:
+        state, step = reader.restore_latest(abstract)
+    reader.close()
+    assert step == 10 and float(state["w"][0]) == 10.0 and reader.broken_steps == [20]
+    assert gathered == [[10, 20, 30], [checkpoint._OK], [checkpoint._OK]]
+    assert any("[30] are not seen by every process" in str(w.message) for w in warned)
+    assert parallel.common_values([[3, 1, 2], [2, 3], [5, 3, 2]]) == [2, 3]
+
+
+def test_checkpoints_of_another_process_count_are_refused_not_skipped(tmp_path):
+    abstract = _saved_steps(str(tmp_path), steps=(10,))
+    data_dir = tmp_path / "checkpoints" / "10" / "data"
+    # What a two-process run leaves: one data position per process.
+    os.rename(data_dir / "process_0-of-1.json", data_dir / "process_0-of-2.json")
+    shutil.copy(data_dir / "process_0-of-2.json", data_dir / "process_1-of-2.json")
+    reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+    with pytest.raises(checkpoint.WorkdirError, match="positions of 2 processes; this run has 1"):
+        reader.restore_latest(abstract, _Position())
+    reader.close()
+    assert reader.broken_steps == []
+    assert reader.restore(10, abstract)["w"][0] == 10.0  # the state itself is fine
+
+
+@pytest.mark.parametrize("key, value", [("data.batch_size", 32), ("data.num_workers", 2),
+                                        ("seed", 7), ("data.random_flip", True)])
+def test_a_changed_data_loader_setting_refuses_to_resume_naming_it(tmp_path, key, value):
+    old = helpers.tiny_config(str(tmp_path))
+    checkpoint.write_config(str(tmp_path), old)
+    group, _, name = key.rpartition(".")
+    new = helpers.tiny_config(str(tmp_path))
+    (new[group] if group else new)[name] = value
+    with pytest.raises(checkpoint.WorkdirError, match=f"config.{key}: .* -> {value!r}"):
+        checkpoint.check_compatible(str(tmp_path), new)
+    checkpoint.check_compatible(str(tmp_path), new, resume=False)  # sampling may change them
+    checkpoint.check_compatible(str(tmp_path), old)
