@@ -2,7 +2,8 @@
 
 Public API::
 
-    BUNDLED                      # ("digits", "moons", "swiss_roll", "ring", "checkerboard")
+    BUNDLED                      # ("digits", "moons", "swiss_roll", "ring", "checkerboard",
+                                 #  "shapes", "shapes_64")
     default_config()             # config.data: dataset, batch_size, data_dir, random_flip,
                                  #              num_workers
     info(dataset, data_dir=None) -> DataInfo(name, kind, shape, num_classes,
