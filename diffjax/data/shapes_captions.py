@@ -153,16 +153,17 @@ def parse(caption: str) -> dict[str, np.ndarray]:
     relation, parts = -1, [text]
     for phrase in sorted(RELATION_WORDS, key=len, reverse=True):
         if f" {phrase} " in f" {text} ":
-            relation, parts = RELATION_WORDS[phrase], text.split(f" {phrase} ", 1)
+            relation = RELATION_WORDS[phrase]
+            parts = [p.strip() for p in f" {text} ".split(f" {phrase} ", 1)]
             break
     else:
         for conj in CONJUNCTIONS:
             if conj in text:
                 parts = text.split(conj, 1)
                 break
-    groups = [_parse_group(part, caption) for part in parts]
-    if relation >= 0 and len(groups) != 2:
+    if relation >= 0 and not all(parts):
         raise ValueError(f"caption {caption!r}: a relation needs an object on each side")
+    groups = [_parse_group(part, caption) for part in parts]
     if len(groups) == 2 and any(g[0] != 1 for g in groups):
         raise ValueError(f"caption {caption!r}: two groups must each be one object")
     groups += [(0, -1, -1, -1)] * (2 - len(groups))
