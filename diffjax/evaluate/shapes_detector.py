@@ -3,9 +3,9 @@
 A fully convolutional CNN reads a 32x32 image (64x64 images are 2x2 average-pooled
 first) and predicts, for every cell of an 8x8 grid, whether an object's centre lies in
 the cell, and that object's shape, colour, size and centre offset within the cell
-(one-stage grid detection as in YOLO, Redmon et al. 2016, and CenterNet, Zhou et al.
-2019). Objects of `shapes` never overlap and their centres are >= 9 pixels apart, so a
-cell holds at most one centre; detections closer than `NMS_DISTANCE` are merged.
+(one-stage grid detection as in YOLO, Redmon et al. 2016). Objects of `shapes` never
+overlap and their centres are >= 9 pixels apart, so a cell holds at most one object
+(see `targets`); detections closer than `NMS_DISTANCE` are merged.
 
 It is trained on freshly rendered `shapes` train chunks (the same scenes as the
 ``shapes`` train split), with light Gaussian pixel noise so that it also reads imperfect
@@ -16,6 +16,7 @@ feature map (mean and max over the grid, 2 * widths[-1] numbers) is the feature 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -33,11 +34,13 @@ from flax import traverse_util
 
 from diffjax.data import shapes
 
-FORMAT = 1
+FORMAT = 2
 GRID = 8
 INPUT = 32
 NMS_DISTANCE = 0.1  # fraction of the image width; shapes keeps centres >= 0.28 apart
 THRESHOLD = 0.5
+BORDER = 0.25  # in cells; see `targets`
+OFFSET_RANGE = (-0.5, 1.5)  # of the decoded offset: sigmoid(logit) mapped onto it
 _HEAD = (1, len(shapes.SHAPES), len(shapes.COLOURS), len(shapes.SIZES), 2)
 
 
@@ -77,7 +80,14 @@ def to_input(x: np.ndarray) -> np.ndarray:
 
 def targets(scene: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-cell training targets of scenes: ``obj`` [N, 8, 8] and, at object cells,
-    ``shape``, ``colour``, ``size`` [N, 8, 8] int32 and ``offset`` [N, 8, 8, 2]."""
+    ``shape``, ``colour``, ``size`` [N, 8, 8] int32 and ``offset`` [N, 8, 8, 2].
+
+    An object belongs to the cell of its centre and to the neighbours whose border lies
+    within `BORDER` cells of it (offsets then fall in ``(-BORDER, 1 + BORDER)``): a centre
+    near a border is no coin toss between two cells, and every cell it owns regresses the
+    same centre, which non-maximum suppression merges. Objects of `shapes` are far enough
+    apart (>= 2.25 cells) that no cell is owned twice.
+    """
     n = len(scene["count"])
     out = {"obj": np.zeros((n, GRID, GRID), np.float32),
            "offset": np.zeros((n, GRID, GRID, 2), np.float32),
@@ -85,13 +95,26 @@ def targets(scene: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for k in range(shapes.MAX_OBJECTS):
         idx = np.flatnonzero(scene["count"] > k)
         g = scene["centre"][idx, k] * GRID
-        cell = np.minimum(np.floor(g).astype(int), GRID - 1)
-        at = (idx, cell[:, 1], cell[:, 0])
-        out["obj"][at] = 1.0
-        out["offset"][at] = g - cell
-        for key in ("shape", "colour", "size"):
-            out[key][at] = scene[key][idx, k]
+        home = np.minimum(np.floor(g).astype(int), GRID - 1)
+        frac = g - home
+        for step in itertools.product((-1, 0, 1), repeat=2):  # (dx, dy)
+            step = np.asarray(step)
+            near = np.all((step == 0) | ((step > 0) & (frac > 1 - BORDER))
+                          | ((step < 0) & (frac < BORDER)), axis=1)
+            cell = home + step
+            near &= np.all((cell >= 0) & (cell < GRID), axis=1)
+            at = (idx[near], cell[near, 1], cell[near, 0])
+            out["obj"][at] = 1.0
+            out["offset"][at] = g[near] - cell[near]
+            for key in ("shape", "colour", "size"):
+                out[key][at] = scene[key][idx[near], k]
     return out
+
+
+def _offset(unit):
+    """sigmoid outputs in (0, 1) -> offsets in `OFFSET_RANGE`."""
+    lo, hi = OFFSET_RANGE
+    return lo + (hi - lo) * unit
 
 
 def _loss(head: jax.Array, t: dict[str, jax.Array]) -> jax.Array:
@@ -101,7 +124,7 @@ def _loss(head: jax.Array, t: dict[str, jax.Array]) -> jax.Array:
     per_cell = (optax.softmax_cross_entropy_with_integer_labels(shape, t["shape"])
                 + optax.softmax_cross_entropy_with_integer_labels(colour, t["colour"])
                 + optax.softmax_cross_entropy_with_integer_labels(size, t["size"])
-                + 10.0 * jnp.sum((jax.nn.sigmoid(offset) - t["offset"]) ** 2, -1))
+                + 10.0 * jnp.sum((_offset(jax.nn.sigmoid(offset)) - t["offset"]) ** 2, -1))
     return loss + jnp.sum(per_cell * mask) / jnp.maximum(mask.sum(), 1.0)
 
 
@@ -132,30 +155,37 @@ class Detector:
         return self._run(x)[1]
 
     def detect(self, x: np.ndarray, max_objects: int = 16) -> dict[str, np.ndarray]:
-        """Objects in images [N, R, R, 3] in [-1, 1], as a scene: ``count`` [N];
-        ``shape``, ``colour``, ``size`` [N, K] and ``centre`` [N, K, 2] (K = max_objects,
-        most confident first; slots >= count hold -1)."""
-        head = self._run(x)[0].reshape(len(x), GRID * GRID, -1)
-        obj, shape, colour, size, offset = np.split(head, np.cumsum(_HEAD)[:-1], axis=-1)
-        score = obj[..., 0]
-        cell = np.stack(np.meshgrid(np.arange(GRID), np.arange(GRID)), -1).reshape(-1, 2)
-        centre = (cell[None] + 1.0 / (1.0 + np.exp(-offset))) / GRID  # [N, 64, 2] (x, y)
-        keep = score > np.log(THRESHOLD / (1 - THRESHOLD))
-        d = np.linalg.norm(centre[:, :, None] - centre[:, None], axis=-1)
-        stronger = (score[:, None, :] > score[:, :, None]) | (
-            (score[:, None, :] == score[:, :, None]) & (np.arange(64)[None, :] < np.arange(64)[:, None]))
-        keep &= ~np.any(keep[:, None, :] & stronger & (d < NMS_DISTANCE), axis=-1)
-        order = np.argsort(np.where(keep, -score, np.inf), axis=1, kind="stable")[:, :max_objects]
-        kept = np.take_along_axis(keep, order, 1)
+        """Objects in images [N, R, R, 3] in [-1, 1], as a scene (see `decode`)."""
+        return decode(self._run(x)[0], max_objects)
 
-        def pick(a: np.ndarray) -> np.ndarray:
-            return np.where(kept, np.take_along_axis(a, order, 1), -1).astype(np.int32)
 
-        return {"count": kept.sum(1).astype(np.int32),
-                "shape": pick(shape.argmax(-1)), "colour": pick(colour.argmax(-1)),
-                "size": pick(size.argmax(-1)),
-                "centre": np.where(kept[..., None], np.take_along_axis(
-                    centre, order[..., None], 1), -1.0).astype(np.float32)}
+def decode(head: np.ndarray, max_objects: int = 16) -> dict[str, np.ndarray]:
+    """Detections of head outputs [N, 8, 8, 17] as a scene: ``count`` [N]; ``shape``,
+    ``colour``, ``size`` [N, K] and ``centre`` [N, K, 2] (K = max_objects, most confident
+    first, slots >= count hold -1)."""
+    head = np.asarray(head).reshape(len(head), GRID * GRID, -1)
+    obj, shape, colour, size, offset = np.split(head, np.cumsum(_HEAD)[:-1], axis=-1)
+    score = obj[..., 0]
+    cell = np.stack(np.meshgrid(np.arange(GRID), np.arange(GRID)), -1).reshape(-1, 2)
+    centre = (cell[None] + _offset(1.0 / (1.0 + np.exp(-offset)))) / GRID  # [N, 64, 2] (x, y)
+    keep = score > np.log(THRESHOLD / (1 - THRESHOLD))
+    # Non-maximum suppression: drop a detection near a stronger one (ties: lower cell wins).
+    d = np.linalg.norm(centre[:, :, None] - centre[:, None], axis=-1)
+    cells = np.arange(GRID * GRID)
+    stronger = (score[:, None, :] > score[:, :, None]) | (
+        (score[:, None, :] == score[:, :, None]) & (cells[None, :] < cells[:, None]))
+    keep &= ~np.any(keep[:, None, :] & stronger & (d < NMS_DISTANCE), axis=-1)
+    order = np.argsort(np.where(keep, -score, np.inf), axis=1, kind="stable")[:, :max_objects]
+    kept = np.take_along_axis(keep, order, 1)
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        return np.where(kept, np.take_along_axis(a, order, 1), -1).astype(np.int32)
+
+    return {"count": kept.sum(1).astype(np.int32),
+            "shape": pick(shape.argmax(-1)), "colour": pick(colour.argmax(-1)),
+            "size": pick(size.argmax(-1)),
+            "centre": np.where(kept[..., None], np.take_along_axis(
+                centre, order[..., None], 1), -1.0).astype(np.float32)}
 
 
 @partial(jax.jit, static_argnames="module")

@@ -145,15 +145,23 @@ def shapes_eval_metric(ctx: Any) -> dict[str, float]:
     return {**out, "shapes_eval_real": real["shapes_eval"]}
 
 
-def fd_shapes_metric(ctx: Any) -> dict[str, float]:
-    """``fd_shapes`` and ``fd_shapes_floor`` (see the module docstring)."""
-    check_dataset(ctx.dataset, "fd_shapes")
-    detector = evaluator(ctx.cache_dir)
-    samples, train = ctx.paired
-    reference = frechet.gaussian_stats(detector.features(ctx.test[0]))
+def fd_shapes(samples: np.ndarray, train: np.ndarray, test: np.ndarray, *,
+              detector: "shapes_detector.Detector | None" = None) -> dict[str, float]:
+    """``fd_shapes`` of ``samples`` and its floor ``fd_shapes_floor`` of ``train``, both
+    against ``test`` (images [N, R, R, 3] in [-1, 1]); NaN for non-finite samples."""
+    detector = detector or evaluator()
+    reference = frechet.gaussian_stats(detector.features(test))
 
     def fd(x: np.ndarray) -> float:
         return frechet.frechet_distance(*frechet.gaussian_stats(detector.features(x)),
                                         *reference)
 
-    return {"fd_shapes": ctx.on_samples(fd, samples), "fd_shapes_floor": fd(train)}
+    value = fd(samples) if np.all(np.isfinite(samples)) else float("nan")
+    return {"fd_shapes": value, "fd_shapes_floor": fd(train)}
+
+
+def fd_shapes_metric(ctx: Any) -> dict[str, float]:
+    """``fd_shapes`` of ``ctx.paired`` against ``ctx.test`` (a metrics `_Context`)."""
+    check_dataset(ctx.dataset, "fd_shapes")
+    samples, train = ctx.paired
+    return fd_shapes(samples, train, ctx.test[0], detector=evaluator(ctx.cache_dir))

@@ -1,0 +1,106 @@
+"""The `shapes` data set and its evaluator, measured: generation time, detector training
+time, the ceiling of ``shapes_eval`` and its chance level, and the ``fd_shapes`` floor.
+
+* generation: the whole 32x32 test split (5 chunks) rendered in memory, timed, and the
+  rate extrapolated to the 55 000 examples of both splits; with ``--prepare`` the real tfds
+  preparation of ``shapes`` into a fresh directory is timed too.
+* evaluator: the default detector (`shapes_detector.train()`), trained afresh (timed) and
+  saved under ``--out`` (``--cache`` reuses the one in ``~/.cache/diffjax/eval``).
+* ceiling: ``shapes_eval`` per category of the real test split with its own captions, at 32
+  and, box-downsampled by the detector, at 64; chance: the same images against a seeded
+  shuffle of the captions, next to the exact chance level (true scenes against the same
+  shuffle); ``fd_shapes_floor`` (5 000 train images against the test split).
+
+Usage::
+
+    python experiments/benchmarks/shapes_eval_ceiling.py [--out runs/shapes_eval] [--cache]
+        [--prepare] [--test_chunks 5]
+
+Prints a table and writes ``results.json`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from diffjax.data import shapes
+from diffjax.data import shapes_captions as sc
+from diffjax.evaluate import shapes_detector, shapes_eval
+
+
+def _split(split: str, chunks: int, resolution: int) -> dict[str, np.ndarray]:
+    parts = [shapes.generate_chunk(split, c, resolution) for c in range(chunks)]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out["x"] = out["image"].astype(np.float32) / 127.5 - 1.0
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/shapes_eval")
+    parser.add_argument("--cache", action="store_true")
+    parser.add_argument("--prepare", action="store_true")
+    parser.add_argument("--test_chunks", type=int, default=5)
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    results: dict[str, object] = {}
+
+    start = time.time()
+    test = _split("test", args.test_chunks, 32)
+    seconds = time.time() - start
+    results["generate_seconds_per_1000"] = seconds / args.test_chunks
+    results["generate_seconds_55k_extrapolated"] = seconds / args.test_chunks * 55
+    if args.prepare:
+        from diffjax.data import builders
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.time()
+            builders.ensure_prepared("shapes", tmp)
+            results["prepare_seconds_shapes"] = time.time() - start
+
+    start = time.time()
+    if args.cache:
+        detector = shapes_eval.evaluator()
+    else:
+        detector = shapes_detector.load_or_train(os.path.join(args.out, "eval"))
+    results["detector_seconds"] = time.time() - start
+    results["detector_info"] = detector.info
+
+    prompts = sc.parse_batch(test["caption"])
+    results["own_32"] = shapes_eval.score(test["x"], prompts, detector=detector)
+    big = _split("test", args.test_chunks, 64)
+    results["own_64"] = shapes_eval.score(big["x"], prompts, detector=detector)
+    perm = np.random.default_rng(0).permutation(len(test["x"]))
+    shuffled = {k: v[perm] for k, v in prompts.items()}
+    results["shuffled_32"] = shapes_eval.score(test["x"], shuffled, detector=detector)
+    results["chance_exact"] = shapes_eval.chance(prompts, test, seed=0)
+    found = detector.detect(test["x"])
+    results["count_accuracy"] = float(np.mean(found["count"] == test["count"]))
+    train = _split("train", 5, 32)
+    results.update(shapes_eval.fd_shapes(train["x"], train["x"], test["x"], detector=detector))
+    results.pop("fd_shapes")
+
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"{'category':16s} {'own 32':>8s} {'own 64':>8s} {'shuffled':>9s} {'chance':>8s}")
+    for c in shapes.CATEGORIES:
+        row = [results[k][f"shapes_eval_{c}"] for k in ("own_32", "own_64", "shuffled_32")]
+        print(f"{c:16s} {row[0]:8.4f} {row[1]:8.4f} {row[2]:9.4f} "
+              f"{results['chance_exact'][c]:8.4f}")
+    print(f"{'overall':16s} {results['own_32']['shapes_eval']:8.4f} "
+          f"{results['own_64']['shapes_eval']:8.4f} "
+          f"{results['shuffled_32']['shapes_eval']:9.4f} "
+          f"{results['chance_exact']['overall']:8.4f}")
+    for key in ("count_accuracy", "fd_shapes_floor", "detector_seconds",
+                "generate_seconds_per_1000", "generate_seconds_55k_extrapolated",
+                "prepare_seconds_shapes"):
+        if key in results:
+            print(f"{key}: {results[key]:.4g}")
+
+
+if __name__ == "__main__":
+    main()
