@@ -115,6 +115,8 @@ def load_records(name: str = "shapes", split: str = "test",
         source = builders._builder(spec, data_dir).as_data_source(split=split)  # pylint: disable=protected-access
         records = source.__getitems__(list(range(len(source))))
         out = {k: np.stack([r[k] for r in records]) for k in records[0] if k != "caption"}
+        for k in ("category", "count", "relation"):  # tf.Example stores scalars as int64
+            out[k] = out[k].astype(np.int32)
         out["caption"] = np.asarray(
             [r["caption"].decode() if isinstance(r["caption"], bytes) else str(r["caption"])
              for r in records], dtype=object)
