@@ -14,7 +14,7 @@ from diffjax.data import shapes
 from diffjax.data import shapes_captions as sc
 from diffjax.evaluate import metrics, shapes_detector, shapes_eval
 
-TINY = {"num_chunks": 2, "steps": 600}
+TINY = {"num_chunks": 2, "steps": 600}  # 0.996 on the chunk below; ~45 s on 2 shared cores
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_a_second_detection_of_one_object_across_a_cell_border_is_merged(test_ch
 
 def test_small_detector_ceiling_on_own_captions_and_chance_on_shuffled_ones(detector, test_chunk):
     own = shapes_eval.score(test_chunk["x"], list(test_chunk["caption"]), detector=detector)
-    assert own["shapes_eval"] >= 0.9, own
+    assert own["shapes_eval"] >= 0.97, own
     prompts = sc.parse_batch(test_chunk["caption"])
     perm = np.random.default_rng(1).permutation(1000)
     shuffled = {k: v[perm] for k, v in prompts.items()}

@@ -3,7 +3,7 @@ time, the ceiling of ``shapes_eval`` and its chance level, and the ``fd_shapes``
 
 * generation: the whole 32x32 test split (5 chunks) rendered in memory, timed, and the
   rate extrapolated to the 55 000 examples of both splits; with ``--prepare`` the real tfds
-  preparation of ``shapes`` into a fresh directory is timed too.
+  preparation of ``shapes`` and ``shapes_64`` into fresh directories is timed too.
 * evaluator: the default detector (`shapes_detector.train()`), trained afresh (timed) and
   saved under ``--out`` (``--cache`` reuses the one in ``~/.cache/diffjax/eval``).
 * ceiling: ``shapes_eval`` per category of the real test split with its own captions, at 32
@@ -57,10 +57,11 @@ def main() -> None:
     results["generate_seconds_55k_extrapolated"] = seconds / args.test_chunks * 55
     if args.prepare:
         from diffjax.data import builders
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.time()
-            builders.ensure_prepared("shapes", tmp)
-            results["prepare_seconds_shapes"] = time.time() - start
+        for name in ("shapes", "shapes_64"):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.time()
+                builders.ensure_prepared(name, tmp)
+                results[f"prepare_seconds_{name}"] = time.time() - start
 
     start = time.time()
     if args.cache:
@@ -97,7 +98,7 @@ def main() -> None:
           f"{results['chance_exact']['overall']:8.4f}")
     for key in ("count_accuracy", "fd_shapes_floor", "detector_seconds",
                 "generate_seconds_per_1000", "generate_seconds_55k_extrapolated",
-                "prepare_seconds_shapes"):
+                "prepare_seconds_shapes", "prepare_seconds_shapes_64"):
         if key in results:
             print(f"{key}: {results[key]:.4g}")
 
