@@ -16,7 +16,8 @@ Usage::
     python experiments/benchmarks/shapes_eval_ceiling.py [--out runs/shapes_eval] [--cache]
         [--prepare] [--test_chunks 5]
 
-Prints a table and writes ``results.json`` under ``--out``.
+Prints a table and writes ``results.json`` and ``shapes_examples.png`` (64x64 test images,
+captions, and the edges (red) / segmentation (green) control maps) under ``--out``.
 """
 from __future__ import annotations
 
@@ -38,6 +39,30 @@ def _split(split: str, chunks: int, resolution: int) -> dict[str, np.ndarray]:
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     out["x"] = out["image"].astype(np.float32) / 127.5 - 1.0
     return out
+
+
+def figure(test64: dict[str, np.ndarray], path: str, n: int = 24) -> None:
+    """The first ``n`` 64x64 test images with their captions, edges and segmentation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 6
+    fig, axes = plt.subplots(n // cols, cols, figsize=(2.4 * cols, 1.6 * (n // cols)))
+    for i, ax in enumerate(axes.flat):
+        seg = test64["segmentation"][i, ..., 0]
+        control = np.concatenate([test64["edges"][i], (seg[..., None] * 40).astype(np.uint8),
+                                  np.zeros_like(test64["edges"][i])], axis=-1)
+        ax.imshow(np.concatenate([test64["image"][i], control], axis=1))
+        words, lines = test64["caption"][i].split(), [""]
+        for w in words:
+            lines[-1] = (lines[-1] + " " + w).strip()
+            if len(lines[-1]) > 28:
+                lines.append("")
+        ax.set_title("\n".join(l for l in lines if l), fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def main() -> None:
@@ -74,6 +99,7 @@ def main() -> None:
     prompts = sc.parse_batch(test["caption"])
     results["own_32"] = shapes_eval.score(test["x"], prompts, detector=detector)
     big = _split("test", args.test_chunks, 64)
+    figure(big, os.path.join(args.out, "shapes_examples.png"))
     results["own_64"] = shapes_eval.score(big["x"], prompts, detector=detector)
     perm = np.random.default_rng(0).permutation(len(test["x"]))
     shuffled = {k: v[perm] for k, v in prompts.items()}
