@@ -60,6 +60,7 @@ POSITION_MIN_OFFSET = 0.25
 POSITION_AXIS_RATIO = 1.5
 COLOUR_JITTER = 12.0
 TEXTURE_GRID = 5
+_Q = SUPERSAMPLE * BASE_RESOLUTION  # centres are multiples of 1 / _Q
 
 
 def _inside(shape: int, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
@@ -131,14 +132,17 @@ def _centres(rng: np.random.RandomState, size: np.ndarray, count: np.ndarray,
     valid_slot = np.arange(MAX_OBJECTS)[None, :] < count[:, None]
     while len(todo):
         r = np.where(valid_slot[todo], np.asarray(RADIUS)[np.maximum(size[todo], 0)], 0.0)
-        lo = r + MARGIN
-        c = lo[..., None] + rng.uniform(size=(len(todo), MAX_OBJECTS, 2)) * (1 - 2 * lo)[..., None]
+        lo = (r + MARGIN)[..., None]
+        c = lo + rng.uniform(size=(len(todo), MAX_OBJECTS, 2)) * (1 - 2 * lo)
+        # On the rendering grid, so that the stored centres are the rendered ones.
+        c = np.clip(np.rint(c * _Q), np.ceil(lo * _Q), np.floor((1 - lo) * _Q)) / _Q
         d = np.linalg.norm(c[:, :, None] - c[:, None], axis=-1)
         need = r[:, :, None] + r[:, None] + GAP
-        pair = valid_slot[todo][:, :, None] & valid_slot[todo][:, None] & ~np.eye(MAX_OBJECTS, dtype=bool)
+        slots = valid_slot[todo]
+        pair = slots[:, :, None] & slots[:, None] & ~np.eye(MAX_OBJECTS, dtype=bool)
         ok = ~np.any(pair & (d < need), axis=(1, 2))
         if relation is not None:
-            ok &= _relation_holds(c[:, 0], c[:, 1], relation[todo], clear=True)
+            ok &= _clearly_related(c[:, 0], c[:, 1], relation[todo])
         centre[todo[ok]] = np.where(valid_slot[todo[ok], :, None], c[ok], -1.0)
         todo = todo[~ok]
         redraw = rng.uniform(size=len(todo)) < 0.1
@@ -147,17 +151,14 @@ def _centres(rng: np.random.RandomState, size: np.ndarray, count: np.ndarray,
     return centre, size
 
 
-def _relation_holds(a: np.ndarray, b: np.ndarray, relation: np.ndarray,
-                    clear: bool = False) -> np.ndarray:
-    """Whether centre ``a`` [n, 2] is ``RELATIONS[relation]`` of ``b`` [n, 2]: its offset
-    along the relation's axis dominates (by `POSITION_AXIS_RATIO` and at least
-    `POSITION_MIN_OFFSET` if ``clear``)."""
+def _clearly_related(a: np.ndarray, b: np.ndarray, relation: np.ndarray) -> np.ndarray:
+    """Whether centre ``a`` [n, 2] is clearly ``RELATIONS[relation]`` of ``b`` [n, 2]: the
+    offset along the relation's axis is >= `POSITION_MIN_OFFSET` and >=
+    `POSITION_AXIS_RATIO` times the other."""
     d = b - a  # b is to the right of / below a when positive
     main = np.where(relation < 2, d[:, 0], d[:, 1]) * np.where(relation % 2 == 0, 1, -1)
     other = np.abs(np.where(relation < 2, d[:, 1], d[:, 0]))
-    if clear:
-        return (main >= POSITION_MIN_OFFSET) & (main >= POSITION_AXIS_RATIO * other)
-    return main > other
+    return (main >= POSITION_MIN_OFFSET) & (main >= POSITION_AXIS_RATIO * other)
 
 
 def sample_scenes(rng: np.random.RandomState, category: np.ndarray) -> dict[str, np.ndarray]:
@@ -224,7 +225,7 @@ def render(scene: dict[str, np.ndarray], rng: np.random.RandomState,
     label = np.zeros(canvas.shape[:3], np.uint8)  # object slot + 1
     semantic = np.zeros(canvas.shape[:3], np.uint8)
     # Centres in quantisation steps (1 / q of this resolution's pixels).
-    step = np.rint(scene["centre"] * BASE_RESOLUTION * SUPERSAMPLE).astype(np.int64)
+    step = np.rint(scene["centre"] * _Q).astype(np.int64)
     for k in range(MAX_OBJECTS):
         idx = np.flatnonzero(scene["count"] > k)
         pixel, offset = np.divmod(step[idx, k], q)

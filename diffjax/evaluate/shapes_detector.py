@@ -8,7 +8,7 @@ overlap and their centres are >= 9 pixels apart, so a cell holds at most one obj
 (see `targets`); detections closer than `NMS_DISTANCE` are merged.
 
 It is trained on freshly rendered `shapes` train chunks (the same scenes as the
-``shapes`` train split), with light Gaussian pixel noise so that it also reads imperfect
+``shapes`` train split), lightly blurred and noised so that it also reads imperfect
 samples, and cached under ``cache_dir/shapes_detector_v<FORMAT>/``. Its pooled last
 feature map (mean and max over the grid, 2 * widths[-1] numbers) is the feature space of
 ``fd_shapes``.
@@ -34,7 +34,7 @@ from flax import traverse_util
 
 from diffjax.data import shapes
 
-FORMAT = 2
+FORMAT = 3
 GRID = 8
 INPUT = 32
 NMS_DISTANCE = 0.1  # fraction of the image width; shapes keeps centres >= 0.28 apart
@@ -193,6 +193,13 @@ def _apply(module: DetectorNet, params: Any, x: jax.Array) -> tuple[jax.Array, j
     return module.apply({"params": params}, x)
 
 
+def _box_blur(x: jax.Array) -> jax.Array:
+    """3x3 box blur of images [N, H, W, C] with edge padding."""
+    h, w = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    return sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+
+
 def training_data(num_chunks: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The first ``num_chunks`` train chunks: ``(x [N, 32, 32, 3] in [-1, 1], targets)``."""
     chunks = [shapes.generate_chunk("train", c, INPUT) for c in range(num_chunks)]
@@ -203,11 +210,14 @@ def training_data(num_chunks: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 def train(*, num_chunks: int = 20, steps: int = 3000, batch_size: int = 64,
-          learning_rate: float = 3e-3, noise: float = 0.08, seed: int = 0) -> Detector:
+          learning_rate: float = 3e-3, noise: float = 0.08, blur: float = 0.7,
+          seed: int = 0) -> Detector:
     """Trains a `DetectorNet` with AdamW (warmup-cosine) on ``num_chunks`` train chunks.
 
-    Each step draws ``batch_size`` images with replacement and adds Gaussian noise of a
-    standard deviation drawn uniformly in ``[0, noise]`` per image.
+    Each step draws ``batch_size`` images with replacement, blends each with its 3x3 box
+    blur by a weight drawn uniformly in ``[0, blur]`` and adds Gaussian noise of a standard
+    deviation drawn uniformly in ``[0, noise]``: samples of a generator are rarely as sharp
+    and clean as the renderings, and the judge should still read them.
     """
     start = time.time()
     x, t = training_data(num_chunks)
@@ -220,10 +230,12 @@ def train(*, num_chunks: int = 20, steps: int = 3000, batch_size: int = 64,
 
     @jax.jit
     def step(params, opt_state, x, t, i):
-        key_idx, key_noise, key_std = jax.random.split(jax.random.fold_in(data_key, i), 3)
-        idx = jax.random.randint(key_idx, (batch_size,), 0, x.shape[0])
-        std = noise * jax.random.uniform(key_std, (batch_size, 1, 1, 1))
-        xb = x[idx] + std * jax.random.normal(key_noise, (batch_size, *x.shape[1:]))
+        keys = jax.random.split(jax.random.fold_in(data_key, i), 4)
+        idx = jax.random.randint(keys[0], (batch_size,), 0, x.shape[0])
+        std, weight = (scale * jax.random.uniform(k, (batch_size, 1, 1, 1))
+                       for scale, k in ((noise, keys[1]), (blur, keys[2])))
+        xb = (1 - weight) * x[idx] + weight * _box_blur(x[idx])
+        xb = xb + std * jax.random.normal(keys[3], xb.shape)
         grads = jax.grad(lambda p: _loss(module.apply({"params": p}, xb)[0],
                                          jax.tree.map(lambda a: a[idx], t)))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -233,7 +245,7 @@ def train(*, num_chunks: int = 20, steps: int = 3000, batch_size: int = 64,
     for i in range(steps):  # a Python loop: XLA:CPU runs convolutions slowly inside scan
         params, opt_state = step(params, opt_state, x_dev, t_dev, np.int32(i))
     info = {"num_chunks": num_chunks, "steps": steps, "batch_size": batch_size,
-            "learning_rate": learning_rate, "noise": noise, "seed": seed,
+            "learning_rate": learning_rate, "noise": noise, "blur": blur, "seed": seed,
             "train_seconds": round(time.time() - start, 1)}
     return Detector(jax.device_get(params), module, info)
 

@@ -101,6 +101,14 @@ def main() -> None:
     big = _split("test", args.test_chunks, 64)
     figure(big, os.path.join(args.out, "shapes_examples.png"))
     results["own_64"] = shapes_eval.score(big["x"], prompts, detector=detector)
+    # How much imperfection the judge tolerates: Gaussian pixel noise, a 3x3 box blur.
+    noise = np.random.default_rng(0).standard_normal(test["x"].shape).astype(np.float32)
+    for sigma in (0.1, 0.2):
+        results[f"own_32_noise{sigma}"] = shapes_eval.score(
+            np.clip(test["x"] + sigma * noise, -1, 1), prompts, detector=detector)
+    padded = np.pad(test["x"], ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = sum(padded[:, i:i + 32, j:j + 32] for i in range(3) for j in range(3)) / 9
+    results["own_32_blur3"] = shapes_eval.score(blurred, prompts, detector=detector)
     perm = np.random.default_rng(0).permutation(len(test["x"]))
     shuffled = {k: v[perm] for k, v in prompts.items()}
     results["shuffled_32"] = shapes_eval.score(test["x"], shuffled, detector=detector)
@@ -113,15 +121,14 @@ def main() -> None:
 
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    print(f"{'category':16s} {'own 32':>8s} {'own 64':>8s} {'shuffled':>9s} {'chance':>8s}")
-    for c in shapes.CATEGORIES:
-        row = [results[k][f"shapes_eval_{c}"] for k in ("own_32", "own_64", "shuffled_32")]
-        print(f"{c:16s} {row[0]:8.4f} {row[1]:8.4f} {row[2]:9.4f} "
-              f"{results['chance_exact'][c]:8.4f}")
-    print(f"{'overall':16s} {results['own_32']['shapes_eval']:8.4f} "
-          f"{results['own_64']['shapes_eval']:8.4f} "
-          f"{results['shuffled_32']['shapes_eval']:9.4f} "
-          f"{results['chance_exact']['overall']:8.4f}")
+    columns = ("own_32", "own_64", "own_32_noise0.1", "own_32_noise0.2", "own_32_blur3",
+               "shuffled_32")
+    print("| category | " + " | ".join(columns) + " | chance (exact) |")
+    print("|---" * (len(columns) + 2) + "|")
+    for c, key in [(c, f"shapes_eval_{c}") for c in shapes.CATEGORIES] + [
+            ("overall", "shapes_eval")]:
+        row = [f"{results[k][key]:.4f}" for k in columns]
+        print(f"| {c} | " + " | ".join(row) + f" | {results['chance_exact'][c]:.4f} |")
     for key in ("count_accuracy", "fd_shapes_floor", "detector_seconds",
                 "generate_seconds_per_1000", "generate_seconds_55k_extrapolated",
                 "prepare_seconds_shapes", "prepare_seconds_shapes_64"):
