@@ -100,8 +100,9 @@ def _brute_force_satisfies(p: dict, scene: dict, i: int) -> bool:
     n = scene["count"][i]
     groups = [(p["count"][i, g], p["shape"][i, g], p["colour"][i, g], p["size"][i, g])
               for g in range(2) if p["count"][i, g] > 0]
-    matches = [[k for k in range(n) if scene["shape"][i, k] == s and c in (-1, scene["colour"][i, k])
-                and z in (-1, scene["size"][i, k])] for (_, s, c, z) in groups]
+    matches = [[k for k in range(n) if scene["shape"][i, k] == s
+                and c in (-1, scene["colour"][i, k]) and z in (-1, scene["size"][i, k])]
+               for (_, s, c, z) in groups]
     if shapes.CATEGORIES[p["category"][i]] == "counting":
         return len(matches[0]) == groups[0][0]
     if any(len(m) < g[0] for m, g in zip(matches, groups)):

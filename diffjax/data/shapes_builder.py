@@ -112,7 +112,8 @@ def load_records(name: str = "shapes", split: str = "test",
     version_dir = spec.version_dir(data_dir)
     key = (str(version_dir), split, (version_dir / builders.MANIFEST_NAME).read_text())
     if key not in _RECORDS:
-        source = builders._builder(spec, data_dir).as_data_source(split=split)  # pylint: disable=protected-access
+        builder = builders._builder(spec, data_dir)  # pylint: disable=protected-access
+        source = builder.as_data_source(split=split)
         records = source.__getitems__(list(range(len(source))))
         out = {k: np.stack([r[k] for r in records]) for k in records[0] if k != "caption"}
         for k in ("category", "count", "relation"):  # tf.Example stores scalars as int64

@@ -13,7 +13,7 @@ Grammar (lower case, one optional prefix ``a picture of`` / ``an image of`` /
 
 A parsed prompt is the scene it asks for, as at most two groups: ``count``, ``shape``,
 ``colour``, ``size`` [2] (-1: unspecified or unused group; count 0 marks an unused group)
-and ``relation`` (index into `RELATIONS` of group 0 relative to group 1, or -1). Its
+and ``relation`` (index into `shapes.RELATIONS` of group 0 relative to group 1, or -1). Its
 category is implied: a relation -> position; two groups -> color_attr if both name a
 colour, else two_object; count > 1 -> counting; a colour -> colors; else single_object.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffjax.data.shapes import CATEGORIES, COLOURS, MAX_OBJECTS, RELATIONS, SHAPES, SIZES
+from diffjax.data.shapes import CATEGORIES, COLOURS, SHAPES
 
 PREFIXES = ("a picture of ", "an image of ", "a photo of ", "exactly ")
 NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4}
@@ -236,4 +236,4 @@ def per_category(ok: np.ndarray, category: np.ndarray) -> dict[str, float]:
     return out
 
 
-__all__ = ["MAX_OBJECTS", "captions", "parse", "parse_batch", "per_category", "satisfies"]
+__all__ = ["captions", "parse", "parse_batch", "per_category", "satisfies"]
