@@ -34,6 +34,8 @@ from flax import traverse_util
 
 from diffjax.data import shapes
 
+# Names the cache entry: bump it whenever the network, its training or the shapes renderer
+# changes, so that no stale detector is loaded.
 FORMAT = 3
 GRID = 8
 INPUT = 32
