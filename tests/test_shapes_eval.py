@@ -14,7 +14,7 @@ from diffjax.data import shapes
 from diffjax.data import shapes_captions as sc
 from diffjax.evaluate import metrics, shapes_detector, shapes_eval
 
-TINY = {"num_chunks": 2, "steps": 600}  # 0.996 on the chunk below; ~45 s on 2 shared cores
+TINY = {"num_chunks": 2, "steps": 600}  # 0.9975 on the chunk below; 30-200 s on 2 shared cores
 
 
 @pytest.fixture(scope="module")
