@@ -2,7 +2,8 @@
 
 Public API::
 
-    BUNDLED                      # ("digits", "moons", "swiss_roll", "ring", "checkerboard")
+    BUNDLED                      # ("digits", "moons", "swiss_roll", "ring", "checkerboard",
+                                 #  "shapes", "shapes_64")
     default_config()             # config.data: dataset, batch_size, data_dir, random_flip,
                                  #              num_workers
     info(dataset, data_dir=None) -> DataInfo(name, kind, shape, num_classes,
@@ -14,6 +15,9 @@ Public API::
                   num_epochs=None) -> grain.DataLoaderIterator
         # yields {"x": float32 [b, *shape], "label": int32 [b]}, b = batch_size // process_count
     DatasetNotPreparedError      # FileNotFoundError: catalogue data not prepared locally
+    shapes_builder.load_records(name, split, data_dir) -> {feature: [N, ...]}
+        # every field of shapes / shapes_64: image, caption, category, scene arrays,
+        # edges, segmentation (see diffjax.data.shapes_builder)
 
 Bundled data is generated offline (see :mod:`diffjax.data.builders` for the exact
 definitions, seeds and splits) into ``config.data.data_dir``, ``$DIFFJAX_DATA_DIR`` or

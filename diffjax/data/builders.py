@@ -453,8 +453,14 @@ def bundled_arrays(name: str, split: str,
         source = _builder(spec, data_dir).as_data_source(split=split)
         records = source.__getitems__(list(range(len(source))))
         x = np.stack([r[spec.x_key] for r in records])
-        label = np.asarray([r["label"] for r in records], np.int32)
+        label = np.asarray([r.get("label", 0) for r in records], np.int32)  # shapes: none
         for array in (x, label):
             array.setflags(write=False)
         _ARRAYS[key] = (x, label)
     return _ARRAYS[key]
+
+
+# The shapes builder lives in its own module; it needs `_OfflineBuilder` from above.
+from diffjax.data.shapes_builder import SPECS as _SHAPES_SPECS  # noqa: E402  pylint: disable=wrong-import-position
+
+SPECS.update(_SHAPES_SPECS)

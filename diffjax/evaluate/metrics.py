@@ -27,6 +27,11 @@ fid_inception       image         ``fid_inception``: FID as papers report it, wi
                                   Inception weights of ``config.eval.inception_weights``:
                                   samples clipped and quantised to uint8, against the
                                   statistics of the whole *train* split (no floor)
+shapes_eval         image         ``shapes_eval`` (+ ``_<category>``, ``_real``): GenEval-style
+                                  prompt adherence on ``shapes`` (`shapes_eval`); needs
+                                  the ``prompts`` the samples were generated from
+fd_shapes           image         ``fd_shapes``, ``fd_shapes_floor``: Fréchet distance in the
+                                  ``shapes`` detector's features
 ==================  ============  ===========================================================
 
 Decisions:
@@ -72,6 +77,7 @@ from diffjax.evaluate import classifier as classifier_lib
 from diffjax.evaluate import distances
 from diffjax.evaluate import frechet
 from diffjax.evaluate import inception as inception_lib
+from diffjax.evaluate import shapes_eval as shapes_eval_lib
 
 __all__ = ["DATA_KINDS", "METRICS", "MODEL_METRICS", "Metric", "evaluate_samples",
            "split_metrics", "validate"]
@@ -96,6 +102,8 @@ class Metric:
       compute: ``compute(ctx) -> {key: value}``; the keys are listed in `reports`.
       reports: the keys it adds to the result.
       needs_labels: whether it needs the labels the samples were conditioned on.
+      needs_prompts: whether it needs the captions the samples were generated from.
+      datasets: the only data sets it applies to; None for any.
     """
 
     kinds: tuple[str, ...]
@@ -103,6 +111,8 @@ class Metric:
     compute: Callable[["_Context"], dict[str, float]]
     reports: tuple[str, ...]
     needs_labels: bool = False
+    needs_prompts: bool = False
+    datasets: tuple[str, ...] | None = None
 
 
 def _subset(size: int, n: int, seed: Sequence[int]) -> np.ndarray:
@@ -115,8 +125,9 @@ class _Context:
 
     def __init__(self, samples: np.ndarray, labels: np.ndarray | None, dataset: str,
                  cache_dir: str, data_dir: str | None, inception_weights: str | None,
-                 seed: int):
+                 seed: int, prompts: Sequence[str] | None = None):
         self.samples = samples
+        self.prompts = prompts
         self.labels = labels
         self.dataset = dataset
         self.cache_dir = cache_dir
@@ -279,6 +290,11 @@ METRICS: dict[str, Metric] = {
                                  ("sliced_wasserstein", "sliced_wasserstein_floor")),
     "mmd": Metric(DATA_KINDS, "", _mmd, ("mmd", "mmd_floor")),
     "fid_inception": Metric(("image",), _FEATURE_REFUSAL, _fid_inception, ("fid_inception",)),
+    "shapes_eval": Metric(("image",), "it detects shapes objects in images",
+                          shapes_eval_lib.shapes_eval_metric, shapes_eval_lib.REPORTS,
+                          needs_prompts=True, datasets=shapes_eval_lib.DATASETS),
+    "fd_shapes": Metric(("image",), _FEATURE_REFUSAL, shapes_eval_lib.fd_shapes_metric,
+                        ("fd_shapes", "fd_shapes_floor"), datasets=shapes_eval_lib.DATASETS),
 }
 
 
@@ -336,7 +352,7 @@ def validate(metrics: Sequence[str] | str, data_kind: str, *,
 def evaluate_samples(samples: np.ndarray, *, metrics: Sequence[str], dataset: str,
                      cache_dir: str, labels: np.ndarray | None = None,
                      data_dir: str | None = None, inception_weights: str | None = None,
-                     seed: int = 0) -> dict[str, float]:
+                     seed: int = 0, prompts: Sequence[str] | None = None) -> dict[str, float]:
     """Computes the requested sample metrics against the test split of ``dataset``.
 
     Args:
@@ -348,6 +364,7 @@ def evaluate_samples(samples: np.ndarray, *, metrics: Sequence[str], dataset: st
       data_dir: ``config.data.data_dir``.
       inception_weights: ``config.eval.inception_weights`` (``fid_inception``).
       seed: seeds the subsets and the sliced-Wasserstein directions.
+      prompts: ``[N]`` captions the samples were generated from (``shapes_eval``).
 
     Returns:
       ``{key: float}`` with every key of every requested metric (values and floors).
@@ -369,7 +386,14 @@ def evaluate_samples(samples: np.ndarray, *, metrics: Sequence[str], dataset: st
         labels = np.asarray(labels)
         if labels.shape != samples.shape[:1]:
             raise ValueError(f"labels must have shape [{samples.shape[0]}], got {labels.shape}")
-    ctx = _Context(samples, labels, dataset, cache_dir, data_dir, inception_weights, seed)
+    for name in sample_metrics:
+        if METRICS[name].needs_prompts and prompts is None:
+            raise ValueError(f"metric {name!r} needs prompts=[one caption per sample]")
+        if METRICS[name].datasets and dataset not in METRICS[name].datasets:
+            raise ValueError(f"metric {name!r} applies to {METRICS[name].datasets} only, "
+                             f"not to dataset {dataset!r}")
+    ctx = _Context(samples, labels, dataset, cache_dir, data_dir, inception_weights, seed,
+                   prompts)
     results: dict[str, float] = {}
     for name in sample_metrics:
         results.update(METRICS[name].compute(ctx))
