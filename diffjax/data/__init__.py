@@ -54,8 +54,16 @@ The handler writes ``data/process_<i>-of-<n>.json`` with ``i, n`` from
 ``json.loads`` of it in any JSON item. (``DataLoaderIterator`` also implements the
 orbax v1 ``save``/``load`` protocol for ``StatefulCheckpointable``.)
 """
-from diffjax.data.builders import CacheRebuiltWarning, default_data_dir
-from diffjax.data.pipeline import (
+from diffjax.data import builders as _builders
+from diffjax.data import shapes_builder as _shapes_builder
+
+# The shapes builder sits in its own module on top of builders' machinery; its data sets
+# join the bundled table here (before the pipeline reads it), so neither module imports
+# the other in a circle.
+_builders.SPECS.update(_shapes_builder.SPECS)
+
+from diffjax.data.builders import CacheRebuiltWarning, default_data_dir  # noqa: E402
+from diffjax.data.pipeline import (  # noqa: E402
     BUNDLED,
     ArraySource,
     DataInfo,

@@ -38,19 +38,17 @@ import zlib
 
 import numpy as np
 
-SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
-COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
+from diffjax.data import shapes_captions
+from diffjax.data.shapes_vocab import CATEGORIES, COLOURS, RELATIONS, SHAPES, SIZES
+
 RGB = np.array([(220, 45, 45), (245, 140, 30), (235, 215, 50), (55, 170, 70),
                 (50, 100, 230), (150, 65, 205)], np.float64)
-SIZES = ("small", "large")
 RADIUS = (0.125, 0.1875)  # bounding-circle radius per size, fraction of the image width
-CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 CATEGORY_COUNTS = (150, 150, 200, 150, 200, 150)  # per chunk
 CHUNK = 1000
 MAX_OBJECTS = 4
 RESOLUTIONS = (32, 64)
 NUM_TRAIN, NUM_TEST = 50_000, 5_000
-RELATIONS = ("left", "right", "above", "below")
 
 SUPERSAMPLE = 4
 BASE_RESOLUTION = 32  # centres are quantised to 1 / (SUPERSAMPLE * BASE_RESOLUTION)
@@ -269,8 +267,6 @@ def generate_chunk(split: str, chunk: int, resolution: int = 32) -> dict[str, np
     Returns the scene arrays of `sample_scenes`, ``category`` [n] int32, ``caption`` [n]
     (str) and the rendered ``image``, ``segmentation``, ``edges`` of `render`.
     """
-    from diffjax.data import shapes_captions  # captions are their own module
-
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}; choices: ('train', 'test')")
     rng = chunk_rng(split, chunk)

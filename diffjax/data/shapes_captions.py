@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffjax.data.shapes import CATEGORIES, COLOURS, SHAPES
+from diffjax.data.shapes_vocab import CATEGORIES, COLOURS, SHAPES
 
 PREFIXES = ("a picture of ", "an image of ", "a photo of ", "exactly ")
 NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4}
