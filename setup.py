@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
+    "diffrax>=0.7",
 ]
 
 setup(
