@@ -149,6 +149,20 @@ def _arrays(opts: dict, cond, uncond) -> dict:
     return arrays
 
 
+def _check_guide_shape(opts: dict, shape: tuple, cond) -> None:
+    """The guide must predict samples of the main model's shape (abstract trace, no compute)."""
+    if opts["guide_fn"] is None:
+        return
+    guide = guidance.bind(opts["guide_fn"], opts["guide_params"] is not None,
+                          opts["guide_params"], cond)
+    x = jax.ShapeDtypeStruct(shape, jnp.result_type(float))
+    t = jax.ShapeDtypeStruct(shape[:1], jnp.result_type(float))
+    out = jax.eval_shape(lambda x, t: guide(x, t, cond), x, t)
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"guide_fn returns shape {tuple(out.shape)} for samples of shape "
+                         f"{tuple(shape)}: the guide must be a model of the same data")
+
+
 def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: str,
              sampler: str, num_steps: int, **options) -> _Prepared:
     """Checks the arguments of :func:`sample` and builds the inputs of its compiled run."""
@@ -156,6 +170,7 @@ def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target
     spec, opts = options_lib.check_all(path, shape, target=target, sampler=sampler,
                                        num_steps=num_steps, **options)
     cond, uncond = options_lib.conditions_of(opts, shape[0])
+    _check_guide_shape(opts, shape, cond)
     t_min, t_max = options_lib.time_range(path, opts)
     denoise = options_lib.final_denoise(spec, path, opts, t_min)
     the_plan = plan(sampler, spec, opts, num_steps, denoise)
