@@ -254,3 +254,32 @@ def test_check_accepts_what_sample_runs():
                    label=np.zeros(4, int), guidance_scale=2.0, num_classes=3,
                    guidance_interval=(0.1, 10.0))
     samplers.check(PATH, (4, 2), target="eps", sampler="adaptive", num_steps=100)
+
+
+def test_callback_is_called_once_per_step_with_decreasing_times_and_absent_when_off(x64):
+    steps = []
+    model = RING.model_fn(PATH, "x0")
+    run = functools.partial(diffjax.sample, model, PATH, (4, 2), jax.random.PRNGKey(0),
+                            target="x0", sampler="euler", num_steps=6, return_trajectory=True)
+    x, info = run(callback=lambda i, t, x, x0_hat: steps.append((i, t, x, x0_hat)))
+    jax.effects_barrier()
+    num = info.ts.shape[0] - 1                        # 5 Euler steps (+ the final x0_hat)
+    assert [s[0] for s in steps] == list(range(num))
+    np.testing.assert_allclose([s[1] for s in steps], info.ts[1:], rtol=1e-12)
+    np.testing.assert_allclose(np.stack([s[2] for s in steps]), info.trajectory[1:],
+                               rtol=1e-12)
+    # Euler's one evaluation per step is at the step's start: x0_hat(x_{t_i}, t_i).
+    for i, _, _, x0_hat in steps:
+        np.testing.assert_allclose(x0_hat, model(info.trajectory[i], jnp.full((4,), info.ts[i])),
+                                   rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(run()[0], x, rtol=0, atol=0)
+    lowered = lambda **kw: jax.jit(lambda k: diffjax.sample(
+        model, PATH, (4, 2), k, target="x0", sampler="euler", num_steps=6, **kw)).lower(
+            jax.random.PRNGKey(0)).as_text()
+    assert "callback" not in lowered() and "callback" in lowered(callback=print)
+
+
+def test_callback_is_refused_where_steps_are_chosen_at_run_time():
+    with pytest.raises(ValueError, match="'adaptive' does not take callback"):
+        samplers.check(PATH, (4, 2), target="eps", sampler="adaptive", num_steps=100,
+                       callback=print)

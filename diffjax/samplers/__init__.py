@@ -60,6 +60,10 @@ Options every sampler takes:
   ``num_classes=`` for labels) gives classifier-free guidance in one batched call;
   ``guide_fn`` (+ ``guide_params``, ``guide_target``) gives autoguidance instead;
   ``guidance_interval=(lo, hi)`` in ``sigma/alpha`` guides only inside that noise range.
+* ``callback``: ``fn(i, t, x, x0_hat)`` called on the host after every grid step ``i`` (``t``
+  the step's end time, ``x`` the sample there, ``x0_hat`` the last denoiser estimate of the
+  step), through ordered ``jax.debug.callback``; off (None) by default, and then absent from
+  the program. Fixed-step samplers only.
 * SDEdit: ``x_init`` (``shape``) starts from ``alpha(t_max) x_init + sigma(t_max) eps``; pass
   ``t_max`` = the editing strength.
 * Inpainting: ``known`` (``shape``) and ``mask`` (broadcastable, 1 = known) re-impose the known

@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.paths import Path
 from diffjax.samplers import adaptive as adaptive_lib
@@ -78,6 +79,33 @@ class _Static:
     guide_target: Optional[str]
     interval: Optional[tuple]
     inpaint_noise: str
+    callback: Optional["_StepCallback"] = None
+
+
+class _StepCallback:
+    """Host side of the ``callback`` option: ``fn(i, t, x, x0_hat)`` once per grid step.
+
+    The program reports every denoiser evaluation's ``x0_hat`` and every step's end
+    (``jax.debug.callback``, ordered); the step is handed on with the last ``x0_hat`` seen
+    in it. One adapter per user function, so the compiled program is reused across calls.
+    """
+
+    _by_fn: dict = {}
+
+    def __init__(self, fn: Callable):
+        self.fn, self.x0_hat = fn, None
+
+    @classmethod
+    def of(cls, fn: Optional[Callable]) -> Optional["_StepCallback"]:
+        if fn is None:
+            return None
+        return cls._by_fn.setdefault(fn, cls(fn))
+
+    def evaluated(self, x0_hat) -> None:
+        self.x0_hat = np.asarray(x0_hat)
+
+    def stepped(self, i, t, x) -> None:
+        self.fn(int(i), float(t), np.asarray(x), self.x0_hat)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -100,7 +128,10 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
                                       interval=static.interval)
 
     def denoise(x, t):
-        return guided(x, jnp.full(x.shape[:1], t, x.dtype))
+        x0, eps = guided(x, jnp.full(x.shape[:1], t, x.dtype))
+        if static.callback is not None:
+            jax.debug.callback(static.callback.evaluated, x0, ordered=True)
+        return x0, eps
 
     constrain = lambda x, t, key: x
     if "known" in arrays:
@@ -109,7 +140,7 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
                                                    static.inpaint_noise == "fresh")
         x = constrain(x, ts[0], arrays.get("start_key"))
 
-    problem = Problem(path, denoise, constrain)
+    problem = Problem(path, denoise, _reporting(constrain, static.callback, ts))
     x, aux = spec.fn(problem, x, ts, keys, static.plan, **dict(static.options))
     if spec.fixed_step:
         trajectory, nfe, finished = aux, static.plan.evals, None
@@ -121,6 +152,20 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
     if "known" in arrays:
         x = guidance.impose_known(x, known, arrays["mask"])
     return x, trajectory, nfe, finished
+
+
+def _reporting(constrain: Callable, callback: Optional[_StepCallback], ts: Array) -> Callable:
+    """``constrain`` (run after every grid step) that also reports the step to ``callback``."""
+    if callback is None:
+        return constrain
+
+    def constrain_and_report(x, s, key):
+        x = constrain(x, s, key)
+        i = jnp.sum(ts > s) - 1                       # the step that ended at s
+        jax.debug.callback(callback.stepped, i, s, x, ordered=True)
+        return x
+
+    return constrain_and_report
 
 
 class _Prepared(NamedTuple):
@@ -190,7 +235,8 @@ def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target
                      the_plan, tuple(sorted((k, opts[k]) for k in spec.options)),
                      float(opts["guidance_scale"]), opts["guide_fn"],
                      opts["guide_params"] is not None, opts["guide_target"],
-                     opts["guidance_interval"], opts["inpaint_noise"])
+                     opts["guidance_interval"], opts["inpaint_noise"],
+                     _StepCallback.of(opts["callback"]))
     arrays = _arrays(opts, cond, uncond)
     k_prior, k_loop, k_start = jax.random.split(key, 3)
     eps0 = jax.random.normal(k_prior, shape, dtype)

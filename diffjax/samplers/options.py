@@ -20,7 +20,7 @@ from diffjax.samplers.registry import Sampler, get
 COMMON = {"t_min": None, "t_max": None, "denoise_to_zero": None, "return_info": False,
           "return_trajectory": False, "label": None, "num_classes": None, "nulls": None,
           "guide_fn": None, "guide_params": None, "guide_target": None,
-          "guidance_interval": None, "x_init": None, "known": None, "mask": None,
+          "guidance_interval": None, "callback": None, "x_init": None, "known": None, "mask": None,
           "inpaint_noise": "fixed"}
 GRID = {"grid": None, "rho": 7.0}
 # Arguments of sample() that are not options: they are handled here all the same.
@@ -38,9 +38,14 @@ def resolve(sampler: str, spec: Sampler, options: Mapping[str, Any]) -> dict:
     if spec.fixed_step:
         opts["grid"] = spec.grid if opts["grid"] is None else opts["grid"]
         _check_grid_option(opts)
-    elif opts["return_trajectory"]:
-        raise ValueError(f"Sampler {sampler!r} does not take return_trajectory: its steps are "
-                         "chosen at run time")
+    else:
+        for name in ("return_trajectory", "callback"):
+            if opts[name]:
+                raise ValueError(f"Sampler {sampler!r} does not take {name}: its steps are "
+                                 "chosen at run time")
+    if opts["callback"] is not None and not callable(opts["callback"]):
+        raise ValueError(f"option callback must be a function (i, t, x, x0_hat), got "
+                         f"{opts['callback']!r}")
     spec.check(opts)
     return opts
 
