@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
+    # Adaptive probability-flow and likelihood ODEs (Dopri5 + PID controller).
+    "diffrax>=0.7",
     # Text encoders: safetensors weights and Hugging Face tokenizers (neither needs torch).
     "safetensors>=0.4",
     "tokenizers>=0.19",

@@ -7,8 +7,9 @@ App. D.2), so for data ``x`` placed at ``t_min``
     log p(x) = log p_prior(x_{t_max}) + int_{t_min}^{t_max} div v(x_t, t) dt,
 
 with ``p_prior`` the path's prior (:meth:`Path.prior_logp`) at ``t_max = path.t_max``. Both
-``x`` and the integral are solved together by the adaptive Dormand-Prince solver of
-:mod:`diffjax.samplers.adaptive`. The divergence is
+``x`` and the integral are solved together by diffrax's adaptive Dormand-Prince solver with
+a PID controller (:mod:`diffjax.samplers.adaptive`; differentiable in reverse mode through
+its checkpointed adjoint). The divergence is
 
 * ``"exact"``: ``sum_j (J e_j)_j`` by ``D`` forward-mode JVPs (one per basis vector; for small
   ``D``: the cost is ``D`` times a model call per evaluation);
@@ -35,13 +36,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from diffjax import conditions
 from diffjax import targets as targets_lib
 from diffjax.paths import Path
+from diffjax.samplers import guidance
 from diffjax.samplers.adaptive import check_finished, solve
 
 Array = jax.Array
@@ -72,6 +75,7 @@ class LikelihoodInfo(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class _Static:
     model_fn: Callable
+    has_params: bool
     path: Path
     target: str
     divergence: str
@@ -90,12 +94,13 @@ def _probes(key: Array, kind: str, shape: tuple, dtype) -> Array:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _run(static: _Static, x: Array, key: Array):
+def _run(static: _Static, x: Array, key: Array, params, cond):
     path = static.path
+    model = guidance.bind(static.model_fn, static.has_params, params, cond)
 
     def velocity(x, t):
         tb = jnp.full(x.shape[:1], t, x.dtype)
-        x0, eps = targets_lib.to_x0_eps(static.target, path, static.model_fn(x, tb), x, tb)
+        x0, eps = targets_lib.to_x0_eps(static.target, path, model(x, tb, cond), x, tb)
         return path.d_alpha(t) * x0 + path.d_sigma(t) * eps
 
     batch, dim = x.shape[0], math.prod(x.shape[1:])
@@ -117,30 +122,35 @@ def _run(static: _Static, x: Array, key: Array):
     state0 = (x, jnp.zeros((batch, num), x.dtype))
     result = solve(rhs, state0, static.t_min, path.t_max, rtol=static.rtol, atol=static.atol,
                    max_evals=static.max_evals)
-    x_end, delta = jax.tree.map(lambda a: jnp.where(result.success, a, jnp.nan), result.y)
+    x_end, delta = result.y                              # NaN unless result.success
     with jax.ensure_compile_time_eval():  # Path.prior_std() reads its constant with float()
         prior = path.prior_logp(x_end)
     estimates = prior[:, None] + delta                                   # [B, P]
     logp = jnp.mean(estimates, axis=-1)
     stderr = jnp.std(estimates, axis=-1, ddof=1) / math.sqrt(num) if num > 1 else \
         jnp.full((batch,), jnp.nan, x.dtype)
-    return logp, LikelihoodInfo(result.nfe, stderr, prior, x_end, result.success), result.t
+    return logp, LikelihoodInfo(result.nfe, stderr, prior, x_end, result.success)
 
 
 def log_likelihood(model_fn: Callable, path: Path, x: Array, key: Optional[Array] = None, *,
-                   target: str, divergence: str = "exact", num_probes: int = 1,
+                   target: str, params: Any = None, cond: Optional[dict] = None,
+                   divergence: str = "exact", num_probes: int = 1,
                    probe: str = "rademacher", t_min: Optional[float] = None,
                    rtol: float = 1e-5, atol: float = 1e-5,
                    max_evals: int = 10_000) -> tuple[Array, LikelihoodInfo]:
     """``log p(x)`` in nats under the model's probability-flow ODE, ``[B]``.
 
     Args:
-      model_fn: ``f(x, t) -> prediction of target``, as for :func:`diffjax.sample`.
+      model_fn: ``f(params, x, t, cond)`` with ``params``, else ``f(x, t)`` (``f(x, t, cond)``
+        with ``cond``) -> prediction of target, as for :func:`diffjax.sample`.
       x: ``[B, ...]`` data, placed at ``t_min`` (default ``path.t_min``; ``0`` where the
         path and target allow it, e.g. rectified flow with a velocity model).
       key: PRNG key for the Hutchinson probes (required for ``"hutchinson"``).
+      params: the model's parameters (traced: new weights do not recompile).
+      cond: the condition pytree, leaves ``[B, ...]`` (``log p(x | cond)``).
       divergence: ``"exact"`` or ``"hutchinson"``; num_probes, probe: Hutchinson's.
-      rtol, atol, max_evals: the Dormand-Prince solver's tolerances and evaluation budget.
+      rtol, atol, max_evals: the Dormand-Prince solver's tolerances and evaluation budget
+        (``max_evals`` becomes diffrax's ``max_steps = (max_evals - 1) // 6``).
         Running out of ``max_evals`` raises ``ValueError`` naming them (under the caller's own
         ``jit`` it cannot: ``logp`` is then NaN and ``info.finished`` False).
 
@@ -167,12 +177,14 @@ def log_likelihood(model_fn: Callable, path: Path, x: Array, key: Optional[Array
     if target == "x0" and not float(path.sigma(jnp.asarray(t_min))) > 0:
         raise ValueError(f"target 'x0' cannot give eps_hat where sigma(t_min) = 0 on {path.name}; "
                          "pass t_min > 0")
-    static = _Static(model_fn, path, target, divergence,
+    x = jnp.asarray(x)
+    cond = None if cond is None else conditions.check(cond, x.shape[0])
+    static = _Static(model_fn, params is not None, path, target, divergence,
                      num_probes if divergence == "hutchinson" else 1, probe, t_min,
                      float(rtol), float(atol), int(max_evals))
     key = jax.random.PRNGKey(0) if key is None else key
-    logp, info, t_reached = _run(static, jnp.asarray(x), key)
-    check_finished(info.finished, t_reached, "log_likelihood's ODE solve",
+    logp, info = _run(static, x, key, params, cond)
+    check_finished(info.finished, "log_likelihood's ODE solve",
                    f"max_evals={static.max_evals}", static.rtol, static.atol)
     return logp, info
 

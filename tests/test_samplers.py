@@ -324,7 +324,7 @@ def _never_called(x, t):
     (dict(eta=1.5), "eta must be in"),
     (dict(target="epsilon"), "Unknown target 'epsilon'"),
     (dict(sampler="dpm_solver++", order=4), "order must be one of 1, 2, 3"),
-    (dict(guidance_scale=2.0), "guidance_scale needs label"),
+    (dict(guidance_scale=2.0), "guidance_scale=2 needs label"),
 ])
 def test_wrong_arguments_raise_before_any_compute(kwargs, match):
     args = dict(target="eps", sampler="ddim", num_steps=10) | kwargs

@@ -33,7 +33,7 @@ caller names one.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,14 +69,18 @@ def check(names: Sequence[str], data_kind: str, path, target: str) -> None:
 
 def likelihood_metrics(names: Sequence[str], model_fn: Callable, path, target: str,
                        x: np.ndarray, *, kind: str, labels: Optional[np.ndarray] = None,
-                       divergence: str = "auto", seed: int = 0) -> dict[str, float]:
+                       divergence: str = "auto", seed: int = 0, params: Any = None,
+                       cond: Optional[dict] = None) -> dict[str, float]:
     """The model metrics ``names`` of test data ``x: [N, ...]`` (see the module docstring).
 
     Args:
-      model_fn: ``f(x, t[, label]) -> prediction of target`` (a sampler's model function).
+      model_fn: ``f(params, x, t, cond)`` with ``params`` (e.g. ``Denoiser.fn``: the weights
+        are then arguments of the compiled solve, not constants), else ``f(x, t[, cond])``.
       x: data as the model sees it (images in [-1, 1] on the uint8 grid, points as stored).
       kind: ``"image"`` (dequantised, bits/dim available) or ``"points"``.
-      labels: ``[N]`` ints for a class-conditional ``model_fn``, else None.
+      labels: ``[N]`` ints for a class-conditional ``model_fn`` (shorthand for
+        ``cond={"label": labels}``), else None.
+      cond: the condition pytree of ``x`` (leaves ``[N, ...]``), else None.
       divergence: ``"auto"``, ``"exact"`` or ``"hutchinson"``.
       seed: dequantisation noise and Hutchinson probes.
     """
@@ -89,15 +93,17 @@ def likelihood_metrics(names: Sequence[str], model_fn: Callable, path, target: s
     dim = math.prod(x.shape[1:])
     if divergence == "auto":
         divergence = "exact" if dim <= EXACT_MAX_DIM else "hutchinson"
-    fn = model_fn if labels is None else (
-        lambda x_t, t: model_fn(x_t, t, {"label": jnp.asarray(labels, jnp.int32)}))
+    if labels is not None and cond is not None:
+        raise ValueError("pass the condition once: labels= is shorthand for cond={'label': ...}")
+    if labels is not None:
+        cond = {"label": jnp.asarray(labels, jnp.int32)}
     k_deq, k_probe = jax.random.split(jax.random.PRNGKey(seed))
     y = jnp.asarray(x, jnp.float32)
     if kind == "image":
         k = np.rint((np.asarray(x, np.float64) + 1.0) * 127.5)
         y = likelihood.dequantize(k, k_deq, jnp.float32)
-    logp, _ = likelihood.log_likelihood(fn, path, y, k_probe, target=target,
-                                        divergence=divergence)
+    logp, _ = likelihood.log_likelihood(model_fn, path, y, k_probe, target=target,
+                                        params=params, cond=cond, divergence=divergence)
     nll = -np.asarray(logp, np.float64)
     out = {"nll": float(np.mean(nll)),
            "nll_stderr": float(np.std(nll, ddof=1) / math.sqrt(nll.size)) if nll.size > 1

@@ -29,8 +29,10 @@ unipc           order=3, variant="bh2",              logsnr     0   n; K = n - d
                 lower_order_final=True
 deis            order=3                              quadratic  0   n; K = n - d
 adaptive        rtol=1e-5, atol=1e-5                 --         0   chosen by the solver, at
-                                                                    most n; in SampleInfo.nfe.
-                                                                    Raises if n is too few
+                                                                    most n; in SampleInfo.nfe
+                                                                    (diffrax Dopri5 + PID,
+                                                                    .adaptive). Raises if n is
+                                                                    too few
 ==============  ===================================  =========  ==  ==========================
 
 ``d`` is the default of ``denoise_to_zero``, each paper's own convention (DDPM's last step,
@@ -47,9 +49,21 @@ Options every sampler takes:
 * ``return_info``: return ``(x, SampleInfo)`` instead of ``x``; ``return_trajectory`` also
   fills ``SampleInfo.trajectory`` (``[K + 1, *shape]``, ``x`` at each grid time; fixed-step
   samplers only).
-* Guidance: ``label`` (``[B]`` ints) makes ``model_fn`` a conditional ``f(x, t, label)``;
-  ``guidance_scale`` ``w`` (default 1) and ``num_classes`` (the null label) give
-  classifier-free guidance, :mod:`.guidance`.
+* Parameters: ``params`` (a pytree) makes ``model_fn`` ``f(params, x, t, cond)``; they are
+  traced arguments of the compiled run, so new weights of the same structure do not
+  recompile and the program does not grow with the weights. Without ``params`` the model
+  is a closure ``f(x, t)`` (``f(x, t, cond)`` with a condition), fine for analytic models.
+* Conditions and guidance (:mod:`.guidance`, DESIGN §6): ``cond`` (a condition pytree,
+  :mod:`diffjax.conditions`; ``label=`` is shorthand for ``cond={"label": label}``),
+  ``guidance_scale`` ``w`` (default 1 = the conditional model) with ``uncond`` (default: the
+  null of each kind from ``nulls=``, a :class:`diffjax.conditions.Nulls`, or
+  ``num_classes=`` for labels) gives classifier-free guidance in one batched call;
+  ``guide_fn`` (+ ``guide_params``, ``guide_target``) gives autoguidance instead;
+  ``guidance_interval=(lo, hi)`` in ``sigma/alpha`` guides only inside that noise range.
+* ``callback``: ``fn(i, t, x, x0_hat)`` called on the host after every grid step ``i`` (``t``
+  the step's end time, ``x`` the sample there, ``x0_hat`` the last denoiser estimate of the
+  step), through ordered ``jax.debug.callback``; off (None) by default, and then absent from
+  the program. Fixed-step samplers only.
 * SDEdit: ``x_init`` (``shape``) starts from ``alpha(t_max) x_init + sigma(t_max) eps``; pass
   ``t_max`` = the editing strength.
 * Inpainting: ``known`` (``shape``) and ``mask`` (broadcastable, 1 = known) re-impose the known
@@ -74,398 +88,15 @@ there.
 cannot raise: it then returns NaN samples and ``SampleInfo.finished = False``.
 
 Jitted runs are cached on ``(sampler, model_fn, path, target, shape, plan, options)``: reuse
-the same ``model_fn`` object to avoid recompiling.
+the same ``model_fn`` object (and pass weights as ``params``) to avoid recompiling.
+:func:`check` runs every argument check of :func:`sample` without a model (for config
+validation). The engine lives in :mod:`.engine` (plan, compiled run), :mod:`.options` (the
+checks) and :mod:`.registry` (one entry per sampler: its function and its cost).
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+from diffjax.samplers.engine import SampleInfo, _prepare, _run, check, sample
+from diffjax.samplers.grids import GRIDS, time_grid
+from diffjax.samplers.registry import SAMPLERS, Sampler
 
-import jax
-import jax.numpy as jnp
-
-from diffjax import targets as targets_lib
-from diffjax.paths import Path
-from diffjax.samplers import adaptive as adaptive_lib
-from diffjax.samplers import ancestral, deis, dpm_solver, edm, guidance, ode, sde, unipc
-from diffjax.samplers.base import Plan, Problem
-from diffjax.samplers.grids import GRIDS, LOGSNR_GRIDS, check_grid, time_grid
-
-Array = jax.Array
-
-
-class SampleInfo(NamedTuple):
-    """What :func:`sample` returns next to ``x`` when asked (``return_info=True``).
-
-    nfe: model evaluations used (a Python int; an int32 scalar array for ``adaptive``).
-    ts: the grid ``[K + 1]`` (``[t_max, t_min]`` for ``adaptive``).
-    trajectory: ``[K + 1, *shape]`` with ``return_trajectory=True``, else None.
-    finished: whether the sampler reached ``t_min`` (True for fixed-step samplers; a bool
-      scalar array for ``adaptive``, False when it ran out of ``num_steps``).
-    """
-
-    nfe: Union[int, Array]
-    ts: Array
-    trajectory: Optional[Array]
-    finished: Union[bool, Array] = True
-
-
-# -- options checks ---------------------------------------------------------------------
-def _in_range(name, lo, hi):
-    def check(opts):
-        if not lo <= opts[name] <= hi:
-            raise ValueError(f"option {name} must be in [{lo}, {hi}], got {opts[name]!r}")
-    return check
-
-
-def _check_pc(opts):
-    if not opts["snr"] > 0:
-        raise ValueError(f"option snr must be > 0, got {opts['snr']!r}")
-    c = opts["corrector_steps"]
-    if not isinstance(c, int) or c < 0:
-        raise ValueError(f"option corrector_steps must be an int >= 0, got {c!r}")
-
-
-def _check_edm(opts):
-    for name in ("s_churn", "s_noise", "s_tmin"):
-        if not opts[name] >= 0:
-            raise ValueError(f"option {name} must be >= 0, got {opts[name]!r}")
-    if not opts["s_tmin"] <= opts["s_tmax"]:
-        raise ValueError(f"options need s_tmin <= s_tmax, got {opts['s_tmin']}, {opts['s_tmax']}")
-
-
-def _check_dpm(opts):
-    if opts["order"] not in (1, 2, 3):
-        raise ValueError(f"option order must be one of 1, 2, 3; got {opts['order']!r}")
-    if opts["sde"] and opts["order"] == 3:
-        raise ValueError("dpm_solver++ with sde=True has orders 1 and 2 (SDE-DPM-Solver++(2M)); "
-                         "got order=3")
-
-
-def _check_unipc(opts):
-    if opts["order"] not in (1, 2, 3):
-        raise ValueError(f"option order must be one of 1, 2, 3; got {opts['order']!r}")
-    if opts["variant"] not in ("bh1", "bh2"):
-        raise ValueError(f"option variant must be 'bh1' or 'bh2', got {opts['variant']!r}")
-
-
-def _check_deis(opts):
-    if opts["order"] not in (1, 2, 3):
-        raise ValueError(f"option order must be one of 1, 2, 3; got {opts['order']!r}")
-
-
-def _check_tolerances(opts):
-    for name in ("rtol", "atol"):
-        if not opts[name] > 0:
-            raise ValueError(f"option {name} must be > 0, got {opts[name]!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampler:
-    """A registry entry: the function and what :func:`sample` must know about it."""
-
-    fn: Callable
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    cost: Callable[[Mapping[str, Any]], int] = lambda opts: 1  # evaluations per interval
-    split_last: bool = False          # Heun-type: an odd leftover NFE becomes a final Euler step
-    finite_logsnr: bool = False       # needs alpha(t_max) > 0 and sigma(t_min) > 0
-    evaluates_at_t_min: bool = False
-    fixed_step: bool = True
-    grid: str = "uniform"
-    denoise_to_zero: bool = True
-    check: Callable[[Mapping[str, Any]], None] = lambda opts: None
-    stochastic: Callable[[Mapping[str, Any]], bool] = lambda opts: False
-
-
-SAMPLERS: dict[str, Sampler] = {
-    "ddpm": Sampler(ancestral.ddpm, stochastic=lambda opts: True),
-    "ddim": Sampler(ancestral.ddim, {"eta": 0.0}, check=_in_range("eta", 0.0, 1.0),
-                    stochastic=lambda opts: opts["eta"] > 0),
-    "euler_maruyama": Sampler(sde.euler_maruyama, finite_logsnr=True,
-                              stochastic=lambda opts: True),
-    "pc": Sampler(sde.pc, {"snr": 0.16, "corrector_steps": 1},
-                  cost=lambda opts: 1 + opts["corrector_steps"], finite_logsnr=True,
-                  check=_check_pc, stochastic=lambda opts: True),
-    "euler": Sampler(ode.euler),
-    "heun": Sampler(ode.heun, cost=lambda opts: 2, split_last=True, evaluates_at_t_min=True),
-    "rk4": Sampler(ode.rk4, cost=lambda opts: 4, evaluates_at_t_min=True),
-    "edm": Sampler(edm.edm, {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0},
-                   cost=lambda opts: 2, split_last=True, finite_logsnr=True,
-                   evaluates_at_t_min=True, grid="karras", check=_check_edm,
-                   stochastic=lambda opts: opts["s_churn"] > 0),
-    "dpm_solver++": Sampler(dpm_solver.dpm_solver_pp,
-                            {"order": 2, "lower_order_final": True, "sde": False},
-                            finite_logsnr=True, grid="logsnr", denoise_to_zero=False,
-                            check=_check_dpm, stochastic=lambda opts: opts["sde"]),
-    "unipc": Sampler(unipc.unipc, {"order": 3, "variant": "bh2", "lower_order_final": True},
-                     finite_logsnr=True, grid="logsnr", denoise_to_zero=False,
-                     check=_check_unipc),
-    "deis": Sampler(deis.deis, {"order": 3}, finite_logsnr=True, grid="quadratic",
-                    denoise_to_zero=False, check=_check_deis),
-    "adaptive": Sampler(adaptive_lib.adaptive, {"rtol": 1e-5, "atol": 1e-5},
-                        evaluates_at_t_min=True, fixed_step=False, denoise_to_zero=False,
-                        check=_check_tolerances),
-}
-
-_COMMON = {"t_min": None, "t_max": None, "denoise_to_zero": None, "return_info": False,
-           "return_trajectory": False, "label": None, "guidance_scale": None,
-           "num_classes": None, "x_init": None, "known": None, "mask": None,
-           "inpaint_noise": "fixed"}
-_GRID_OPTIONS = ("grid", "rho")
-_ARRAY_OPTIONS = ("label", "x_init", "known", "mask")
-
-
-def _resolve(sampler: str, spec: Sampler, options: dict) -> dict:
-    accepted = dict(_COMMON, **spec.options)
-    if spec.fixed_step:
-        accepted.update(grid=spec.grid, rho=7.0)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"Sampler {sampler!r} got unknown option(s) {unknown}; it takes: "
-                         f"{', '.join(sorted(accepted))}")
-    opts = dict(accepted, **options)
-    if spec.fixed_step and isinstance(opts["grid"], str):
-        check_grid(opts["grid"], opts["rho"])
-    elif spec.fixed_step:
-        ts = jnp.asarray(opts["grid"])
-        if ts.ndim != 1 or ts.shape[0] < 1 or not bool(jnp.all(jnp.diff(ts) < 0)):
-            raise ValueError("an explicit grid must be a 1-d array of strictly decreasing times "
-                             f"(t_max ... t_min), got {ts}")
-        if opts["t_min"] is not None or opts["t_max"] is not None:
-            raise ValueError("an explicit grid sets t_max and t_min itself; do not pass them")
-        opts["t_max"], opts["t_min"] = float(ts[0]), float(ts[-1])
-    elif opts["return_trajectory"]:
-        raise ValueError(f"Sampler {sampler!r} does not take return_trajectory: its steps are "
-                         "chosen at run time")
-    spec.check(opts)
-    return opts
-
-
-def _check_guidance_and_editing(sampler: str, spec: Sampler, opts: dict, shape: tuple) -> None:
-    if opts["inpaint_noise"] not in ("fixed", "fresh"):
-        raise ValueError(f"option inpaint_noise must be 'fixed' or 'fresh', got "
-                         f"{opts['inpaint_noise']!r}")
-    if opts["guidance_scale"] is not None and opts["label"] is None:
-        raise ValueError("guidance_scale needs label (the classes to guide towards)")
-    w = 1.0 if opts["guidance_scale"] is None else opts["guidance_scale"]
-    if opts["label"] is not None:
-        if tuple(jnp.shape(opts["label"])) != tuple(shape[:1]):
-            raise ValueError(f"label must have shape {tuple(shape[:1])}, got "
-                             f"{jnp.shape(opts['label'])}")
-        if w != 1.0 and not isinstance(opts["num_classes"], int):
-            raise ValueError("classifier-free guidance (guidance_scale != 1) needs num_classes, "
-                             "the null label of the conditional model")
-    for name in ("x_init", "known"):
-        if opts[name] is not None and tuple(jnp.shape(opts[name])) != tuple(shape):
-            raise ValueError(f"option {name} must have the sample shape {tuple(shape)}, got "
-                             f"{jnp.shape(opts[name])}")
-    if (opts["known"] is None) != (opts["mask"] is None):
-        raise ValueError("inpainting needs both known and mask")
-    if opts["known"] is not None:
-        if not spec.fixed_step:
-            raise ValueError(f"Sampler {sampler!r} does not take known/mask: inpainting re-imposes "
-                             "the known region on a fixed grid")
-        try:
-            jnp.broadcast_shapes(jnp.shape(opts["mask"]), tuple(shape))
-        except ValueError:
-            raise ValueError(f"mask of shape {jnp.shape(opts['mask'])} does not broadcast to "
-                             f"{tuple(shape)}") from None
-
-
-def _check_domain(sampler: str, spec: Sampler, path: Path, target: str, opts: dict,
-                  t_min: float, t_max: float, denoise: bool) -> None:
-    if not 0.0 <= t_min < t_max <= 1.0:
-        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    alpha_max = float(path.alpha(jnp.asarray(t_max)))
-    sigma_min = float(path.sigma(jnp.asarray(t_min)))
-    if target in ("eps", "score") and not alpha_max > 0:
-        raise ValueError(
-            f"target {target!r} cannot give x0_hat = (x - sigma eps) / alpha at t_max={t_max}, "
-            f"where alpha = 0 on {path.name}: pass t_max < {t_max} (e.g. t_max=0.999) or use a "
-            "model with target 'velocity', 'v' or 'x0'")
-    if target == "x0" and not sigma_min > 0 and (spec.evaluates_at_t_min or denoise):
-        raise ValueError(
-            f"target 'x0' cannot give eps_hat = (x - alpha x0) / sigma at t_min={t_min}, where "
-            f"sigma = 0 on {path.name}, and {sampler!r} evaluates the model there: pass "
-            "t_min > 0")
-    needs = ([f"sampler {sampler!r}"] if spec.finite_logsnr else []) + \
-        ([f"grid {opts['grid']!r}"] if spec.fixed_step and isinstance(opts["grid"], str)
-         and opts["grid"] in LOGSNR_GRIDS else [])
-    if needs and not (alpha_max > 0 and sigma_min > 0):
-        raise ValueError(
-            f"{' and '.join(needs)} {'needs' if len(needs) == 1 else 'need'} a finite log-SNR "
-            f"on [t_min, t_max], but on {path.name} "
-            f"alpha(t_max={t_max}) = {alpha_max:g} and sigma(t_min={t_min}) = {sigma_min:g}: pass "
-            "t_max < 1 (e.g. 0.999) and/or t_min > 0 (e.g. 1e-3)")
-
-
-def _plan(sampler: str, spec: Sampler, opts: dict, num_steps: int, denoise: int) -> Plan:
-    keep = bool(opts["return_trajectory"])
-    evals = num_steps - denoise
-    if not spec.fixed_step:
-        if evals < 7:
-            raise ValueError(f"Sampler {sampler!r} needs num_steps >= {7 + denoise}: one "
-                             "Dormand-Prince step takes 7 evaluations (6 after the first)")
-        return Plan(1, evals, denoise, keep)
-    cost = spec.cost(opts)
-    num = -(-evals // cost) if spec.split_last else evals // cost
-    if num < 1 and evals > 0:
-        raise ValueError(f"Sampler {sampler!r} takes {cost} model evaluations per interval"
-                         f"{' (+1 for denoise_to_zero)' if denoise else ''}: num_steps={num_steps}"
-                         " leaves no interval")
-    used = evals if spec.split_last else num * cost
-    return Plan(num, used, denoise, keep)
-
-
-# -- the jitted run -----------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _Static:
-    sampler: str
-    model_fn: Callable
-    path: Path
-    target: str
-    shape: tuple
-    plan: Plan
-    options: tuple
-    guidance_scale: float
-    num_classes: Optional[int]
-    inpaint_noise: str
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays: dict):
-    """The compiled sampler. ``eps0`` (the starting noise) and ``keys`` are drawn outside."""
-    spec, path, dtype = SAMPLERS[static.sampler], static.path, ts.dtype
-    if "x_init" in arrays:
-        x = guidance.noised(path, arrays["x_init"].astype(dtype), eps0, ts[0])
-    else:
-        x = jnp.sqrt(path.alpha(ts[0]) ** 2 + path.sigma(ts[0]) ** 2) * eps0
-
-    model = static.model_fn
-    if "label" in arrays:
-        model = guidance.guided_model(model, arrays["label"], static.guidance_scale,
-                                      static.num_classes)
-
-    def denoise(x, t):
-        t = jnp.full(x.shape[:1], t, x.dtype)
-        return targets_lib.to_x0_eps(static.target, path, model(x, t), x, t)
-
-    constrain = lambda x, t, key: x
-    if "known" in arrays:
-        known = arrays["known"].astype(dtype)
-        constrain = guidance.inpainting_constraint(path, known, arrays["mask"], eps0,
-                                                   static.inpaint_noise == "fresh")
-        x = constrain(x, ts[0], arrays.get("start_key"))
-
-    problem = Problem(path, denoise, constrain)
-    x, aux = spec.fn(problem, x, ts, keys, static.plan, **dict(static.options))
-    if spec.fixed_step:
-        trajectory, nfe, stop = aux, static.plan.evals, None
-    else:
-        trajectory, nfe, stop = None, aux.nfe, (aux.success, aux.t)
-    if static.plan.denoise:
-        x = denoise(x, ts[-1])[0]
-        nfe = nfe + 1
-    if "known" in arrays:
-        x = guidance.impose_known(x, known, arrays["mask"])
-    return x, trajectory, nfe, stop
-
-
-class _Prepared(NamedTuple):
-    """Everything :func:`sample` decides before running: checked, and the inputs of ``_run``."""
-
-    static: _Static
-    ts: Array
-    eps0: Array
-    keys: Optional[Array]
-    arrays: dict
-    fixed_step: bool
-    return_info: bool
-
-
-def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: str,
-             sampler: str, num_steps: int, **options) -> _Prepared:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1 (the number of model evaluations), "
-                         f"got {num_steps!r}")
-    targets_lib.check_target(target)
-    spec = SAMPLERS[sampler]
-    shape = tuple(int(n) for n in shape)
-    opts = _resolve(sampler, spec, options)
-    _check_guidance_and_editing(sampler, spec, opts, shape)
-    t_min = float(path.t_min if opts["t_min"] is None else opts["t_min"])
-    t_max = float(path.t_max if opts["t_max"] is None else opts["t_max"])
-    denoise = opts["denoise_to_zero"]
-    if denoise is None:
-        denoise = spec.denoise_to_zero and float(path.sigma(jnp.asarray(t_min))) > 0
-    _check_domain(sampler, spec, path, target, opts, t_min, t_max, bool(denoise))
-    plan = _plan(sampler, spec, opts, num_steps, int(bool(denoise)))
-
-    dtype = jnp.result_type(float)
-    if spec.fixed_step and not isinstance(opts["grid"], str):
-        ts = jnp.asarray(opts["grid"], dtype)
-        if ts.shape[0] != plan.num_intervals + 1:
-            raise ValueError(f"the explicit grid has {ts.shape[0]} times, but {sampler!r} with "
-                             f"num_steps={num_steps} takes {plan.num_intervals + 1}")
-    elif spec.fixed_step:
-        ts = time_grid(opts["grid"], path, plan.num_intervals, t_min, t_max, opts["rho"], dtype)
-    else:
-        ts = jnp.asarray([t_max, t_min], dtype)
-    arrays = {name: jnp.asarray(opts[name]) for name in _ARRAY_OPTIONS if opts[name] is not None}
-    w = 1.0 if opts["guidance_scale"] is None else float(opts["guidance_scale"])
-    static = _Static(sampler, model_fn, path, target, shape, plan,
-                     tuple(sorted((k, opts[k]) for k in spec.options)), w,
-                     opts["num_classes"], opts["inpaint_noise"])
-    k_prior, k_loop, k_start = jax.random.split(key, 3)
-    eps0 = jax.random.normal(k_prior, shape, dtype)
-    fresh = opts["known"] is not None and opts["inpaint_noise"] == "fresh"
-    keys = None
-    if spec.fixed_step and (spec.stochastic(opts) or fresh) and plan.num_intervals > 0:
-        keys = jax.random.split(k_loop, (plan.num_intervals, 2))
-    if fresh:
-        arrays["start_key"] = k_start
-    return _Prepared(static, ts, eps0, keys, arrays, spec.fixed_step,
-                     bool(opts["return_info"] or opts["return_trajectory"]))
-
-
-def sample(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: str,
-           sampler: str, num_steps: int, **options):
-    """Draws samples ``x: shape`` from the model by the named sampler; see the module docstring.
-
-    Args:
-      model_fn: ``f(x [B, ...], t [B]) -> prediction of target`` (``f(x, t, label)`` when
-        ``label`` is given).
-      path: a :class:`diffjax.paths.Path`.
-      shape: ``(B, ...)``.
-      key: PRNG key (initial noise, and the noise of stochastic samplers).
-      target: the model's parameterisation, ``"eps" | "x0" | "score" | "v" | "velocity"``.
-      sampler: a name in :data:`SAMPLERS`.
-      num_steps: number of model evaluations (NFE budget; exact per the table above).
-
-    Returns:
-      ``x: shape``; or ``(x, SampleInfo)`` with ``return_info`` / ``return_trajectory``.
-
-    Raises:
-      ValueError: wrong arguments (before any compute), or ``adaptive`` out of its budget.
-    """
-    with jax.ensure_compile_time_eval():  # the checks read the path's constants with float()
-        prep = _prepare(model_fn, path, shape, key, target=target, sampler=sampler,
-                        num_steps=num_steps, **options)
-    x, trajectory, nfe, stop = _run(prep.static, prep.eps0, prep.ts, prep.keys, prep.arrays)
-    finished = True
-    if stop is not None:
-        finished, t_reached = stop
-        opts = dict(prep.static.options)
-        adaptive_lib.check_finished(finished, t_reached, f"Sampler {sampler!r}",
-                                    f"num_steps={num_steps}", opts["rtol"], opts["atol"])
-    if not prep.return_info:
-        return x
-    return x, SampleInfo(prep.static.plan.nfe if prep.fixed_step else nfe, prep.ts, trajectory,
-                         finished)
-
-
-__all__ = ["sample", "SAMPLERS", "GRIDS", "Sampler", "SampleInfo", "time_grid"]
+__all__ = ["sample", "check", "SAMPLERS", "GRIDS", "Sampler", "SampleInfo", "time_grid"]

@@ -1,48 +1,108 @@
-"""Classifier-free guidance, SDEdit starts and inpainting constraints for :func:`sample`.
+"""Guidance (classifier-free and autoguidance), SDEdit starts and inpainting for :func:`sample`.
 
-Classifier-free guidance (Ho & Salimans 2022), with the convention that ``w = 1`` is the
-conditional model and ``w = 0`` the unconditional one:
+Both kinds of guidance mix the denoiser of the model being sampled, ``D_main``, with a second
+one, ``D_u``, in the ``(x0_hat, eps_hat)`` pair, with ``w = 1`` the main model alone and
+``w = 0`` the second one alone:
 
-    out = out_u + w (out_c - out_u),   e.g.  eps = eps_u + w (eps_c - eps_u).
+    D_w = D_u + w (D_main - D_u).
 
-Every target is affine in ``(x0, eps)`` at fixed ``(x_t, t)`` with coefficients that do not
-depend on the label, so mixing outputs in the model's own target space and then converting
-is the same as mixing ``eps`` (or ``x0``, or scores). The conditional and unconditional
-predictions come from ONE model call on the batch ``[x; x]`` with labels ``[label; null]``,
-``null = num_classes`` (the label dropped in training); that call counts as one NFE.
+* Classifier-free guidance (Ho & Salimans 2022): ``D_u`` is the same model under the null
+  condition ``uncond``. Both come from ONE model call on the batch ``[x; x]`` with the
+  condition pytree ``concat(cond, uncond)`` (every kind at once: label, text, control ...);
+  that call counts as one NFE. Every target is affine in ``(x0, eps)`` at fixed ``(x_t, t)``
+  with coefficients that do not depend on the condition, so mixing the pair is the same as
+  mixing in the model's own target space (``eps = eps_u + w (eps_c - eps_u)``).
+* Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
+  itself"): ``D_u`` is another model ``guide_fn`` (a smaller or less-trained one, same
+  path, any target; both are converted to ``(x0_hat, eps_hat)`` before mixing) under the
+  same condition. One call of each model per evaluation.
+
+A guidance interval ``(lo, hi)`` in the path's noise level ``sigma / alpha`` (Kynkäänniemi
+et al. 2024) guides only where ``lo <= sigma/alpha <= hi``; elsewhere the main model alone is
+called (batch ``B``, not ``2B``; a ``lax.cond`` so the other branch costs nothing).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
+from diffjax import conditions
+from diffjax import targets as targets_lib
 from diffjax.paths import Path
 
 Array = jax.Array
+Denoise = Callable[[Array, Array], tuple[Array, Array]]   # (x [B, ...], t [B]) -> (x0, eps)
 
 
-def guided_model(model_fn: Callable, label: Array, guidance_scale: float,
-                 num_classes: Optional[int]) -> Callable[[Array, Array], Array]:
-    """``f(x, t, label)`` with guidance as an unconditional-signature ``g(x, t)``.
+def bind(model_fn: Callable, has_params: bool, params: Any,
+         cond: Optional[Mapping[str, Array]]) -> Callable[[Array, Array, Any], Array]:
+    """The model as ``f(x, t, cond)``: ``model_fn(params, x, t, cond)`` with parameters, else
+    the closure ``model_fn(x, t, cond)`` (``model_fn(x, t)`` when there is no condition)."""
+    if has_params:
+        return lambda x, t, c: model_fn(params, x, t, c)
+    if cond is None:
+        return lambda x, t, c: model_fn(x, t)
+    return lambda x, t, c: model_fn(x, t, c)
 
-    label: ``[B]`` ints. ``guidance_scale`` 1 calls the conditional model only, 0 the
-    unconditional one only; anything else one batched call of size ``2B``.
+
+def mix(main: tuple[Array, Array], other: tuple[Array, Array], w: float):
+    """``other + w (main - other)`` for each of ``(x0_hat, eps_hat)``."""
+    return tuple(o + w * (m - o) for m, o in zip(main, other))
+
+
+def guided_denoiser(path: Path, target: str, model: Callable, cond, *, w: float,
+                    uncond=None, guide: Optional[Callable] = None,
+                    guide_target: Optional[str] = None,
+                    interval: Optional[tuple[float, float]] = None) -> Denoise:
+    """``(x, t [B]) -> (x0_hat, eps_hat)`` of the main model, guided as the module says.
+
+    model, guide: ``f(x, t, cond)`` (:func:`bind`). ``uncond`` (a condition of the same keys
+    as ``cond``) selects classifier-free guidance, ``guide`` autoguidance; with neither, or
+    ``w = 1``, the main model alone.
     """
-    if guidance_scale == 1.0:
-        return lambda x, t: model_fn(x, t, {"label": label})
-    null = jnp.full_like(label, num_classes)
-    if guidance_scale == 0.0:
-        return lambda x, t: model_fn(x, t, {"label": null})
-    both_labels = jnp.concatenate([label, null])
+    def convert(tgt, out, x, t):
+        return targets_lib.to_x0_eps(tgt, path, out, x, t)
 
-    def fn(x, t):
-        out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), {"label": both_labels})
-        out_c, out_u = jnp.split(out, 2)
-        return out_u + guidance_scale * (out_c - out_u)
+    def main(x, t):
+        return convert(target, model(x, t, cond), x, t)
 
-    return fn
+    if w == 1.0 or (uncond is None and guide is None):
+        return main
+    if guide is not None:
+        def other(x, t):
+            return convert(guide_target or target, guide(x, t, cond), x, t)
+
+        def both(x, t):
+            return main(x, t), other(x, t)
+    else:
+        def other(x, t):
+            return convert(target, model(x, t, uncond), x, t)
+
+        both_cond = conditions.concat(cond, uncond)
+
+        def both(x, t):
+            xx, tt = jnp.concatenate([x, x]), jnp.concatenate([t, t])
+            x0, eps = convert(target, model(xx, tt, both_cond), xx, tt)
+            (x0_c, x0_u), (eps_c, eps_u) = jnp.split(x0, 2), jnp.split(eps, 2)
+            return (x0_c, eps_c), (x0_u, eps_u)
+
+    if w == 0.0:
+        guided = other
+    else:
+        def guided(x, t):
+            return mix(*both(x, t), w)
+
+    if interval is None:
+        return guided
+    lo, hi = interval
+
+    def in_interval(x, t):
+        level = jnp.exp(-0.5 * path.logsnr(t[0]))      # sigma / alpha, one time per call
+        return jax.lax.cond((lo <= level) & (level <= hi), guided, main, x, t)
+
+    return in_interval
 
 
 def noised(path: Path, x0: Array, eps: Array, t: Array) -> Array:

@@ -25,6 +25,9 @@ from diffjax.paths import Path
 from diffjax.samplers import SAMPLERS, _prepare, _run, sample
 
 Array = jax.Array
+# What the reference solve shares with the sampler: the model, its condition and guidance.
+_MODEL_OPTIONS = ("params", "cond", "uncond", "label", "guidance_scale", "num_classes", "nulls",
+                  "guide_fn", "guide_params", "guide_target", "guidance_interval")
 
 
 def optimise_grid(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: str,
@@ -53,8 +56,7 @@ def optimise_grid(model_fn: Callable, path: Path, shape: tuple, key: Array, *, t
                            num_steps=100_000, rtol=reference_tol, atol=reference_tol,
                            t_max=float(ts0[0]), t_min=float(ts0[-1]),
                            denoise_to_zero=bool(prep.static.plan.denoise),
-                           **{k: options[k] for k in ("label", "guidance_scale", "num_classes")
-                              if k in options})
+                           **{k: options[k] for k in _MODEL_OPTIONS if k in options})
     except ValueError as err:
         raise ValueError(f"optimise_grid's reference solve failed; loosen reference_tol "
                          f"({reference_tol:g}): {err}") from err
