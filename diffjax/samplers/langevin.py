@@ -12,8 +12,12 @@ with the step ``a_i`` set by
 * ``step_rule="paper"``: ``a_i = step_size * sigma_i^2 / sigma_L^2`` (``sigma_i = sigma(t_i)``,
   ``sigma_L`` the last level's), the paper's rule that keeps the signal-to-noise ratio of the
   update fixed across levels;
-* ``step_rule="snr"``: ``a_i = 2 (snr |z| / |grad|)^2`` per step, Song et al. 2021's corrector
-  rule (norms averaged over the batch).
+* ``step_rule="snr"``: ``a = 4 (snr |z| / |grad|)^2`` per step (Song et al. 2021's corrector
+  rule, ``x + eps grad + sqrt(2 eps) z`` with ``eps = 2 (snr |z| / |grad|)^2``; norms averaged
+  over the batch as in their code). The rule fixes the ratio of the noise to the drift, so a
+  sample far from the data moves by ``~ snr^2 |z|^2 / |grad|``: it was made as a corrector
+  behind a predictor, and alone it needs ``snr`` scaled with the dimension (``|z| ~ sqrt(d)``;
+  0.16 is Song et al.'s value for images, far too small in 2-D).
 
 Between levels ``x`` is rescaled by ``alpha(t_{i+1}) / alpha(t_i)`` so that its signal keeps
 the scale of the next marginal (a no-op on VE paths, where Song & Ermon's algorithm is exactly
@@ -55,7 +59,7 @@ def langevin(problem: Problem, x: Array, ts: Array, keys, plan: Plan, *, steps_p
             if step_rule == "paper":
                 a = sizes[i]
             else:
-                a = 2.0 * (snr * _mean_norm(z) / _mean_norm(grad)) ** 2
+                a = 4.0 * (snr * _mean_norm(z) / _mean_norm(grad)) ** 2
             x = x + 0.5 * a * grad + jnp.sqrt(a) * z
         return x, state
 

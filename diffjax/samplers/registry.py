@@ -20,7 +20,8 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Optional, Union
 
-from diffjax.samplers import adaptive, ancestral, deis, dpm_solver, edm, ode, sde, unipc
+from diffjax.samplers import (adaptive, ancestral, deis, dpm_solver, edm, langevin, ode, sde,
+                              unipc)
 
 Options = Mapping[str, Any]
 
@@ -95,6 +96,18 @@ def _check_unipc(opts: Options) -> None:
         raise ValueError(f"option variant must be 'bh1' or 'bh2', got {opts['variant']!r}")
 
 
+def _check_langevin(opts: Options) -> None:
+    n = opts["steps_per_level"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"option steps_per_level must be an int >= 1, got {n!r}")
+    if opts["step_rule"] not in langevin.STEP_RULES:
+        raise ValueError(f"option step_rule must be one of {', '.join(langevin.STEP_RULES)}; "
+                         f"got {opts['step_rule']!r}")
+    for name in ("step_size", "snr"):
+        if not opts[name] > 0:
+            raise ValueError(f"option {name} must be > 0, got {opts[name]!r}")
+
+
 def _check_tolerances(opts: Options) -> None:
     for name in ("rtol", "atol"):
         if not opts[name] > 0:
@@ -104,6 +117,7 @@ def _check_tolerances(opts: Options) -> None:
 _EDM = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
 _DPM = {"order": 2, "lower_order_final": True, "sde": False}
 _UNIPC = {"order": 3, "variant": "bh2", "lower_order_final": True}
+_LANGEVIN = {"steps_per_level": 10, "step_size": 2e-5, "step_rule": "paper", "snr": 0.16}
 
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": Sampler(ancestral.ddpm, noise=True),
@@ -125,6 +139,9 @@ SAMPLERS: dict[str, Sampler] = {
                      denoise_to_zero=False, finite_logsnr=True),
     "deis": Sampler(deis.deis, options={"order": 3}, check=_order, grid="quadratic",
                     denoise_to_zero=False, finite_logsnr=True),
+    "langevin": Sampler(langevin.langevin, cost=lambda opts: opts["steps_per_level"],
+                        options=_LANGEVIN, check=_check_langevin, noise=True, grid="logsnr",
+                        finite_logsnr=True),
     "adaptive": Sampler(adaptive.adaptive, cost=None, options={"rtol": 1e-5, "atol": 1e-5},
                         check=_check_tolerances, denoise_to_zero=False),
 }
