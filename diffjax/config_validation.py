@@ -157,9 +157,8 @@ def _check_sampler(sampling_cfg: ml_collections.ConfigDict) -> None:
 
 
 def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info: Any) -> None:
-    """The sampler's own checks of option values and of the path/target/grid pair, on a
-    one-example stand-in (a time grid and one noise draw: no model is run)."""
-    import jax
+    """The sampler's own checks of option values and of the path/target/grid pair
+    (:func:`diffjax.samplers.check`: no model is run, no noise drawn)."""
     import numpy as np
 
     from diffjax import samplers
@@ -172,9 +171,8 @@ def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info:
         options.update(label=np.zeros((1,), np.int32), guidance_scale=sampling.guidance_scale,
                        num_classes=data_info.num_classes)
     try:
-        samplers._prepare(lambda x, t, label=None: x, path, (1, *data_info.shape),
-                          jax.random.PRNGKey(0), target=config.model.target,
-                          sampler=sampling.sampler, num_steps=sampling.num_steps, **options)
+        samplers.check(path, (1, *data_info.shape), target=config.model.target,
+                       sampler=sampling.sampler, num_steps=sampling.num_steps, **options)
     except ValueError as e:
         raise ConfigError(f"config.sampling (sampler={sampling.sampler!r}, "
                           f"num_steps={sampling.num_steps}): {e}") from None
