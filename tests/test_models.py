@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from diffjax import models
-from diffjax.models import layers
+from diffjax.models import blocks
 
 NUM_CLASSES = 3
 BATCH = 4
@@ -163,8 +163,8 @@ def test_embedding_scale_is_the_only_rescaling_of_noise_cond():
     # The embedding with scale s at input t is the embedding with scale 1 at input s*t.
     t = jnp.array([0.0, 0.3, 1.0])
     for embedding, s in [("sinusoidal", 1000.0), ("fourier", 16.0)]:
-        scaled = layers.NoiseEmbedding(16, embedding, embedding_scale=s)
-        unit = layers.NoiseEmbedding(16, embedding, embedding_scale=1.0)
+        scaled = blocks.NoiseEmbedding(16, embedding, embedding_scale=s)
+        unit = blocks.NoiseEmbedding(16, embedding, embedding_scale=1.0)
         variables = scaled.init(key(0), t, None)
         np.testing.assert_allclose(scaled.apply(variables, t, None),
                                    unit.apply(variables, s * t, None), rtol=1e-4, atol=1e-5)
@@ -172,7 +172,7 @@ def test_embedding_scale_is_the_only_rescaling_of_noise_cond():
 
 def test_sinusoidal_embedding_matches_its_definition():
     x = jnp.array([0.0, 0.25, 1.0])
-    emb = layers.sinusoidal_embedding(x, 8, scale=2.0, max_period=100.0)
+    emb = blocks.sinusoidal_embedding(x, 8, scale=2.0, max_period=100.0)
     # frequencies 100^(-k/3), k = 0..3: 1, 100^(-1/3), 100^(-2/3), 1/100
     freqs = np.array([1.0, 100.0 ** (-1 / 3), 100.0 ** (-2 / 3), 0.01])
     args = 2.0 * np.asarray(x)[:, None] * freqs
@@ -182,10 +182,10 @@ def test_sinusoidal_embedding_matches_its_definition():
 def test_fourier_frequencies_are_fixed_and_not_parameters():
     t = jnp.array([0.1, 0.5])
     count = lambda emb: models.count_params(jax.eval_shape(  # noqa: E731
-        layers.NoiseEmbedding(16, emb).init, key(0), t, None))
+        blocks.NoiseEmbedding(16, emb).init, key(0), t, None))
     assert count("fourier") == count("sinusoidal")
-    np.testing.assert_array_equal(layers.fourier_embedding(t, 8, 3.0),
-                                  layers.fourier_embedding(t, 8, 3.0))
+    np.testing.assert_array_equal(blocks.fourier_embedding(t, 8, 3.0),
+                                  blocks.fourier_embedding(t, 8, 3.0))
 
 
 # --- symmetry and precision ----------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_count_params_counts_a_dense_layer():
 @pytest.mark.parametrize("channels,groups", [(1, 1), (3, 1), (8, 2), (32, 8), (96, 24),
                                              (128, 32), (512, 32)])
 def test_group_norm_groups_divide_channels(channels, groups):
-    assert layers.num_groups(channels) == groups
+    assert blocks.num_groups(channels) == groups
 
 
 # --- configs -------------------------------------------------------------------------------------
