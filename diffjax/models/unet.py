@@ -260,15 +260,16 @@ class UNet(nn.Module):
         block = lambda c, name, resample=None: res_cls(  # noqa: E731
             c, self.dropout, self.scale_shift, resample, name=name, **kw)
 
-        def attend(h, name):
-            """Self- and cross-attention wherever this resolution asks for them."""
-            if h.shape[1] in self.attn_resolutions or name == "mid":
-                h = attn_cls(self.num_heads, self.attn_implementation, name=f"{name}_attn",
-                             **kw)(h)
-            if context is not None and (h.shape[1] in self.cross_attn_resolutions
-                                        or name == "mid"):
-                h = xattn_cls(self.num_heads, self.attn_implementation, name=f"{name}_xattn",
-                              **kw)(h, context, mask)
+        def attend(h, where, index=""):
+            """Self- and cross-attention wherever this resolution asks for them (always in the
+            middle); modules named ``{where}_attn{index}``, ``{where}_xattn{index}``."""
+            mid = where == "mid"
+            if h.shape[1] in self.attn_resolutions or mid:
+                h = attn_cls(self.num_heads, self.attn_implementation,
+                             name=f"{where}_attn{index}", **kw)(h)
+            if context is not None and (h.shape[1] in self.cross_attn_resolutions or mid):
+                h = xattn_cls(self.num_heads, self.attn_implementation,
+                              name=f"{where}_xattn{index}", **kw)(h, context, mask)
             return h
 
         last = len(self.ch_mult) - 1
@@ -282,7 +283,7 @@ class UNet(nn.Module):
         for i, mult in enumerate(self.ch_mult):
             for j in range(self.num_res_blocks):
                 h = block(self.ch * mult, f"down_{i}_block_{j}")(h, temb, train)
-                h = attend(h, f"down_{i}_{j}")
+                h = attend(h, f"down_{i}", f"_{j}")
                 skips.append(h)
             if i != last:
                 if self.resblock_updown:
@@ -299,7 +300,7 @@ class UNet(nn.Module):
             for j in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = block(self.ch * mult, f"up_{i}_block_{j}")(h, temb, train)
-                h = attend(h, f"up_{i}_{j}")
+                h = attend(h, f"up_{i}", f"_{j}")
             if i != 0:
                 if self.resblock_updown:
                     h = block(h.shape[-1], f"up_{i}_resample", "up")(h, temb, train)
