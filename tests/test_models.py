@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.stats
 
 from diffjax import models
 from diffjax.models import blocks
@@ -184,8 +185,25 @@ def test_fourier_frequencies_are_fixed_and_not_parameters():
     count = lambda emb: models.count_params(jax.eval_shape(  # noqa: E731
         blocks.NoiseEmbedding(16, emb).init, key(0), t, None))
     assert count("fourier") == count("sinusoidal")
-    np.testing.assert_array_equal(blocks.fourier_embedding(t, 8, 3.0),
-                                  blocks.fourier_embedding(t, 8, 3.0))
+
+
+def test_fourier_features_are_sinusoids_of_fixed_normal_frequencies_times_scale():
+    # Read the frequencies back from the features: at small inputs the phase
+    # 2 pi w scale t is inside (-pi, pi), so atan2(sin, cos) / (2 pi scale t) recovers w.
+    dim, scale = 8192, 3.0
+    t = jnp.array([1e-3, 2e-3, 0.5])
+    emb = np.asarray(blocks.fourier_embedding(t, dim, scale), np.float64)
+    sin, cos = emb[:, :dim // 2], emb[:, dim // 2:]
+    np.testing.assert_allclose(sin ** 2 + cos ** 2, 1.0, atol=1e-5)
+    w = np.arctan2(sin[:2], cos[:2]) / (2 * np.pi * scale * np.asarray(t[:2])[:, None])
+    # The same frequencies at every input: the features are sinusoids of one linear map of t.
+    np.testing.assert_allclose(w[0], w[1], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(sin[2], np.sin(2 * np.pi * scale * 0.5 * w[0]), atol=3e-2)
+    # ... drawn from N(0, 1): mean and std within 4 standard errors, Kolmogorov-Smirnov.
+    n = w.shape[1]
+    assert abs(w[0].mean()) < 4 / np.sqrt(n)
+    assert abs(w[0].std() - 1) < 4 / np.sqrt(2 * n)
+    assert scipy.stats.kstest(w[0], "norm").pvalue > 1e-3
 
 
 # --- symmetry and precision ----------------------------------------------------------------------
@@ -264,6 +282,27 @@ def test_default_configs_build_small_networks(make, shape):
     x = jnp.zeros((2,) + shape)
     variables = jax.eval_shape(module.init, key(0), x, jnp.zeros(2))
     assert 100_000 <= models.count_params(variables) <= 300_000
+
+
+@pytest.mark.parametrize("arch,shape", [("unet", (8, 8, 1)), ("mlp", (2,)), ("dit", (8, 8, 4))])
+def test_every_registered_arch_builds_from_its_default_config_with_the_common_call(arch, shape):
+    assert set(models.ARCHS) == {"unet", "mlp", "dit"}
+    cfg = models.default_config(arch)
+    assert set(cfg) <= set(models.ARCHS[arch].config_keys())
+    module = models.from_config(cfg, data_shape=shape, num_classes=0)
+    x, t = jnp.zeros((2,) + shape), jnp.zeros(2)
+    out = jax.eval_shape(lambda: module.apply(module.init(key(0), x, t, None), x, t, None,
+                                              train=False, rngs={"dropout": key(1)}))
+    assert out.shape == x.shape and out.dtype == jnp.float32
+
+
+def test_config_keys_are_the_module_fields():
+    # A new module field is a config key with no second list to keep in step.
+    cfg = _unet_cfg(remat=True, attn_implementation="xla", cross_attn_resolutions=[4],
+                    context_dim=7)
+    module = models.from_config(cfg, data_shape=(8, 8, 1), num_classes=0)
+    assert (module.remat, module.attn_implementation, module.cross_attn_resolutions,
+            module.context_dim) == (True, "xla", (4,), 7)
 
 
 def test_config_ignores_other_arch_and_recipe_keys():
