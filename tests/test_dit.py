@@ -7,6 +7,7 @@ import pytest
 
 from diffjax import models
 from diffjax.models.dit import DiTBlock
+from diffjax.models.mmdit import MMDiTBlock
 
 TINY = dict(size="S/2", depth=2, hidden=16, num_heads=2)
 
@@ -40,8 +41,23 @@ def test_dit_block_is_the_identity_at_init():
                                   x)
 
 
-def test_dit_output_is_exactly_zero_at_init_and_has_the_input_shape():
-    module = models.DiT(num_classes=3, **TINY)
+def test_mmdit_block_leaves_both_streams_unchanged_at_init():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 6, 16)), jnp.float32)
+    ctx = jnp.asarray(rng.standard_normal((2, 3, 16)), jnp.float32)
+    c = jnp.asarray(rng.standard_normal((2, 16)), jnp.float32)
+    mask = jnp.array([[1, 1, 0], [1, 0, 0]], bool)
+    block = MMDiTBlock(num_heads=2)
+    out_x, out_ctx = jax.jit(block.apply)(jax.jit(block.init)(key(0), x, ctx, c, mask),
+                                          x, ctx, c, mask)
+    np.testing.assert_array_equal(out_x, x)
+    np.testing.assert_array_equal(out_ctx, ctx)
+
+
+@pytest.mark.parametrize("arch", ["dit", "mmdit"])
+def test_transformer_output_is_exactly_zero_at_init_and_has_the_input_shape(arch):
+    module = (models.DiT(num_classes=3, **TINY) if arch == "dit" else
+              models.MMDiT(depth=2, hidden=16, num_heads=2, num_classes=3, context_dim=5))
     x, t = _inputs()
     cond = {"label": jnp.array([0, 1, 2, 3], jnp.int32)}
     out = jax.jit(module.apply)(jax.jit(module.init)(key(0), x, t, cond), x, t, cond)

@@ -284,14 +284,17 @@ def test_default_configs_build_small_networks(make, shape):
     assert 100_000 <= models.count_params(variables) <= 300_000
 
 
-@pytest.mark.parametrize("arch,shape", [("unet", (8, 8, 1)), ("mlp", (2,)), ("dit", (8, 8, 4))])
+@pytest.mark.parametrize("arch,shape", [("unet", (8, 8, 1)), ("mlp", (2,)), ("dit", (8, 8, 4)),
+                                        ("mmdit", (8, 8, 4))])
 def test_every_registered_arch_builds_from_its_default_config_with_the_common_call(arch, shape):
-    assert set(models.ARCHS) == {"unet", "mlp", "dit"}
+    assert set(models.ARCHS) == {"unet", "mlp", "dit", "mmdit"}
     cfg = models.default_config(arch)
     assert set(cfg) <= set(models.ARCHS[arch].config_keys())
     module = models.from_config(cfg, data_shape=shape, num_classes=0)
     x, t = jnp.zeros((2,) + shape), jnp.zeros(2)
-    out = jax.eval_shape(lambda: module.apply(module.init(key(0), x, t, None), x, t, None,
+    # MMDiT is a text-to-image network: it needs the width of a context to initialise.
+    cond = {"context": jnp.zeros((2, 3, 5))} if arch == "mmdit" else None
+    out = jax.eval_shape(lambda: module.apply(module.init(key(0), x, t, cond), x, t, cond,
                                               train=False, rngs={"dropout": key(1)}))
     assert out.shape == x.shape and out.dtype == jnp.float32
 

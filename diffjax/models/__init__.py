@@ -8,7 +8,8 @@ EDM's c_noise, ...); ``cond`` is the condition dict of :mod:`diffjax.conditions`
 guidance; ``{"context": [B, L, D], "context_mask": [B, L]}`` for text), or None.
 
 Architectures (``config.model.arch``, :data:`ARCHS`): ``unet`` (DDPM++/ADM, optional
-cross-attention), ``mlp`` (toy data), ``dit`` (diffusion transformer). Their shared pieces are in
+cross-attention), ``mlp`` (toy data), ``dit`` (diffusion transformer), ``mmdit`` (SD3's joint
+image-text transformer). Their shared pieces are in
 :mod:`diffjax.models.blocks`. Build from a config with :func:`from_config`; check a config without
 building with :func:`validate`.
 """
@@ -22,14 +23,17 @@ import jax
 from diffjax.models.blocks import EMBEDDINGS
 from diffjax.models.dit import DIT_SIZES, DiT
 from diffjax.models.mlp import MLP
+from diffjax.models.mmdit import MMDiT
 from diffjax.models.registry import (ARCHS, DTYPES, RECIPE_KEYS, Arch, default_config,
-                                     default_dit_config, default_mlp_config, default_unet_config,
-                                     get, module_kwargs)
+                                     default_dit_config, default_mlp_config,
+                                     default_mmdit_config, default_unet_config, get,
+                                     module_kwargs)
 from diffjax.models.unet import UNet
 
-__all__ = ["ARCHS", "Arch", "DIT_SIZES", "DTYPES", "DiT", "EMBEDDINGS", "MLP", "RECIPE_KEYS",
-           "UNet", "count_params", "default_config", "default_dit_config", "default_mlp_config",
-           "default_unet_config", "from_config", "get", "validate"]
+__all__ = ["ARCHS", "Arch", "DIT_SIZES", "DTYPES", "DiT", "EMBEDDINGS", "MLP", "MMDiT",
+           "RECIPE_KEYS", "UNet", "count_params", "default_config", "default_dit_config",
+           "default_mlp_config", "default_mmdit_config", "default_unet_config", "from_config",
+           "get", "validate"]
 
 
 def validate(model_cfg: Mapping[str, Any], data_shape: Sequence[int],
@@ -38,7 +42,7 @@ def validate(model_cfg: Mapping[str, Any], data_shape: Sequence[int],
 
     Args:
       model_cfg: ``config.model``.
-      data_shape: shape of one example, (H, W, C) for "unet" and "dit", (D,) for "mlp".
+      data_shape: shape of one example, (H, W, C) for "unet", "dit", "mmdit"; (D,) for "mlp".
       num_classes: number of classes of the data, if known.
     """
     module_kwargs(model_cfg, data_shape, num_classes)
@@ -52,7 +56,7 @@ def from_config(model_cfg: Mapping[str, Any], *, data_shape: Sequence[int],
       model_cfg: ``config.model`` with ``arch`` and that arch's keys (its module's fields, see
         :func:`default_config`); keys of the other archs and :data:`RECIPE_KEYS` are ignored,
         any other key is an error.
-      data_shape: shape of one example, (H, W, C) for "unet" and "dit", (D,) for "mlp".
+      data_shape: shape of one example, (H, W, C) for "unet", "dit", "mmdit"; (D,) for "mlp".
       num_classes: number of classes of the data; used only if ``model_cfg.class_conditional``.
 
     Returns:

@@ -17,6 +17,7 @@ import ml_collections
 
 from diffjax.models.dit import DiT, check_dit
 from diffjax.models.mlp import MLP, check_mlp
+from diffjax.models.mmdit import MMDiT, check_mmdit
 from diffjax.models.unet import UNet, check_unet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -74,6 +75,16 @@ def default_dit_config() -> ml_collections.ConfigDict:
         "dtype": "float32"})
 
 
+def default_mmdit_config() -> ml_collections.ConfigDict:
+    """A depth-12 MMDiT (Esser et al. 2024): width 64 * depth and depth heads unless set."""
+    return ml_collections.ConfigDict({
+        "arch": "mmdit", "depth": 12, "hidden": _typed_none(int), "num_heads": _typed_none(int),
+        "patch_size": 2, "mlp_ratio": 4.0, "context_dim": _typed_none(int),
+        "embedding": "sinusoidal", "embedding_scale": _typed_none(float), "remat": False,
+        "attn_implementation": _typed_none(str), "class_conditional": False,
+        "dtype": "float32"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Arch:
     """A registered network: its module, its check ``check(data_shape, **fields)`` (raises
@@ -94,6 +105,7 @@ ARCHS: dict[str, Arch] = {
     "unet": Arch(UNet, check_unet, default_unet_config, "images (H, W, C)"),
     "mlp": Arch(MLP, check_mlp, default_mlp_config, "vectors (D,)"),
     "dit": Arch(DiT, check_dit, default_dit_config, "images or latents (H, W, C)"),
+    "mmdit": Arch(MMDiT, check_mmdit, default_mmdit_config, "images or latents (H, W, C)"),
 }
 
 
