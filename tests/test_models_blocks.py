@@ -8,6 +8,7 @@ from flax.traverse_util import flatten_dict
 
 from diffjax import models
 from diffjax.models import blocks
+from diffjax.models.unet import ResBlock
 
 
 def key(seed):
@@ -16,7 +17,7 @@ def key(seed):
 
 def _random_params(module, *args, seed=0, scale=0.3):
     """Every parameter (zero-initialised ones included) drawn at random, host-side."""
-    shapes = jax.eval_shape(module.init, key(0), *args)["params"]
+    shapes = jax.eval_shape(lambda k: module.init(k, *args), key(0))["params"]
     rng = np.random.default_rng(seed)
     return {"params": jax.tree_util.tree_map(
         lambda s: scale * rng.standard_normal(s.shape).astype(np.float32), shapes)}
@@ -176,27 +177,38 @@ def test_position_embedding_similarity_depends_only_on_the_offset():
 
 # --- remat ---------------------------------------------------------------------------------------
 
-def _loss_and_grad(module, x, t):
+def _loss_and_grad(module, *args):
     def loss(params):
-        return jnp.mean(module.apply({"params": params}, x, t, train=True,
-                                     rngs={"dropout": key(1)}) ** 2)
+        return jnp.mean(module.apply({"params": params}, *args, rngs={"dropout": key(1)}) ** 2)
     return jax.value_and_grad(loss)
 
 
-@pytest.mark.parametrize("arch,kwargs", [
-    ("unet", dict(ch=4, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.1)),
-    ("dit", dict(size="S/2", depth=1, hidden=8, num_heads=2)),
-])
-def test_remat_changes_memory_not_numbers(arch, kwargs):
-    plain = models.get(arch, **kwargs)
-    remat = models.get(arch, remat=True, **kwargs)
-    x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 4, 4, 1)), jnp.float32)
-    t = jnp.array([0.3, 0.8])
-    params = _random_params(plain, x, t, seed=7, scale=0.2)["params"]
-    jaxpr = str(jax.make_jaxpr(_loss_and_grad(remat, x, t))(params))
+@pytest.mark.parametrize("arch", ["unet_block", "dit"])
+def test_remat_changes_memory_not_numbers(arch):
+    rng = np.random.default_rng(7)
+    if arch == "dit":  # the whole network: its blocks are rematerialised
+        kwargs = dict(size="S/2", depth=1, hidden=8, num_heads=2)
+        plain, remat = models.get("dit", **kwargs), models.get("dit", remat=True, **kwargs)
+        args = (jnp.asarray(rng.standard_normal((2, 4, 4, 1)), jnp.float32), jnp.array([.3, .8]))
+    else:  # a U-Net residual block with dropout on: its static `train` flag and its rng
+        plain = ResBlock(8, dropout=0.5, scale_shift=True)
+        remat = blocks.maybe_remat(ResBlock, True, static_argnums=(3,))(8, 0.5, True)
+        args = (jnp.asarray(rng.standard_normal((2, 4, 4, 4)), jnp.float32),
+                jnp.asarray(rng.standard_normal((2, 6)), jnp.float32), True)
+    params = _random_params(plain, *args, seed=7, scale=0.2)["params"]
+    jaxpr = str(jax.make_jaxpr(_loss_and_grad(remat, *args))(params))
     assert "checkpoint" in jaxpr or "remat" in jaxpr
-    loss_p, grad_p = jax.jit(_loss_and_grad(plain, x, t))(params)
-    loss_r, grad_r = jax.jit(_loss_and_grad(remat, x, t))(params)
+    loss_p, grad_p = jax.jit(_loss_and_grad(plain, *args))(params)
+    loss_r, grad_r = jax.jit(_loss_and_grad(remat, *args))(params)
     np.testing.assert_allclose(loss_r, loss_p, rtol=1e-6)
     for (path, gp), gr in zip(flatten_dict(grad_p).items(), flatten_dict(grad_r).values()):
         np.testing.assert_allclose(gr, gp, rtol=1e-5, atol=1e-7, err_msg=str(path))
+
+
+def test_unet_remat_option_rematerialises_its_blocks():
+    module = models.UNet(ch=4, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), remat=True)
+    x, t = jnp.zeros((1, 4, 4, 1)), jnp.zeros(1)
+    variables = jax.eval_shape(module.init, key(0), x, t)
+    jaxpr = str(jax.make_jaxpr(lambda v: module.apply(v, x, t, train=True,
+                                                      rngs={"dropout": key(1)}))(variables))
+    assert jaxpr.count("checkpoint") + jaxpr.count("remat") >= 3  # mid: 2 blocks + attention

@@ -7,7 +7,9 @@ and is the XLA reference elsewhere. Logits and softmax are float32 in either cas
 The null context, by construction: a masked-out key contributes nothing, and a query whose keys
 are ALL masked out receives exactly zero (where a softmax would average the masked keys
 uniformly). A residual ``x + attention(x, context)`` is then exactly ``x`` for an all-masked
-context, the same as a network called without any context.
+context, the same as a network called without any context. Classifier-free guidance uses
+``diffjax.conditions.Nulls.context`` (the empty prompt's encoding) as its null; an encoder whose
+empty prompt is stored with an all-zero mask makes that null the unconditional network exactly.
 """
 from __future__ import annotations
 
