@@ -7,9 +7,10 @@ Residual blocks (GroupNorm, SiLU, 3x3 convs) receive the noise embedding either 
 first conv (DDPM++) or as a GroupNorm scale and shift (ADM, ``scale_shift=True``); multi-head
 self-attention runs at the chosen resolutions and in the middle, and cross-attention to a text
 context (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models") at
-its own chosen resolutions; the down path's activations are concatenated into the up path. The last conv of every residual branch, of every attention block
-and of the network is zero-initialised, so at initialisation each block is (a rescaled) identity
-and the network outputs exactly 0.
+its own chosen resolutions; the down path's activations are concatenated into the up path. The
+last conv of every residual branch, of every attention block and of the network is
+zero-initialised, so at initialisation each block is (a rescaled) identity and the network outputs
+exactly 0.
 """
 from __future__ import annotations
 

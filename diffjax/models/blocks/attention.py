@@ -77,7 +77,7 @@ def context_for(cond: Mapping[str, jax.Array] | None, batch: int, *, enabled_by:
 
 
 def masked_mean(context: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of the valid tokens: [B, L, D], [B, L] bool → [B, D] float32; zero if none is valid."""
+    """Mean of the valid tokens: [B, L, D], [B, L] bool → [B, D] float32 (0 if none is valid)."""
     weights = mask.astype(jnp.float32)[..., None]
     total = jnp.sum(context.astype(jnp.float32) * weights, axis=1)
     return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)

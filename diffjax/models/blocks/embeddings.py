@@ -155,7 +155,7 @@ def resolve_labels(label: jnp.ndarray | None, num_classes: int,
 
 
 def sincos_1d(positions: np.ndarray, dim: int, max_period: float = 10_000.0) -> np.ndarray:
-    """``[sin(p * f_k), cos(p * f_k)]`` with ``f_k = max_period^(-k / (dim/2))``: [N] → [N, dim]."""
+    """``[sin(p f_k), cos(p f_k)]``, ``f_k = max_period^(-k / (dim/2))``: [N] → [N, dim]."""
     if dim % 2:
         raise ValueError(f"position embedding dim={dim} must be even")
     freqs = max_period ** (-np.arange(dim // 2, dtype=np.float64) / (dim // 2))
