@@ -140,3 +140,22 @@ def test_bad_dit_config_raises_before_building(overrides, shape, words):
         models.validate(cfg, shape)
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+def test_mmdit_joint_attention_with_tied_streams_is_a_dit_block_on_the_joined_sequence():
+    # Two streams with the same weights attending jointly compute exactly what one stream does
+    # on the concatenated sequence: a second, independent reading of the joint attention.
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((2, 6, 16)), jnp.float32)
+    ctx = jnp.asarray(rng.standard_normal((2, 3, 16)), jnp.float32)
+    c = jnp.asarray(rng.standard_normal((2, 16)), jnp.float32)
+    dit = DiTBlock(num_heads=2)
+    p = _random_params(dit, jnp.concatenate([x, ctx], axis=1), c, seed=5)["params"]
+    stream = {"adaln": p["adaln"], "qkv": p["attn"]["qkv"], "out": p["attn"]["out"],
+              "mlp_in": p["mlp_in"], "mlp_out": p["mlp_out"]}
+    tied = {f"{s}_{k}": v for s in ("image", "text") for k, v in stream.items()}
+    expected = dit.apply({"params": p}, jnp.concatenate([x, ctx], axis=1), c)
+    out_x, out_ctx = MMDiTBlock(num_heads=2).apply({"params": tied}, x, ctx, c,
+                                                   jnp.ones((2, 3), bool))
+    np.testing.assert_allclose(out_x, expected[:, :6], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out_ctx, expected[:, 6:], rtol=1e-5, atol=1e-5)
