@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.stats
 
 from diffjax import models
-from diffjax.models import layers
+from diffjax.models import blocks
 
 NUM_CLASSES = 3
 BATCH = 4
@@ -163,8 +164,8 @@ def test_embedding_scale_is_the_only_rescaling_of_noise_cond():
     # The embedding with scale s at input t is the embedding with scale 1 at input s*t.
     t = jnp.array([0.0, 0.3, 1.0])
     for embedding, s in [("sinusoidal", 1000.0), ("fourier", 16.0)]:
-        scaled = layers.NoiseEmbedding(16, embedding, embedding_scale=s)
-        unit = layers.NoiseEmbedding(16, embedding, embedding_scale=1.0)
+        scaled = blocks.NoiseEmbedding(16, embedding, embedding_scale=s)
+        unit = blocks.NoiseEmbedding(16, embedding, embedding_scale=1.0)
         variables = scaled.init(key(0), t, None)
         np.testing.assert_allclose(scaled.apply(variables, t, None),
                                    unit.apply(variables, s * t, None), rtol=1e-4, atol=1e-5)
@@ -172,7 +173,7 @@ def test_embedding_scale_is_the_only_rescaling_of_noise_cond():
 
 def test_sinusoidal_embedding_matches_its_definition():
     x = jnp.array([0.0, 0.25, 1.0])
-    emb = layers.sinusoidal_embedding(x, 8, scale=2.0, max_period=100.0)
+    emb = blocks.sinusoidal_embedding(x, 8, scale=2.0, max_period=100.0)
     # frequencies 100^(-k/3), k = 0..3: 1, 100^(-1/3), 100^(-2/3), 1/100
     freqs = np.array([1.0, 100.0 ** (-1 / 3), 100.0 ** (-2 / 3), 0.01])
     args = 2.0 * np.asarray(x)[:, None] * freqs
@@ -182,10 +183,27 @@ def test_sinusoidal_embedding_matches_its_definition():
 def test_fourier_frequencies_are_fixed_and_not_parameters():
     t = jnp.array([0.1, 0.5])
     count = lambda emb: models.count_params(jax.eval_shape(  # noqa: E731
-        layers.NoiseEmbedding(16, emb).init, key(0), t, None))
+        blocks.NoiseEmbedding(16, emb).init, key(0), t, None))
     assert count("fourier") == count("sinusoidal")
-    np.testing.assert_array_equal(layers.fourier_embedding(t, 8, 3.0),
-                                  layers.fourier_embedding(t, 8, 3.0))
+
+
+def test_fourier_features_are_sinusoids_of_fixed_normal_frequencies_times_scale():
+    # Read the frequencies back from the features: at small inputs the phase
+    # 2 pi w scale t is inside (-pi, pi), so atan2(sin, cos) / (2 pi scale t) recovers w.
+    dim, scale = 8192, 3.0
+    t = jnp.array([1e-3, 2e-3, 0.5])
+    emb = np.asarray(blocks.fourier_embedding(t, dim, scale), np.float64)
+    sin, cos = emb[:, :dim // 2], emb[:, dim // 2:]
+    np.testing.assert_allclose(sin ** 2 + cos ** 2, 1.0, atol=1e-5)
+    w = np.arctan2(sin[:2], cos[:2]) / (2 * np.pi * scale * np.asarray(t[:2])[:, None])
+    # The same frequencies at every input: the features are sinusoids of one linear map of t.
+    np.testing.assert_allclose(w[0], w[1], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(sin[2], np.sin(2 * np.pi * scale * 0.5 * w[0]), atol=3e-2)
+    # ... drawn from N(0, 1): mean and std within 4 standard errors, Kolmogorov-Smirnov.
+    n = w.shape[1]
+    assert abs(w[0].mean()) < 4 / np.sqrt(n)
+    assert abs(w[0].std() - 1) < 4 / np.sqrt(2 * n)
+    assert scipy.stats.kstest(w[0], "norm").pvalue > 1e-3
 
 
 # --- symmetry and precision ----------------------------------------------------------------------
@@ -249,7 +267,7 @@ def test_count_params_counts_a_dense_layer():
 @pytest.mark.parametrize("channels,groups", [(1, 1), (3, 1), (8, 2), (32, 8), (96, 24),
                                              (128, 32), (512, 32)])
 def test_group_norm_groups_divide_channels(channels, groups):
-    assert layers.num_groups(channels) == groups
+    assert blocks.num_groups(channels) == groups
 
 
 # --- configs -------------------------------------------------------------------------------------
@@ -264,6 +282,30 @@ def test_default_configs_build_small_networks(make, shape):
     x = jnp.zeros((2,) + shape)
     variables = jax.eval_shape(module.init, key(0), x, jnp.zeros(2))
     assert 100_000 <= models.count_params(variables) <= 300_000
+
+
+@pytest.mark.parametrize("arch,shape", [("unet", (8, 8, 1)), ("mlp", (2,)), ("dit", (8, 8, 4)),
+                                        ("mmdit", (8, 8, 4))])
+def test_every_registered_arch_builds_from_its_default_config_with_the_common_call(arch, shape):
+    assert set(models.ARCHS) == {"unet", "mlp", "dit", "mmdit"}
+    cfg = models.default_config(arch)
+    assert set(cfg) <= set(models.ARCHS[arch].config_keys())
+    module = models.from_config(cfg, data_shape=shape, num_classes=0)
+    x, t = jnp.zeros((2,) + shape), jnp.zeros(2)
+    # MMDiT is a text-to-image network: it needs the width of a context to initialise.
+    cond = {"context": jnp.zeros((2, 3, 5))} if arch == "mmdit" else None
+    out = jax.eval_shape(lambda: module.apply(module.init(key(0), x, t, cond), x, t, cond,
+                                              train=False, rngs={"dropout": key(1)}))
+    assert out.shape == x.shape and out.dtype == jnp.float32
+
+
+def test_config_keys_are_the_module_fields():
+    # A new module field is a config key with no second list to keep in step.
+    cfg = _unet_cfg(remat=True, attn_implementation="xla", cross_attn_resolutions=[4],
+                    context_dim=7)
+    module = models.from_config(cfg, data_shape=(8, 8, 1), num_classes=0)
+    assert (module.remat, module.attn_implementation, module.cross_attn_resolutions,
+            module.context_dim) == (True, "xla", (4,), 7)
 
 
 def test_config_ignores_other_arch_and_recipe_keys():

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffjax.models.layers import NoiseEmbedding, check_embedding
+from diffjax.models.blocks import NoiseEmbedding, check_embedding
 
 Dtype = Any
 

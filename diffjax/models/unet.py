@@ -5,10 +5,12 @@ Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differenti
 
 Residual blocks (GroupNorm, SiLU, 3x3 convs) receive the noise embedding either added after the
 first conv (DDPM++) or as a GroupNorm scale and shift (ADM, ``scale_shift=True``); multi-head
-self-attention runs at the chosen resolutions and in the middle; the down path's activations are
-concatenated into the up path. The last conv of every residual branch, of every attention block
-and of the network is zero-initialised, so at initialisation each block is (a rescaled) identity
-and the network outputs exactly 0.
+self-attention runs at the chosen resolutions and in the middle, and cross-attention to a text
+context (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models") at
+its own chosen resolutions; the down path's activations are concatenated into the up path. The
+last conv of every residual branch, of every attention block and of the network is
+zero-initialised, so at initialisation each block is (a rescaled) identity and the network outputs
+exactly 0.
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ import math
 from typing import Any, Sequence, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from diffjax.models.layers import NoiseEmbedding, check_embedding, group_norm
+from diffjax.models.blocks import (AdaGroupNorm, Attention, NoiseEmbedding, PooledContext,
+                                   check_embedding, check_implementation, context_for,
+                                   downsample_avg, group_norm, layer_norm, maybe_remat,
+                                   upsample_nearest)
 
 Dtype = Any
 
@@ -51,8 +55,10 @@ def level_resolutions(image_shape: Sequence[int], ch_mult: Sequence[int]) -> lis
 
 
 def check_unet(data_shape: Sequence[int], *, ch: int, ch_mult: Sequence[int],
-               num_res_blocks: int, attn_resolutions: Sequence[int], num_heads: int,
-               dropout: float, embedding: str, embedding_scale: float | None) -> None:
+               num_res_blocks: int, attn_resolutions: Sequence[int],
+               cross_attn_resolutions: Sequence[int], num_heads: int, dropout: float,
+               embedding: str, embedding_scale: float | None,
+               attn_implementation: str | None) -> None:
     """Raises ValueError naming the offending ``model.*`` key for any invalid U-Net setting.
 
     A level's resolution, as matched against ``attn_resolutions``, is its height.
@@ -68,13 +74,17 @@ def check_unet(data_shape: Sequence[int], *, ch: int, ch_mult: Sequence[int],
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"model.dropout={dropout!r} must be in [0, 1)")
     check_embedding(embedding, embedding_scale)
+    check_implementation(attn_implementation)
     sizes = level_resolutions(data_shape, ch_mult)
     heights = [s[0] for s in sizes]
-    for res in attn_resolutions:
-        if res not in heights:
-            raise ValueError(f"model.attn_resolutions contains {res}, which is not the resolution "
-                             f"of any level; valid choices: {heights}")
-    attn_levels = [i for i, hgt in enumerate(heights) if hgt in attn_resolutions]
+    for key, resolutions in (("attn_resolutions", attn_resolutions),
+                             ("cross_attn_resolutions", cross_attn_resolutions)):
+        for res in resolutions:
+            if res not in heights:
+                raise ValueError(f"model.{key} contains {res}, which is not the resolution "
+                                 f"of any level; valid choices: {heights}")
+    resolutions = set(attn_resolutions) | set(cross_attn_resolutions)
+    attn_levels = [i for i, hgt in enumerate(heights) if hgt in resolutions]
     # The middle block always attends, at the last level.
     for i in sorted(set(attn_levels) | {len(ch_mult) - 1}):
         channels = ch * ch_mult[i]
@@ -88,14 +98,6 @@ def _conv(features: int, module: nn.Module, kernel: int = 3, stride: int = 1,
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                    kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal(),
                    dtype=module.dtype, param_dtype=module.param_dtype, name=name)
-
-
-def _downsample_avg(x: jnp.ndarray) -> jnp.ndarray:
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
-
-
-def _upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 class ResBlock(nn.Module):
@@ -112,18 +114,17 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, temb: jnp.ndarray, train: bool) -> jnp.ndarray:
-        h = nn.silu(group_norm(x.shape[-1], self.dtype, self.param_dtype)(x))
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(group_norm(x.shape[-1], **kw)(x))
         if self.resample is not None:
-            resample = _downsample_avg if self.resample == "down" else _upsample_nearest
+            resample = downsample_avg if self.resample == "down" else upsample_nearest
             h, x = resample(h), resample(x)
         h = _conv(self.out_ch, self)(h)
-        emb = nn.Dense(self.out_ch * (2 if self.scale_shift else 1), dtype=self.dtype,
-                       param_dtype=self.param_dtype)(nn.silu(temb))[:, None, None, :]
         if self.scale_shift:
-            scale, shift = jnp.split(emb, 2, axis=-1)
-            h = group_norm(self.out_ch, self.dtype, self.param_dtype)(h) * (1 + scale) + shift
+            h = AdaGroupNorm(**kw, name="ada_norm")(h, temb)
         else:
-            h = group_norm(self.out_ch, self.dtype, self.param_dtype)(h + emb)
+            emb = nn.Dense(self.out_ch, **kw, name="emb")(nn.silu(temb))[:, None, None, :]
+            h = group_norm(self.out_ch, **kw)(h + emb)
         h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=not train)
         h = _conv(self.out_ch, self, zero=True)(h)
         if x.shape[-1] != self.out_ch:
@@ -132,33 +133,44 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Multi-head self-attention over all H*W positions (Vaswani et al. 2017).
-
-    x: [B, H, W, C] → [B, H, W, C]; C must be divisible by ``num_heads``.
-    """
+    """Self-attention over all H*W positions: x: [B, H, W, C] → [B, H, W, C]."""
     num_heads: int
+    implementation: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         b, hgt, wid, c = x.shape
-        head_dim = c // self.num_heads
-        h = group_norm(c, self.dtype, self.param_dtype)(x).reshape(b, hgt * wid, c)
-        qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="qkv")(h)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        # Logits and softmax in float32: bf16 softmax over many positions loses the small weights.
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(logits / math.sqrt(head_dim), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        out = nn.DenseGeneral(c, axis=(-2, -1), kernel_init=nn.initializers.zeros,
-                              dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = group_norm(c, **kw)(x).reshape(b, hgt * wid, c)
+        out = Attention(self.num_heads, implementation=self.implementation, name="attn", **kw)(h)
         return (x + out.reshape(x.shape)) * _SKIP_SCALE
 
 
+class CrossAttnBlock(nn.Module):
+    """Cross-attention of the H*W positions to the context tokens (Rombach et al. 2022).
+
+    x: [B, H, W, C], context: [B, L, D], mask: [B, L] bool → [B, H, W, C]. Plain residual (no
+    rescaling), so an example with no valid token leaves x exactly unchanged.
+    """
+    num_heads: int
+    implementation: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, context: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+        b, hgt, wid, c = x.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = layer_norm(affine=True, **kw)(x).reshape(b, hgt * wid, c)
+        out = Attention(self.num_heads, implementation=self.implementation, name="attn",
+                        **kw)(h, context, mask)
+        return x + out.reshape(x.shape)
+
+
 class UNet(nn.Module):
-    """DDPM++ / ADM U-Net.
+    """DDPM++ / ADM U-Net, optionally with cross-attention to a text context (LDM).
 
     Call: ``apply(variables, x, noise_cond, cond=None, train=False, rngs={"dropout": key})``.
 
@@ -166,9 +178,13 @@ class UNet(nn.Module):
       x: [B, H, W, C]; H and W divisible by ``2^(len(ch_mult) - 1)``.
       noise_cond: [B] float, whatever the caller feeds (t, c_noise, ...); multiplied by
         ``embedding_scale`` inside the embedding and nowhere else.
-      cond: the condition dict (:mod:`diffjax.conditions`); this network reads ``cond["label"]``:
-        [B] int in ``[0, num_classes]`` (``num_classes`` = null label), or None; None is
-        required when ``num_classes == 0`` and means the null label otherwise.
+      cond: the condition dict (:mod:`diffjax.conditions`), or None. Read keys:
+        ``label`` [B] int in ``[0, num_classes]`` (``num_classes`` = null label; None is
+        required when ``num_classes == 0`` and means the null label otherwise);
+        ``context`` [B, L, D] float and ``context_mask`` [B, L] (True/1 = a valid token;
+        absent = all valid), only with ``cross_attn_resolutions``. Without ``context`` the
+        cross-attention layers and the pooled embedding are skipped; a context whose tokens are
+        all masked out gives exactly the same output (see :mod:`diffjax.models.blocks.attention`).
       train: enables dropout (then needs ``rngs={"dropout": key}``).
 
     Returns:
@@ -178,7 +194,13 @@ class UNet(nn.Module):
       ch: base channel count; level i has ``ch * ch_mult[i]`` channels.
       ch_mult: channel multiplier per level; one level per entry, halving the resolution between.
       num_res_blocks: residual blocks per level on the down path (the up path has one more).
-      attn_resolutions: level heights (e.g. (16,)) where attention follows each residual block.
+      attn_resolutions: level heights (e.g. (16,)) where self-attention follows each residual
+        block (the middle always has one).
+      cross_attn_resolutions: level heights where cross-attention to ``cond["context"]`` follows
+        each residual block; non-empty also puts one in the middle and adds the pooled context
+        to the time embedding. Empty = no text conditioning.
+      context_dim: width D of the context, needed only to initialise a cross-attention model
+        without a context in ``cond`` (None: init must be given one).
       dropout: dropout rate inside residual blocks.
       num_heads: attention heads.
       embedding: "sinusoidal" or "fourier" noise embedding.
@@ -187,6 +209,9 @@ class UNet(nn.Module):
       resblock_updown: resample with residual blocks (BigGAN/ADM) instead of a strided conv /
         nearest-neighbour upsampling followed by a conv.
       scale_shift: ADM's adaptive GroupNorm instead of adding the embedding.
+      remat: recompute each block's activations in the backward pass (saves memory).
+      attn_implementation: ``jax.nn.dot_product_attention``'s implementation (None, "xla",
+        "cudnn" for the fused GPU kernel).
       num_classes: number of classes; 0 = unconditional.
       out_channels: output channels; None → same as the input.
       dtype: compute dtype (e.g. bfloat16 on GPU/TPU); params stay ``param_dtype``.
@@ -195,12 +220,16 @@ class UNet(nn.Module):
     ch_mult: Sequence[int] = (1, 2, 2, 2)
     num_res_blocks: int = 2
     attn_resolutions: Sequence[int] = (16,)
+    cross_attn_resolutions: Sequence[int] = ()
+    context_dim: int | None = None
     dropout: float = 0.1
     num_heads: int = 1
     embedding: str = "sinusoidal"
     embedding_scale: float | None = None
     resblock_updown: bool = False
     scale_shift: bool = False
+    remat: bool = False
+    attn_implementation: str | None = None
     num_classes: int = 0
     out_channels: int | None = None
     dtype: Dtype = jnp.float32
@@ -210,7 +239,6 @@ class UNet(nn.Module):
     def __call__(self, x: jnp.ndarray, noise_cond: jnp.ndarray,
                  cond: Mapping[str, jnp.ndarray] | None = None,
                  train: bool = False) -> jnp.ndarray:
-        label = (cond or {}).get("label")
         if x.ndim != 4:
             raise ValueError(f"UNet expects x of shape [B, H, W, C], got {x.shape}")
         if noise_cond.shape != x.shape[:1]:
@@ -218,23 +246,45 @@ class UNet(nn.Module):
                              f"{noise_cond.shape}")
         check_unet(x.shape[1:], ch=self.ch, ch_mult=self.ch_mult,
                    num_res_blocks=self.num_res_blocks, attn_resolutions=self.attn_resolutions,
-                   num_heads=self.num_heads, dropout=self.dropout, embedding=self.embedding,
-                   embedding_scale=self.embedding_scale)
+                   cross_attn_resolutions=self.cross_attn_resolutions, num_heads=self.num_heads,
+                   dropout=self.dropout, embedding=self.embedding,
+                   embedding_scale=self.embedding_scale,
+                   attn_implementation=self.attn_implementation)
+        context, mask = context_for(
+            cond, x.shape[0], enabled_by="model.cross_attn_resolutions",
+            enabled=bool(self.cross_attn_resolutions), initializing=self.is_initializing(),
+            context_dim=self.context_dim, dtype=self.dtype)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        block = lambda c, name, resample=None: ResBlock(  # noqa: E731
+        res_cls = maybe_remat(ResBlock, self.remat, static_argnums=(3,))
+        attn_cls = maybe_remat(AttnBlock, self.remat)
+        xattn_cls = maybe_remat(CrossAttnBlock, self.remat)
+        block = lambda c, name, resample=None: res_cls(  # noqa: E731
             c, self.dropout, self.scale_shift, resample, name=name, **kw)
-        attn = lambda name: AttnBlock(self.num_heads, name=name, **kw)  # noqa: E731
-        last = len(self.ch_mult) - 1
 
+        def attend(h, where, index=""):
+            """Self- and cross-attention wherever this resolution asks for them (always in the
+            middle); modules named ``{where}_attn{index}``, ``{where}_xattn{index}``."""
+            mid = where == "mid"
+            if h.shape[1] in self.attn_resolutions or mid:
+                h = attn_cls(self.num_heads, self.attn_implementation,
+                             name=f"{where}_attn{index}", **kw)(h)
+            if context is not None and (h.shape[1] in self.cross_attn_resolutions or mid):
+                h = xattn_cls(self.num_heads, self.attn_implementation,
+                              name=f"{where}_xattn{index}", **kw)(h, context, mask)
+            return h
+
+        last = len(self.ch_mult) - 1
         temb = NoiseEmbedding(4 * self.ch, self.embedding, self.embedding_scale,
-                              self.num_classes, name="noise_embed", **kw)(noise_cond, label)
+                              self.num_classes, name="noise_embed",
+                              **kw)(noise_cond, (cond or {}).get("label"))
+        if context is not None:
+            temb = temb + PooledContext(4 * self.ch, name="pooled_context", **kw)(context, mask)
         h = _conv(self.ch, self, name="conv_in")(x.astype(self.dtype))
         skips = [h]
         for i, mult in enumerate(self.ch_mult):
             for j in range(self.num_res_blocks):
                 h = block(self.ch * mult, f"down_{i}_block_{j}")(h, temb, train)
-                if h.shape[1] in self.attn_resolutions:
-                    h = attn(f"down_{i}_attn_{j}")(h)
+                h = attend(h, f"down_{i}", f"_{j}")
                 skips.append(h)
             if i != last:
                 if self.resblock_updown:
@@ -244,20 +294,19 @@ class UNet(nn.Module):
                 skips.append(h)
 
         h = block(h.shape[-1], "mid_block_0")(h, temb, train)
-        h = attn("mid_attn")(h)
+        h = attend(h, "mid")
         h = block(h.shape[-1], "mid_block_1")(h, temb, train)
 
         for i, mult in reversed(list(enumerate(self.ch_mult))):
             for j in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = block(self.ch * mult, f"up_{i}_block_{j}")(h, temb, train)
-                if h.shape[1] in self.attn_resolutions:
-                    h = attn(f"up_{i}_attn_{j}")(h)
+                h = attend(h, f"up_{i}", f"_{j}")
             if i != 0:
                 if self.resblock_updown:
                     h = block(h.shape[-1], f"up_{i}_resample", "up")(h, temb, train)
                 else:
-                    h = _conv(h.shape[-1], self, name=f"up_{i}_resample")(_upsample_nearest(h))
+                    h = _conv(h.shape[-1], self, name=f"up_{i}_resample")(upsample_nearest(h))
 
         h = nn.silu(group_norm(h.shape[-1], self.dtype, self.param_dtype, name="norm_out")(h))
         out = _conv(self.out_channels or x.shape[-1], self, zero=True, name="conv_out")(h)

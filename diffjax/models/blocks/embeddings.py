@@ -1,4 +1,4 @@
-"""Building blocks shared by the networks: noise-level embeddings, labels, GroupNorm sizing.
+"""What a network is conditioned on, embedded: noise level, class label, pooled text, positions.
 
 Every network receives the noise level as a float array ``noise_cond: [B]`` whose meaning and range
 belong to the caller (``t`` in [0, 1], EDM's ``c_noise = log(sigma) / 4``, ...). The networks never
@@ -154,19 +154,27 @@ def resolve_labels(label: jnp.ndarray | None, num_classes: int,
     return label.astype(jnp.int32)
 
 
-def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
-    """GroupNorm group count: the largest divisor of ``channels`` up to 32 groups.
+def sincos_1d(positions: np.ndarray, dim: int, max_period: float = 10_000.0) -> np.ndarray:
+    """``[sin(p f_k), cos(p f_k)]``, ``f_k = max_period^(-k / (dim/2))``: [N] → [N, dim]."""
+    if dim % 2:
+        raise ValueError(f"position embedding dim={dim} must be even")
+    freqs = max_period ** (-np.arange(dim // 2, dtype=np.float64) / (dim // 2))
+    args = np.asarray(positions, np.float64)[:, None] * freqs[None, :]
+    return np.concatenate([np.sin(args), np.cos(args)], axis=-1)
 
-    Groups keep at least ``min_group_size`` channels when possible: one-channel groups would remove
-    each channel's spatial mean, which in a narrow network is much of the signal. With 128+
-    channels this is the usual 32 groups.
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
+    """Fixed 2-D position embedding of a token grid (ViT/MAE; DiT's choice), row-major order.
+
+    The token at grid cell (i, j) gets ``[sincos_1d(i, dim/2), sincos_1d(j, dim/2)]``: half the
+    channels encode the row, half the column, so the embedding follows the spatial layout.
+
+    Returns:
+      [grid_h * grid_w, dim] float32, a numpy constant (not a parameter).
     """
-    limit = max(1, min(max_groups, channels // min_group_size))
-    return max(g for g in range(1, limit + 1) if channels % g == 0)
-
-
-def group_norm(channels: int, dtype: Dtype, param_dtype: Dtype,
-               name: str | None = None) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """A GroupNorm sized by :func:`num_groups` (statistics are computed in float32 by Flax)."""
-    return nn.GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
-                        param_dtype=param_dtype, name=name)
+    if dim % 4:
+        raise ValueError(f"2-D position embedding dim={dim} must be divisible by 4")
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    emb = np.concatenate([sincos_1d(rows.ravel(), dim // 2), sincos_1d(cols.ravel(), dim // 2)],
+                         axis=-1)
+    return emb.astype(np.float32)

@@ -1,0 +1,161 @@
+"""Multi-head attention (Vaswani et al. 2017), self and cross, and the text context it reads.
+
+Attention goes through ``jax.nn.dot_product_attention``: on GPU, ``implementation="cudnn"`` selects
+the fused flash-attention kernel (bfloat16/float16 inputs); the default ``None`` lets JAX choose
+and is the XLA reference elsewhere. Logits and softmax are float32 in either case.
+
+The null context, by construction: a masked-out key contributes nothing, and a query whose keys
+are ALL masked out receives exactly zero (where a softmax would average the masked keys
+uniformly). A residual ``x + attention(x, context)`` is then exactly ``x`` for an all-masked
+context, the same as a network called without any context. Classifier-free guidance uses
+``diffjax.conditions.Nulls.context`` (the empty prompt's encoding) as its null; an encoder whose
+empty prompt is stored with an all-zero mask makes that null the unconditional network exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+def check_implementation(implementation: str | None) -> None:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"model.attn_implementation={implementation!r} is unknown; valid "
+                         f"choices: {', '.join(map(repr, IMPLEMENTATIONS))}")
+
+
+def context_from(cond: Mapping[str, jax.Array] | None,
+                 batch: int) -> tuple[jax.Array | None, jax.Array | None]:
+    """``(context [B, L, D], mask [B, L] bool)`` from the condition dict, or ``(None, None)``.
+
+    A missing ``context_mask`` means every token is valid.
+    """
+    cond = cond or {}
+    context = cond.get("context")
+    if context is None:
+        if "context_mask" in cond:
+            raise ValueError("cond['context_mask'] was given without cond['context']")
+        return None, None
+    if context.ndim != 3 or context.shape[0] != batch:
+        raise ValueError(f"cond['context'] must have shape [B={batch}, L, D], got {context.shape}")
+    mask = cond.get("context_mask")
+    if mask is None:
+        return context, jnp.ones(context.shape[:2], bool)
+    if mask.shape != context.shape[:2]:
+        raise ValueError(f"cond['context_mask'] must have shape [B, L]={context.shape[:2]}, got "
+                         f"{mask.shape}")
+    return context, mask.astype(bool)
+
+
+def context_for(cond: Mapping[str, jax.Array] | None, batch: int, *, enabled_by: str,
+                enabled: bool, initializing: bool, context_dim: int | None,
+                dtype: Dtype) -> tuple[jax.Array | None, jax.Array | None]:
+    """The context a network's cross-attention layers read, or ``(None, None)`` to skip them.
+
+    ``enabled`` says whether the network has cross-attention (the config key ``enabled_by``
+    turns it on). At initialisation without a context, a one-token, fully masked context of width
+    ``context_dim`` creates the parameters; by construction it is the same as no context.
+    """
+    context, mask = context_from(cond, batch)
+    if context is not None and not enabled:
+        raise ValueError(f"cond['context'] was given but the model has no cross-attention; "
+                         f"set {enabled_by}")
+    if context is None and enabled and initializing:
+        if context_dim is None:
+            raise ValueError(f"initialising a model with {enabled_by} needs cond['context'] or "
+                             f"model.context_dim")
+        context = jnp.zeros((batch, 1, context_dim), dtype)
+        mask = jnp.zeros((batch, 1), bool)
+    return context, mask
+
+
+def masked_mean(context: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of the valid tokens: [B, L, D], [B, L] bool → [B, D] float32 (0 if none is valid)."""
+    weights = mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(context.astype(jnp.float32) * weights, axis=1)
+    return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
+class PooledContext(nn.Module):
+    """The masked mean of the context projected to ``features`` (no bias: no context → 0).
+
+    Added to the time embedding (as SDXL/Imagen add a pooled text embedding), so the global
+    content of the prompt reaches every block, not only the cross-attention layers.
+    context: [B, L, D], mask: [B, L] bool → [B, features].
+    """
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, context: jax.Array, mask: jax.Array) -> jax.Array:
+        pooled = masked_mean(context, mask).astype(self.dtype)
+        return nn.Dense(self.features, use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="proj")(pooled)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of queries ``x`` over ``x`` itself or over ``context``.
+
+    Self-attention uses one fused q/k/v projection; cross-attention projects q from ``x`` and
+    k/v from ``context``. The output projection is zero-initialised when ``zero_out`` (a residual
+    block is then the identity at initialisation).
+
+    Args of ``__call__``:
+      x: [B, T, D_x] queries.
+      context: [B, S, D_c] keys/values, or None for self-attention.
+      mask: [B, S] bool, True for a valid key (needs ``context``); None = all valid.
+
+    Returns:
+      [B, T, out_features or D_x]; rows of an example with no valid key are exactly 0.
+    """
+    num_heads: int
+    out_features: int | None = None
+    zero_out: bool = True
+    implementation: str | None = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None,
+                 mask: jax.Array | None = None) -> jax.Array:
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} does not divide the attention width "
+                             f"{width}")
+        head_dim = width // self.num_heads
+        dense = lambda shape, name: nn.DenseGeneral(  # noqa: E731
+            shape, kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
+            name=name)
+        if context is None:
+            if mask is not None:
+                raise ValueError("a key mask needs a context (cross-attention)")
+            qkv = dense((3, self.num_heads, head_dim), "qkv")(x)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            q = dense((self.num_heads, head_dim), "q")(x)
+            kv = dense((2, self.num_heads, head_dim), "kv")(context.astype(self.dtype))
+            k, v = kv[:, :, 0], kv[:, :, 1]
+        has_key = None
+        if mask is not None:
+            has_key = jnp.any(mask, axis=-1)                                     # [B]
+            # An example without keys attends to all of them (finite, any kernel) and is then
+            # zeroed: a fully masked softmax row is NaN in some fused kernels.
+            mask = (mask | ~has_key[:, None])[:, None, None, :]                  # [B, 1, 1, S]
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        out = nn.DenseGeneral(self.out_features or width, axis=(-2, -1),
+                              kernel_init=nn.initializers.zeros if self.zero_out
+                              else self.kernel_init,
+                              dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        if has_key is not None:
+            out = out * has_key[:, None, None].astype(out.dtype)
+        return out
+
