@@ -45,6 +45,13 @@ def field_values(points: np.ndarray, w: float) -> dict:
             "angle": float(np.degrees(np.arccos(np.clip(cos, -1, 1))).mean())}
 
 
+def field_points(fast: bool) -> np.ndarray:
+    """The arrows' grid ``[P, 2]``. An even count per side leaves out the origin, where the
+    unguided score of the symmetric mixture vanishes and its direction is rounding noise."""
+    g = np.linspace(-guidance.LIMIT, guidance.LIMIT, 10 if fast else 14)
+    return np.stack([a.ravel() for a in np.meshgrid(g, g)], -1)
+
+
 def arc_samples(w: float, n: int, seed: int) -> np.ndarray:
     """``n`` DDIM samples of class ``FIELD_CLASS`` of the arcs mixture at scale ``w``."""
     mix, path = guidance.arcs_mixture(), paths.get(guidance.PATH)
@@ -119,8 +126,7 @@ def _draw_field(out_dir: str, i: int, w: float, points, f: dict, dense: dict, n_
 def guidance_panel(out_dir: str, *, classifier: Classifier, fast: bool = False,
                    seed: int = 0) -> dict:
     n_arc, n_digits = (200, 16) if fast else (1000, 16)
-    g = np.linspace(-guidance.LIMIT, guidance.LIMIT, 9 if fast else 13)
-    points = np.stack([a.ravel() for a in np.meshgrid(g, g)], -1)
+    points = field_points(fast)
     n_dense = 48 if fast else 96
     gd = np.linspace(-guidance.SAMPLE_LIMIT, guidance.SAMPLE_LIMIT, n_dense)
     dense = guidance.guided_fields(guidance.arcs_mixture(), paths.get(guidance.PATH),

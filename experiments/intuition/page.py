@@ -4,7 +4,8 @@ Writes ``DIR/index.html`` (inline CSS and JavaScript, no network) and the PNG fr
 shows under ``DIR/<panel>/``. Every slider position is a precomputed frame and every number
 on the page is a value the library computed for that frame (:mod:`.frames`); the page only
 swaps them. ``index.html#forward=3&steps=1`` opens with those slider positions (the browser
-test uses this), and the page lists every resource it loaded in ``#resource-log``.
+test uses this). Once loaded, the page writes into ``#resource-log`` its own URL, every
+resource the browser timed and each image's resolved URL and whether it decoded.
 
 Panels are built in the order of `PANELS`. Hook for the text-to-image panels (a prompt at
 w = 0 ... 12 with ``shapes_eval`` adherence and diversity): they need a trained
@@ -28,6 +29,7 @@ PAGE = "index.html"
 
 def _opening(out_dir: str, ctx: dict) -> dict:
     result = opening_failure.run(ctx["classifier"], fast=ctx["fast"], seed=ctx["seed"])
+    ctx["results"]["opening"] = result
     return opening_failure.panel(out_dir, result, fast=ctx["fast"], seed=ctx["seed"])
 
 
@@ -45,13 +47,13 @@ def build(out_dir: str, *, fast: bool = False, seed: int = 0, classifier=None,
           cache_dir: Optional[str] = None, only: Optional[list[str]] = None,
           verbose: bool = True) -> dict:
     """Computes every panel (or those in ``only``), writes the page; returns
-    ``{"html": path, "panels": [panel, ...]}``."""
+    ``{"html": path, "panels": [panel, ...], "results": {"opening": opening_failure.run}}``."""
     names = only or list(PANELS)
     unknown = [n for n in names if n not in PANELS]
     if unknown:
         raise ValueError(f"unknown page panel(s) {unknown}; valid panels: {', '.join(PANELS)}")
     needs_classifier = {"guidance", "opening"} & set(names)
-    ctx = {"fast": fast, "seed": seed, "classifier": classifier}
+    ctx = {"fast": fast, "seed": seed, "classifier": classifier, "results": {}}
     if needs_classifier and classifier is None:
         ctx["classifier"] = opening_failure.load_classifier(cache_dir)
     built = []
@@ -64,7 +66,7 @@ def build(out_dir: str, *, fast: bool = False, seed: int = 0, classifier=None,
     path = os.path.join(out_dir, PAGE)
     with open(path, "w", encoding="utf-8") as f:
         f.write(render(built))
-    return {"html": path, "panels": built}
+    return {"html": path, "panels": built, "results": ctx["results"]}
 
 
 def _numbers_html(pid: str, j: int, cell: dict) -> str:
@@ -121,8 +123,10 @@ for (const p of PANELS) {
   if (wanted.has(p.id)) { s.value = wanted.get(p.id); s.dispatchEvent(new Event('input')); }
 }
 window.addEventListener('load', () => {
-  const names = performance.getEntriesByType('resource').map(e => e.name);
-  document.getElementById('resource-log').textContent = JSON.stringify([location.href, ...names]);
+  const log = {page: location.href,
+               resources: performance.getEntriesByType('resource').map(e => e.name),
+               images: Array.from(document.images, im => [im.currentSrc, im.naturalWidth > 0])};
+  document.getElementById('resource-log').textContent = JSON.stringify(log);
 });
 """
 

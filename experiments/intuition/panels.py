@@ -79,11 +79,15 @@ def forward_panel(out_dir: str, *, fast: bool = False, seed: int = 0, digit: int
 
 
 def class_posterior(mix: analytic.GaussianMixture, path, x: jax.Array, t: jax.Array) -> np.ndarray:
-    """Exact ``p_t(c | x)`` of the mixture: ``x [B, ...]``, ``t [B]`` -> ``[B, num_classes]``."""
-    prior = np.array([mix.weights[mix.labels == c].sum() for c in range(mix.num_classes)])
-    log_lik = jnp.stack([mix.log_prob_t(path, x, t, jnp.full(x.shape[:1], c, jnp.int32))
-                         for c in range(mix.num_classes)], axis=-1)
-    return np.asarray(jax.nn.softmax(log_lik + jnp.log(jnp.asarray(prior, log_lik.dtype)), -1))
+    """Exact ``p_t(c | x)`` of the mixture: ``x [B, ...]``, ``t [B]`` -> ``[B, num_classes]``.
+
+    ``log_prob_t(..., label)`` sums the class's components with their weights in the whole
+    mixture (not renormalised within the class), so it is ``log p_t(x, c)``: Bayes' rule is
+    a softmax over classes of it.
+    """
+    log_joint = jnp.stack([mix.log_prob_t(path, x, t, jnp.full(x.shape[:1], c, jnp.int32))
+                           for c in range(mix.num_classes)], axis=-1)
+    return np.asarray(jax.nn.softmax(log_joint, -1))
 
 
 def reverse_run(mix: analytic.GaussianMixture, seed: int) -> dict:
