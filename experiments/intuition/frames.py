@@ -23,6 +23,7 @@ from PIL import Image
 
 SIGNIFICANT = 4
 PIXELS_PER_CELL = 14
+PIXELS_PER_TILED_CELL = 7
 
 
 def fmt(value: float) -> str:
@@ -73,15 +74,16 @@ def tile(images: np.ndarray, cols: int, pad: int = 1, fill: float = 0.0) -> np.n
 def save_grey(out_dir: str, name: str, x: np.ndarray, vmin: float = -1.0,
               vmax: float = 1.0, cols: int = 1) -> str:
     """Writes digits ``[H, W(, 1)]`` or ``[N, H, W(, 1)]`` (tiled ``cols`` wide) as a PNG with
-    square ``PIXELS_PER_CELL`` pixels; returns the file name relative to ``out_dir``."""
+    square pixels (``PIXELS_PER_CELL``, or ``PIXELS_PER_TILED_CELL`` in a mosaic); returns
+    the file name relative to ``out_dir``."""
     x = np.asarray(x, np.float64)
     if x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim == 3:
         x = tile(x, cols, fill=vmin)
     img = Image.fromarray(grey(x, vmin, vmax), mode="L")
-    img = img.resize((img.width * PIXELS_PER_CELL, img.height * PIXELS_PER_CELL),
-                     Image.Resampling.NEAREST)
+    cell = PIXELS_PER_CELL if cols == 1 else PIXELS_PER_TILED_CELL
+    img = img.resize((img.width * cell, img.height * cell), Image.Resampling.NEAREST)
     path = os.path.join(out_dir, f"{name}.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     img.save(path, optimize=True)

@@ -104,7 +104,9 @@ def _draw_field(out_dir: str, i: int, w: float, points, f: dict, dense: dict, n_
                 samples: np.ndarray) -> str:
     fig = common.new_figure(6.4, 3.2)
     ax_field, ax_samples = fig.subplots(1, 2)
-    common.density(ax_field, guidance.tilted_log_density(dense, w), n_dense, guidance.LIMIT)
+    # ``dense`` covers [-SAMPLE_LIMIT, SAMPLE_LIMIT]^2; the arrows sit inside [-LIMIT, LIMIT].
+    common.density(ax_field, guidance.tilted_log_density(dense, w), n_dense,
+                   guidance.SAMPLE_LIMIT)
     for field, color in ((f["unguided"], "0.55"), (f["guided"], "C0")):
         norm = np.linalg.norm(field, axis=-1, keepdims=True)
         u = field / np.maximum(norm, 1e-12)
