@@ -256,3 +256,12 @@ def test_screenshot_of_the_page(built, tmp_path):
     keep = os.environ.get("INTUITION_SCREENSHOT")
     if keep:
         Image.open(png).save(keep)
+
+
+def test_cli_needs_out_or_html_and_page_rejects_unknown_panels(tmp_path):
+    from experiments.intuition import gallery
+    with pytest.raises(SystemExit):
+        gallery.main([])
+    with pytest.raises(ValueError, match="valid panels: forward"):
+        page.build(str(tmp_path), only=["nonsense"], verbose=False)
+    assert not os.listdir(tmp_path)   # refused before any compute

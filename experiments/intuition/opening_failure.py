@@ -146,7 +146,7 @@ def make_figure(out_dir: str, result: dict) -> str:
     fig = common.new_figure(12, 4.2)
     grid = fig.add_gridspec(3, SHOWN + 4)
     steps = result["steps"]
-    rows = [(f"noise (step 0)", result["ascent"][0]),
+    rows = [("noise (step 0)", result["ascent"][0]),
             (f"ascent step {steps[-1]}", result["ascent"][steps[-1]]),
             ("diffusion", result["diffusion"])]
     for r, (name, x) in enumerate(rows):
