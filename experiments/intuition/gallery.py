@@ -10,8 +10,8 @@ import argparse
 import time
 from typing import Callable, Optional, Sequence
 
-from experiments.intuition import (fields, few_steps, forward, guidance, one_step, schedules,
-                                   spectrum)
+from experiments.intuition import (fields, few_steps, forward, guidance, one_step,
+                                   opening_failure, page, schedules, spectrum)
 
 FIGURES: dict[str, Callable[..., dict]] = {
     "forward": forward.make,
@@ -21,6 +21,7 @@ FIGURES: dict[str, Callable[..., dict]] = {
     "fields": fields.make,
     "guidance": guidance.make,
     "few_steps": few_steps.make,
+    "opening_failure": opening_failure.make,
 }
 
 
@@ -34,12 +35,14 @@ def parse_only(only: Optional[str]) -> list[str]:
 
 
 def run(out_dir: str, only: Optional[str] = None, fast: bool = False, seed: int = 0,
-        verbose: bool = True) -> dict[str, dict]:
-    """Makes the named figures in ``out_dir``; returns each figure's numbers by name."""
+        verbose: bool = True, cache_dir: Optional[str] = None) -> dict[str, dict]:
+    """Makes the named figures in ``out_dir``; returns each figure's numbers by name.
+    ``cache_dir``: where ``opening_failure`` finds (or trains) the digits classifier."""
     results = {}
     for name in parse_only(only):
         start = time.time()
-        results[name] = FIGURES[name](out_dir, fast=fast, seed=seed)
+        extra = {"cache_dir": cache_dir} if name == "opening_failure" else {}
+        results[name] = FIGURES[name](out_dir, fast=fast, seed=seed, **extra)
         if verbose:
             print(f"{name}: {results[name]['png']} ({time.time() - start:.1f} s)", flush=True)
     return results
@@ -48,15 +51,26 @@ def run(out_dir: str, only: Optional[str] = None, fast: bool = False, seed: int 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.intuition",
                                      description="Regenerates the intuition gallery.")
-    parser.add_argument("--out", required=True, help="directory for the PNG files")
+    parser.add_argument("--out", default="", help="directory for the PNG files")
+    parser.add_argument("--html", default="",
+                        help="directory for the interactive page (index.html + its frames)")
+    parser.add_argument("--cache_dir", default=None,
+                        help="where the digits classifier is cached (default "
+                             "~/.cache/diffjax/eval, as config.eval.cache_dir)")
     parser.add_argument("--only", default="",
                         help=f"comma-separated figures (default all): {', '.join(FIGURES)}")
     parser.add_argument("--fast", action="store_true",
                         help="fewer samples, steps and grid points (CI); same figures")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not args.out and not args.html:
+        parser.error("give --out=DIR (the figures), --html=DIR (the page), or both")
     try:
         names = parse_only(args.only)
     except ValueError as err:
         parser.error(str(err))
-    run(args.out, ",".join(names), fast=args.fast, seed=args.seed)
+    if args.out:
+        run(args.out, ",".join(names), fast=args.fast, seed=args.seed, cache_dir=args.cache_dir)
+    if args.html:
+        built = page.build(args.html, fast=args.fast, seed=args.seed, cache_dir=args.cache_dir)
+        print(f"page: {built['html']}", flush=True)
