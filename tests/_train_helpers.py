@@ -100,7 +100,7 @@ class GlobalStream:
         rng = np.random.default_rng([self.seed, self.index])
         picked = rng.integers(0, len(self.x), self.batch_size)[self.rows]
         self.index += 1
-        return {"x": self.x[picked], "label": self.labels[picked]}
+        return {"x": self.x[picked], "cond": {"label": self.labels[picked]}}
 
     def get_state(self) -> bytes:
         return json.dumps({"index": self.index}).encode()
@@ -128,8 +128,8 @@ def _devices(out: str, data_dir: str) -> None:
         train.train(tiny_config(data_dir, **changes), os.path.join(out, name))
     # The FSDP run really splits parameters: record the layout of its largest kernel.
     from diffjax import parallel
-    recipe = train.build(tiny_config(data_dir))
-    _, shardings = train.setup_state(recipe, tiny_config(data_dir, **runs["fsdp"]),
+    setup = train.build(tiny_config(data_dir))
+    _, shardings = train.setup_state(setup, tiny_config(data_dir, **runs["fsdp"]),
                                      parallel.make_mesh())
     specs = {jax.tree_util.keystr(p): str(s.spec)
              for p, s in jax.tree_util.tree_flatten_with_path(shardings.params)[0]}
@@ -160,7 +160,7 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def paper_setup(name: str, data_dir: str):
-    """A paper-scale config (batch 2), one mock CIFAR-10 batch, its recipe, mesh and state
+    """A paper-scale config (batch 2), one mock CIFAR-10 batch, its setup, mesh and state
     shapes/shardings."""
     import tensorflow_datasets as tfds
 
@@ -171,22 +171,23 @@ def paper_setup(name: str, data_dir: str):
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
         info = config_validation.validate(config)
         batch = next(train.default_batches(config, 0, 1))
-    recipe = train.build(config, info)
+    setup = train.build(config, info)
     mesh = parallel.make_mesh()
-    abstract, shardings = train.setup_state(recipe, config, mesh)
-    return config, info, batch, recipe, mesh, abstract, shardings
+    abstract, shardings = train.setup_state(setup, config, mesh)
+    return config, info, batch, setup, mesh, abstract, shardings
 
 
 def _paper(out: str) -> None:
     import jax
 
-    from diffjax import parallel, train
+    from diffjax import train
+    from diffjax.training import backends
 
-    config, info, batch, recipe, mesh, _, shardings = paper_setup("cifar10_ddpmpp", out)
-    state = jax.jit(lambda: train.init_state(recipe, config.seed), out_shardings=shardings)()
-    step, put_batch = parallel.compile_step(lambda axis: train.make_train_step(recipe, axis),
-                                            backend="jit", mesh=mesh, state_sharding=shardings)
-    new_state, metrics = step(state, put_batch(batch))
+    config, info, batch, setup, mesh, _, shardings = paper_setup("cifar10_ddpmpp", out)
+    state = jax.jit(lambda: train.init_state(setup, config.seed), out_shardings=shardings)()
+    compiled = backends.compile_step(lambda axis: train.make_train_step(setup, axis),
+                                     backend="jit", mesh=mesh, state_sharding=shardings)
+    new_state, metrics = compiled.step(state, compiled.put_batch(batch), None)
     result = {"shape": list(info.shape), "batch_shape": list(batch["x"].shape),
               "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
               "step": int(new_state.step),

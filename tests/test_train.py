@@ -228,11 +228,11 @@ def test_toy2d_run_lowers_the_loss_and_its_samples_land_on_held_out_data(data_di
     assert curve[-3:].mean() < 0.85 * curve[0]
 
     held_out, _ = data.load_arrays("moons", "test", data_dir, limit=2000)
-    recipe = train.build(config)
-    untrained = train.init_state(recipe, config.seed).ema_params
+    setup = train.build(config)
+    untrained = train.init_state(setup, config.seed).ema_params
     distance = {}
     for name, params in (("trained", state.ema_params), ("untrained", untrained)):
-        samples, _ = train.generate(recipe, params, config.sampling, 2000, 2000)
+        samples, _ = train.generate(setup, params, config.sampling, 2000, 2000)
         distance[name] = sliced_wasserstein(samples, held_out, seed=0)
     floor = sliced_wasserstein(data.load_arrays("moons", "train", data_dir, limit=2000)[0],
                                held_out, seed=0)
@@ -264,10 +264,10 @@ def test_paper_scale_edm_builds_and_traces_one_step_on_mock_cifar10(tmp_path):
     # Compiling a second ~60M-parameter U-Net would cost CI another minute on 2 cores;
     # tracing the whole step checks every shape and the recipe, and the DDPM++ test below
     # checks that such a step compiles and runs.
-    _, info, batch, recipe, _, abstract, _ = helpers.paper_setup("cifar10_edm", str(tmp_path))
+    _, info, batch, setup, _, abstract, _ = helpers.paper_setup("cifar10_edm", str(tmp_path))
     assert info.shape == (32, 32, 3) and batch["x"].shape == (2, 32, 32, 3)
     assert 54e6 < _num_params(abstract.params) < 58e6  # EDM: 55.7M for its DDPM++
-    new_state, metrics = jax.eval_shape(train.make_train_step(recipe), abstract, batch)
+    new_state, metrics = jax.eval_shape(train.make_train_step(setup), abstract, batch)
     assert new_state.step.shape == () and metrics["loss"].shape == ()
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(abstract)
 
