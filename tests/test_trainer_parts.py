@@ -158,3 +158,19 @@ def test_sampler_compiles_once_for_new_parameters_and_splits_rows_over_8_devices
     assert not np.allclose(one["a"], one["b"])  # the two parameter sets gave other samples
     for name in ("a", "b"):
         np.testing.assert_allclose(eight[name], one[name], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_during_training_builds_its_sampler_once(tmp_path):
+    config = helpers.tiny_config(str(tmp_path), **{
+        "eval.metrics": "sliced_wasserstein", "eval.num_samples": 64, "eval.batch_size": 32,
+        "sampling.num_samples": 64, "sampling.num_steps": 4})
+    setup = train.build(config)
+    evaluator = train.Evaluator(setup, config)
+    params = train.init_state(setup, 0).ema_params
+    first = evaluator(params, str(tmp_path / "run"), "step_1")
+    shifted = jax.tree_util.tree_map(lambda p: p + 0.1, params)
+    second = evaluator(shifted, str(tmp_path / "run"), "step_2")
+    assert evaluator.sampler.traces == 1  # two evaluations, four batches, one compile
+    assert first["sliced_wasserstein"] != second["sliced_wasserstein"]
+    assert os.path.exists(evaluator.last_outputs[0]) and "step_2" in evaluator.last_outputs[0]
+    assert first["sliced_wasserstein_floor"] == second["sliced_wasserstein_floor"]
