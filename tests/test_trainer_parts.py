@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import _train_helpers as helpers
+from diffjax import configs as configs_lib
 from diffjax import data, train
 from diffjax.training import optim
 
@@ -174,3 +175,17 @@ def test_evaluation_during_training_builds_its_sampler_once(tmp_path):
     assert first["sliced_wasserstein"] != second["sliced_wasserstein"]
     assert os.path.exists(evaluator.last_outputs[0]) and "step_2" in evaluator.last_outputs[0]
     assert first["sliced_wasserstein_floor"] == second["sliced_wasserstein_floor"]
+
+
+def test_model_sigma_data_is_the_one_data_scale_of_preconditioning_and_weighting(tmp_path):
+    config = helpers.tiny_config(str(tmp_path), **{"model.sigma_data": 0.7})
+    configs_lib.apply_recipe(config, "edm")
+    setup = train.build(config)
+    assert setup.denoiser.sigma_data == setup.objective.sigma_data == 0.7
+    # The edm weighting on the x0 error reads it: (s^2 + sd^2) / (s sd)^2 at s = 1.
+    t = setup.denoiser.path.t_from_logsnr(jnp.zeros(1))
+    assert float(setup.objective.loss_weight(t)[0]) == pytest.approx((1 + 0.49) / 0.49, rel=1e-4)
+    with config.unlocked():
+        config.loss.sigma_data = 0.5
+    with pytest.raises(ValueError, match="config.loss.sigma_data.*config.model.sigma_data"):
+        train.build(config)
