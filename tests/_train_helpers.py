@@ -8,7 +8,8 @@ As a script (from the repository root)::
     python tests/_train_helpers.py paper OUT
 
 ``devices`` trains the tiny config on 8 simulated CPU devices with jit (replicated and FSDP
-parameters, dropout on) and with pmap (dropout off and on); ``host`` is one of two processes of a multi-host run fed by
+parameters, dropout on), with pmap (dropout off and on), and with 2 accumulated
+micro-batches per update under both; ``host`` is one of two processes of a multi-host run fed by
 :class:`GlobalStream`, trained with jit and then with pmap. Each run leaves ``metrics.jsonl`` in its own directory under OUT. ``paper`` takes one train
 step of configs/cifar10_ddpmpp.py at full size (batch 2) on mock CIFAR-10 and writes
 ``OUT/paper.json``. ``sampler OUT DATA_DIR`` (under 8 simulated devices) writes
@@ -124,7 +125,10 @@ def _devices(out: str, data_dir: str) -> None:
     dropout = {"model.dropout": 0.2}
     runs = {"jit": dropout, "fsdp": {**dropout, "parallel.param_sharding": "fsdp"},
             "pmap": {"parallel.backend": "pmap"},
-            "pmap_dropout": {**dropout, "parallel.backend": "pmap"}}
+            "pmap_dropout": {**dropout, "parallel.backend": "pmap"},
+            # Two micro-batches per update, split over the devices: the one-batch numbers.
+            "jit_accum": {"optim.grad_accum_steps": 2},
+            "pmap_accum": {"optim.grad_accum_steps": 2, "parallel.backend": "pmap"}}
     for name, changes in runs.items():
         train.train(tiny_config(data_dir, **changes), os.path.join(out, name))
     # The FSDP run really splits parameters: record the layout of its largest kernel.

@@ -106,7 +106,9 @@ def test_eight_simulated_devices_and_pmap_give_the_one_device_loss_curve(data_di
 
     # jit over the mesh, with replicated or FSDP-sharded parameters: the same numbers (the
     # global-batch draws, dropout masks included, do not depend on the device count).
-    for name, reference in (("jit", one_dropout), ("fsdp", one_dropout), ("pmap", one)):
+    # Gradient accumulation over 2 micro-batches, each split over the devices, too.
+    for name, reference in (("jit", one_dropout), ("fsdp", one_dropout), ("pmap", one),
+                            ("jit_accum", one), ("pmap_accum", one)):
         curve = helpers.losses(os.path.join(out, name))
         assert np.max(np.abs(curve / reference - 1)) < 1e-3, name
     # pmap draws its dropout masks per device: other masks, statistically the same loss.

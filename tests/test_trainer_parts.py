@@ -185,7 +185,12 @@ def test_model_sigma_data_is_the_one_data_scale_of_preconditioning_and_weighting
     # The edm weighting on the x0 error reads it: (s^2 + sd^2) / (s sd)^2 at s = 1.
     t = setup.denoiser.path.t_from_logsnr(jnp.zeros(1))
     assert float(setup.objective.loss_weight(t)[0]) == pytest.approx((1 + 0.49) / 0.49, rel=1e-4)
+    # A config stored before the keys merged may hold loss.sigma_data: equal is fine, a
+    # mismatch is refused.
     with config.unlocked():
-        config.loss.sigma_data = 0.5
-    with pytest.raises(ValueError, match="config.loss.sigma_data.*config.model.sigma_data"):
+        config.loss.sigma_data = 0.7
+    assert train.build(config).objective.sigma_data == 0.7
+    config.loss.sigma_data = 0.5
+    with pytest.raises(ValueError, match="config.loss.sigma_data=0.5 differs from "
+                                         "config.model.sigma_data=0.7"):
         train.build(config)
