@@ -9,9 +9,10 @@ As a script (from the repository root)::
 
 ``devices`` trains the tiny config on 8 simulated CPU devices with jit (replicated and FSDP
 parameters, dropout on), with pmap (dropout off and on), and with 2 accumulated
-micro-batches per update under both; ``host`` is one of two processes of a multi-host run fed by
-:class:`GlobalStream`, trained with jit and then with pmap. Each run leaves ``metrics.jsonl`` in its own directory under OUT. ``paper`` takes one train
-step of configs/cifar10_ddpmpp.py at full size (batch 2) on mock CIFAR-10 and writes
+micro-batches per update under both; ``host`` is one of two processes of a multi-host run
+fed by :class:`GlobalStream`, trained with jit and then with pmap. Each run leaves
+``metrics.jsonl`` in its own directory under OUT. ``paper`` takes one train step of
+configs/cifar10_ddpmpp.py at full size (batch 2) on mock CIFAR-10 and writes
 ``OUT/paper.json``. ``sampler OUT DATA_DIR`` (under 8 simulated devices) writes
 :func:`sample_twice`'s samples to ``OUT`` (npz).
 """
