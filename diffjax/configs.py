@@ -68,7 +68,7 @@ def default_model_config(arch: str = "unet") -> ConfigDict:
     cfg = models.default_unet_config() if arch == "unet" else models.default_mlp_config()
     cfg.target = "velocity"
     cfg.preconditioning = "none"
-    cfg.sigma_data = 0.5
+    cfg.sigma_data = 0.5  # the one data scale: EDM preconditioning and the edm weighting
     return cfg
 
 
@@ -81,7 +81,6 @@ def default_loss_config() -> ConfigDict:
         "t_max": _optional(float),
         "num_timesteps": _optional(int),
         "min_snr_gamma": 5.0,
-        "sigma_data": 0.5,
         "p_mean": -1.2,
         "p_std": 1.2,
         "logit_mean": 0.0,
@@ -109,6 +108,8 @@ def default_config() -> ConfigDict:
     """Every key a run reads, with its default (a flow-matching U-Net on digits)."""
     config = ConfigDict()
     config.seed = 0
+    # The training task (diffjax.training.tasks.TASKS): what the one train step minimises.
+    config.task = "denoise"
     config.data = data_lib.default_config()
     config.path = default_path_config("rectified_flow")
     config.model = default_model_config("unet")
@@ -124,6 +125,9 @@ def default_config() -> ConfigDict:
         "warmup_steps": 100,           # linear warm-up from 0
         "schedule": "constant",        # constant | cosine (decays to end_lr_factor * lr)
         "end_lr_factor": 0.0,
+        # Micro-batches per update: data.batch_size rows are split into this many and their
+        # gradients averaged, so a paper's batch fits any device's memory.
+        "grad_accum_steps": 1,
     })
     config.training = ConfigDict({
         "num_steps": 10_000,
@@ -135,6 +139,8 @@ def default_config() -> ConfigDict:
         # EMA decay min(ema_decay, (1 + step) / (10 + step)): early EMA tracks the weights.
         "ema_warmup": True,
         "nonfinite": "skip",           # skip | stop
+        # Under "skip": stop (NonFiniteError) after this many skipped steps in a row; 0 = never.
+        "max_consecutive_nonfinite": 50,
         "progress_bar": True,
     })
     config.sampling = ConfigDict({

@@ -68,9 +68,9 @@ class Objective:
     target: str
     weighting: str = "mse"
     time_sampling: str = "uniform"
-    t_min: Optional[float] = None
-    t_max: Optional[float] = None
-    num_timesteps: Optional[int] = None
+    t_min: Optional[float] = None      # None: the path's t_min (resolved at construction)
+    t_max: Optional[float] = None      # None: the path's t_max
+    num_timesteps: Optional[int] = None  # None: the path's (discrete paths), else 1000
     min_snr_gamma: float = 5.0
     sigma_data: float = 0.5
     p_mean: float = -1.2
@@ -82,42 +82,38 @@ class Objective:
     nulls: Optional[conditions.Nulls] = None
 
     def __post_init__(self):
+        # t_min / t_max left None mean the path's own range; resolved here so that they
+        # always hold the range the times are drawn from.
+        if self.t_min is None:
+            object.__setattr__(self, "t_min", float(self.path.t_min))
+        if self.t_max is None:
+            object.__setattr__(self, "t_max", float(self.path.t_max))
+        if self.num_timesteps is None:
+            steps = int(getattr(self.path, "num_timesteps", 1000))
+            object.__setattr__(self, "num_timesteps", steps)
         targets_lib.check_target(self.target)
         _check("weighting", self.weighting, WEIGHTINGS)
         _check("time_sampling", self.time_sampling, TIME_SAMPLINGS)
-        if not self.t_lo < self.t_hi:
-            raise ValueError(f"Objective needs t_min < t_max, got {self.t_lo}, {self.t_hi}")
+        if not self.t_min < self.t_max:
+            raise ValueError(f"Objective needs t_min < t_max, got {self.t_min}, {self.t_max}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.time_sampling == "discrete" and self.timesteps < 1:
-            raise ValueError(f"discrete time sampling needs num_timesteps >= 1, got {self.timesteps}")
+        if self.time_sampling == "discrete" and self.num_timesteps < 1:
+            raise ValueError("discrete time sampling needs num_timesteps >= 1, got "
+                             f"{self.num_timesteps}")
 
     # -- time ------------------------------------------------------------------------
-    @property
-    def t_lo(self) -> float:
-        return self.path.t_min if self.t_min is None else self.t_min
-
-    @property
-    def t_hi(self) -> float:
-        return self.path.t_max if self.t_max is None else self.t_max
-
-    @property
-    def timesteps(self) -> int:
-        if self.num_timesteps is not None:
-            return self.num_timesteps
-        return getattr(self.path, "num_timesteps", 1000)
-
     def sample_t(self, key: Array, n: int) -> Array:
         """Draws ``n`` training times, ``[n]``, in ``[t_min, t_max]``."""
-        lo, hi = self.t_lo, self.t_hi
+        lo, hi = self.t_min, self.t_max
         if self.time_sampling == "uniform":
             return jax.random.uniform(key, (n,), minval=lo, maxval=hi)
         if self.time_sampling == "stratified":
             u = (jnp.arange(n) + jax.random.uniform(key, ())) / n
             return lo + (hi - lo) * u
         if self.time_sampling == "discrete":
-            i = jax.random.randint(key, (n,), 1, self.timesteps + 1)
-            return jnp.clip(i / self.timesteps, lo, hi)
+            i = jax.random.randint(key, (n,), 1, self.num_timesteps + 1)
+            return jnp.clip(i / self.num_timesteps, lo, hi)
         if self.time_sampling == "lognormal":
             log_s = self.p_mean + self.p_std * jax.random.normal(key, (n,))
             return jnp.clip(self.path.t_from_logsnr(-2.0 * log_s), lo, hi)
@@ -127,7 +123,7 @@ class Objective:
     def t_density(self, t: Array) -> Array:
         """The density ``p(t)`` of :meth:`sample_t` (ignoring clipping at the ends)."""
         if self.time_sampling in ("uniform", "stratified", "discrete"):
-            return jnp.full_like(t, 1.0 / (self.t_hi - self.t_lo))
+            return jnp.full_like(t, 1.0 / (self.t_max - self.t_min))
         if self.time_sampling == "lognormal":
             log_s = -0.5 * self.path.logsnr(t)
             jac = 0.5 * jnp.abs(self.path.d_logsnr(t))
@@ -198,16 +194,29 @@ def _normal_pdf(x: Array, mean: float, std: float) -> Array:
     return jnp.exp(-0.5 * ((x - mean) / std) ** 2) / (std * math.sqrt(2.0 * math.pi))
 
 
-def from_config(path: Path, target: str, loss_cfg, *, num_classes: int = 0) -> Objective:
-    """Builds the :class:`Objective` from ``config.loss`` (keys named as the fields)."""
-    fields = {f.name for f in dataclasses.fields(Objective)} - {"path", "target", "num_classes",
-                                                                 "nulls"}
+def from_config(path: Path, target: str, loss_cfg, *, num_classes: int = 0,
+                sigma_data: float = 0.5) -> Objective:
+    """Builds the :class:`Objective` from ``config.loss`` (keys named as the fields).
+
+    ``sigma_data`` is ``config.model.sigma_data``: one data scale for the preconditioning
+    and the ``edm`` weighting, so it is not a ``config.loss`` key.
+    """
+    fields = {f.name for f in dataclasses.fields(Objective)} - {
+        "path", "target", "num_classes", "nulls", "sigma_data"}
     kwargs = {}
     for key, value in dict(loss_cfg).items():
         if key not in fields:
-            raise ValueError(f"Unknown key config.loss.{key}; valid keys: {', '.join(sorted(fields))}")
+            if key == "sigma_data":  # configs stored before it became one key
+                if float(value) == float(sigma_data):
+                    continue
+                raise ValueError(f"config.loss.sigma_data={value} differs from "
+                                 f"config.model.sigma_data={sigma_data}: the data scale is one "
+                                 "key, config.model.sigma_data (preconditioning and weighting)")
+            raise ValueError(f"Unknown key config.loss.{key}; valid keys: "
+                             f"{', '.join(sorted(fields))}")
         kwargs[key] = value
-    return Objective(path=path, target=target, num_classes=num_classes, **kwargs)
+    return Objective(path=path, target=target, num_classes=num_classes, sigma_data=sigma_data,
+                     **kwargs)
 
 
 __all__ = ["Objective", "WEIGHTINGS", "TIME_SAMPLINGS", "from_config"]

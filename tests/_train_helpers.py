@@ -8,10 +8,13 @@ As a script (from the repository root)::
     python tests/_train_helpers.py paper OUT
 
 ``devices`` trains the tiny config on 8 simulated CPU devices with jit (replicated and FSDP
-parameters, dropout on) and with pmap (dropout off and on); ``host`` is one of two processes of a multi-host run fed by
-:class:`GlobalStream`, trained with jit and then with pmap. Each run leaves ``metrics.jsonl`` in its own directory under OUT. ``paper`` takes one train
-step of configs/cifar10_ddpmpp.py at full size (batch 2) on mock CIFAR-10 and writes
-``OUT/paper.json``.
+parameters, dropout on), with pmap (dropout off and on), and with 2 accumulated
+micro-batches per update under both; ``host`` is one of two processes of a multi-host run
+fed by :class:`GlobalStream`, trained with jit and then with pmap. Each run leaves
+``metrics.jsonl`` in its own directory under OUT. ``paper`` takes one train step of
+configs/cifar10_ddpmpp.py at full size (batch 2) on mock CIFAR-10 and writes
+``OUT/paper.json``. ``sampler OUT DATA_DIR`` (under 8 simulated devices) writes
+:func:`sample_twice`'s samples to ``OUT`` (npz).
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ class GlobalStream:
         rng = np.random.default_rng([self.seed, self.index])
         picked = rng.integers(0, len(self.x), self.batch_size)[self.rows]
         self.index += 1
-        return {"x": self.x[picked], "label": self.labels[picked]}
+        return {"x": self.x[picked], "cond": {"label": self.labels[picked]}}
 
     def get_state(self) -> bytes:
         return json.dumps({"index": self.index}).encode()
@@ -123,13 +126,16 @@ def _devices(out: str, data_dir: str) -> None:
     dropout = {"model.dropout": 0.2}
     runs = {"jit": dropout, "fsdp": {**dropout, "parallel.param_sharding": "fsdp"},
             "pmap": {"parallel.backend": "pmap"},
-            "pmap_dropout": {**dropout, "parallel.backend": "pmap"}}
+            "pmap_dropout": {**dropout, "parallel.backend": "pmap"},
+            # Two micro-batches per update, split over the devices: the one-batch numbers.
+            "jit_accum": {"optim.grad_accum_steps": 2},
+            "pmap_accum": {"optim.grad_accum_steps": 2, "parallel.backend": "pmap"}}
     for name, changes in runs.items():
         train.train(tiny_config(data_dir, **changes), os.path.join(out, name))
     # The FSDP run really splits parameters: record the layout of its largest kernel.
     from diffjax import parallel
-    recipe = train.build(tiny_config(data_dir))
-    _, shardings = train.setup_state(recipe, tiny_config(data_dir, **runs["fsdp"]),
+    setup = train.build(tiny_config(data_dir))
+    _, shardings = train.setup_state(setup, tiny_config(data_dir, **runs["fsdp"]),
                                      parallel.make_mesh())
     specs = {jax.tree_util.keystr(p): str(s.spec)
              for p, s in jax.tree_util.tree_flatten_with_path(shardings.params)[0]}
@@ -160,7 +166,7 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def paper_setup(name: str, data_dir: str):
-    """A paper-scale config (batch 2), one mock CIFAR-10 batch, its recipe, mesh and state
+    """A paper-scale config (batch 2), one mock CIFAR-10 batch, its setup, mesh and state
     shapes/shardings."""
     import tensorflow_datasets as tfds
 
@@ -171,28 +177,60 @@ def paper_setup(name: str, data_dir: str):
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
         info = config_validation.validate(config)
         batch = next(train.default_batches(config, 0, 1))
-    recipe = train.build(config, info)
+    setup = train.build(config, info)
     mesh = parallel.make_mesh()
-    abstract, shardings = train.setup_state(recipe, config, mesh)
-    return config, info, batch, recipe, mesh, abstract, shardings
+    abstract, shardings = train.setup_state(setup, config, mesh)
+    return config, info, batch, setup, mesh, abstract, shardings
 
 
 def _paper(out: str) -> None:
     import jax
 
-    from diffjax import parallel, train
+    from diffjax import train
+    from diffjax.training import backends
 
-    config, info, batch, recipe, mesh, _, shardings = paper_setup("cifar10_ddpmpp", out)
-    state = jax.jit(lambda: train.init_state(recipe, config.seed), out_shardings=shardings)()
-    step, put_batch = parallel.compile_step(lambda axis: train.make_train_step(recipe, axis),
-                                            backend="jit", mesh=mesh, state_sharding=shardings)
-    new_state, metrics = step(state, put_batch(batch))
+    config, info, batch, setup, mesh, _, shardings = paper_setup("cifar10_ddpmpp", out)
+    state = jax.jit(lambda: train.init_state(setup, config.seed), out_shardings=shardings)()
+    compiled = backends.compile_step(lambda axis: train.make_train_step(setup, axis),
+                                     backend="jit", mesh=mesh, state_sharding=shardings)
+    new_state, metrics = compiled.step(state, compiled.put_batch(batch), None)
     result = {"shape": list(info.shape), "batch_shape": list(batch["x"].shape),
               "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
               "step": int(new_state.step),
               **{k: float(metrics[k]) for k in ("loss", "grad_norm", "skipped")}}
     with open(os.path.join(out, "paper.json"), "w") as f:
         json.dump(result, f)
+
+
+def sample_twice(data_dir: str) -> dict[str, np.ndarray]:
+    """Conditional samples (16 rows) of the tiny config from two parameter sets through one
+    :class:`diffjax.train.Sampler`; with how often it was traced and over how many devices
+    its output was split."""
+    import jax
+
+    from diffjax import train
+
+    config = tiny_config(data_dir, **{"sampling.num_steps": 8})
+    setup = train.build(config)
+    sampler = train.Sampler(setup, config.sampling, 16)
+    labels = np.arange(16, dtype=np.int32) % setup.data_info.num_classes
+    params = train.init_state(setup, 0).ema_params
+    out = {}
+    # The network's last layer starts at zero; shifted weights give a non-trivial model.
+    for name, shift in (("a", 0.05), ("b", 0.1)):
+        shifted = jax.tree_util.tree_map(lambda p: p + shift, params)  # noqa: B023
+        samples = sampler(shifted, jax.random.PRNGKey(3), labels)
+        out[name] = np.asarray(jax.device_get(samples))
+        out["devices"] = np.asarray(len(samples.sharding.device_set))
+    out["traces"] = np.asarray(sampler.traces)
+    return out
+
+
+def _sampler(out: str, data_dir: str) -> None:
+    import jax
+
+    assert jax.device_count() == 8, jax.devices()
+    np.savez(out, **sample_twice(data_dir))
 
 
 if __name__ == "__main__":
@@ -203,5 +241,7 @@ if __name__ == "__main__":
         _host(int(args[0]), int(args[1]), *args[2:])
     elif mode == "paper":
         _paper(*args)
+    elif mode == "sampler":
+        _sampler(*args)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -49,7 +49,7 @@ def _assert_same_batches(a, b) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["x"], y["x"])
-        np.testing.assert_array_equal(x["label"], y["label"])
+        np.testing.assert_array_equal(x["cond"]["label"], y["cond"]["label"])
 
 
 # --------------------------------------------------------------------------- digits
@@ -211,7 +211,7 @@ def test_same_seed_same_batches_other_seed_other_batches(data_dir):
     c = _take(data.make_iterator(cfg, seed=8), 5)
     assert not all(np.array_equal(p["x"], q["x"]) for p, q in zip(a, c))
     assert a[0]["x"].shape == (32, 8, 8, 1) and a[0]["x"].dtype == np.float32
-    assert a[0]["label"].shape == (32,) and a[0]["label"].dtype == np.int32
+    assert a[0]["cond"]["label"].shape == (32,) and a[0]["cond"]["label"].dtype == np.int32
 
 
 def test_process_shards_are_disjoint_and_cover_the_one_process_epoch(data_dir):
@@ -268,7 +268,7 @@ def test_random_flip_mirrors_about_half_the_images_deterministically(data_dir):
     _assert_same_batches(flipped, _take(data.make_iterator(cfg, seed=5), 5))
     n_flipped = 0
     for p, f in zip(plain, flipped):
-        np.testing.assert_array_equal(p["label"], f["label"])
+        np.testing.assert_array_equal(p["cond"]["label"], f["cond"]["label"])
         for a, b in zip(p["x"], f["x"]):
             same, mirrored = np.array_equal(a, b), np.array_equal(a[:, ::-1], b)
             assert same or mirrored
@@ -297,8 +297,8 @@ def test_catalogue_dataset_through_make_iterator_under_mock(name, shape, tmp_pat
     for b in batches:
         assert b["x"].shape == (16, *shape) and b["x"].dtype == np.float32
         assert b["x"].min() >= -1.0 and b["x"].max() <= 1.0 and b["x"].std() > 0.1
-        assert b["label"].dtype == np.int32
-        assert ((0 <= b["label"]) & (b["label"] < 10)).all()
+        assert b["cond"]["label"].dtype == np.int32
+        assert ((0 <= b["cond"]["label"]) & (b["cond"]["label"] < 10)).all()
 
 
 def test_unprepared_catalogue_dataset_raises_with_preparation_hint(tmp_path):

@@ -7,7 +7,8 @@ array_record format; catalogue data is never downloaded from here.
 
 Every source yields the unified record ``{"x", "label"}``: catalogue data sets read their
 ``image`` feature, the toy sets their ``x``; ``label`` is the ClassLabel ``label`` feature
-where there is one and 0 otherwise (``num_classes`` is then 1).
+where there is one and 0 otherwise (``num_classes`` is then 1). Training batches put the
+label under the condition dict: ``{"x", "cond": {"label"}}`` (:mod:`diffjax.conditions`).
 
 Data directories: an explicit ``data_dir`` (``config.data.data_dir``) wins, then
 ``$DIFFJAX_DATA_DIR``; otherwise bundled data goes to ``~/.cache/diffjax/tensorflow_datasets``
@@ -260,9 +261,12 @@ def load_arrays(dataset: str, split: str = "test", data_dir: str | None = None,
 
 # --------------------------------------------------------------------------- pipeline
 
-class _ToFloat(grain.transforms.Map):
-    def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"x": to_float(element["x"]), "label": element["label"]}
+class _ToBatchRecord(grain.transforms.Map):
+    """A source record ``{"x", "label"}`` -> the training record ``{"x", "cond": {"label"}}``
+    (DESIGN §6: the condition is a dict, passed on unchanged), ``x`` as float."""
+
+    def map(self, element: dict[str, np.ndarray]) -> dict:
+        return {"x": to_float(element["x"]), "cond": {"label": element["label"]}}
 
 
 class _RandomHorizontalFlip(grain.transforms.RandomMap):
@@ -319,7 +323,7 @@ def validate_config(data_cfg: ml_collections.ConfigDict, process_count: int = 1)
 def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", seed: int,
                   process_index: int = 0, process_count: int = 1,
                   num_epochs: int | None = None) -> grain.DataLoaderIterator:
-    """This process's stream of batches ``{"x": float32 [b, *shape], "label": int32 [b]}``.
+    """This process's batches ``{"x": float32 [b, *shape], "cond": {"label": int32 [b]}}``.
 
     ``b = data_cfg.batch_size // process_count``: ``batch_size`` is the global batch. The
     records are split into ``process_count`` disjoint shards (remainder dropped), each
@@ -351,7 +355,7 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
     sampler = grain.samplers.IndexSampler(
         num_records=len(source), shard_options=shard, shuffle=True,
         num_epochs=num_epochs, seed=int(seed))
-    operations = [_ToFloat()]
+    operations = [_ToBatchRecord()]
     if data_cfg.get("random_flip", False):
         operations.append(_RandomHorizontalFlip())
     operations.append(grain.transforms.Batch(batch_size=local_batch, drop_remainder=True))

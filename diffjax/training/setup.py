@@ -1,0 +1,92 @@
+"""What a config builds: the network, its reading as a denoiser, the objective, the optimizer.
+
+:func:`build` turns a (validated) config into a :class:`Setup`, the static half of a run
+(no arrays); the dynamic half is the :class:`diffjax.training.state.TrainState`. A
+``Setup`` is what a config file's *recipe* (:data:`diffjax.configs.RECIPES`: path, target,
+weighting, sampler) becomes once built.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from diffjax import configs, models, objectives, paths
+from diffjax import data as data_lib
+from diffjax.denoiser import Denoiser
+from diffjax.training import optim
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static pieces of a run, built from its config by :func:`build`.
+
+    Attributes:
+      net: the Flax network.
+      denoiser: ``net`` read as a model in the recipe's target space.
+      objective: the denoising loss (:class:`diffjax.objectives.Objective`).
+      optimizer, lr_schedule: from :mod:`diffjax.training.optim`.
+      data_info: the data set's shape, kind and number of classes.
+      cond_kinds: the condition kinds the network reads (``("label",)`` or ``()``); the
+        trainer passes exactly these keys of the batch's ``cond`` on.
+      ema_decay, ema_warmup: the EMA of the parameters (``config.training``).
+      grad_accum_steps: micro-batches per update (``config.optim.grad_accum_steps``).
+      task: the name of the training task (``config.task``, :mod:`diffjax.training.tasks`).
+    """
+
+    net: Any
+    denoiser: Denoiser
+    objective: objectives.Objective
+    optimizer: optax.GradientTransformation
+    lr_schedule: Callable[[Array], Array]
+    data_info: Any
+    cond_kinds: tuple[str, ...]
+    ema_decay: float
+    ema_warmup: bool
+    grad_accum_steps: int = 1
+    task: str = "denoise"
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.cond_kinds)
+
+
+def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) -> Setup:
+    """Builds network, denoiser, objective and optimizer from a (validated) config.
+
+    ``model.sigma_data`` is the one data scale: EDM preconditioning and the ``edm``
+    weighting both read it.
+
+    Raises:
+      ValueError: ``optim.grad_accum_steps`` below 1.
+    """
+    if data_info is None:
+        data_info = data_lib.info(config.data.dataset, config.data.get("data_dir"))
+    accum = int(config.optim.get("grad_accum_steps", 1))
+    if accum < 1:
+        raise ValueError(f"config.optim.grad_accum_steps={accum} must be >= 1")
+    path = paths.get(config.path.name, **configs.path_kwargs(config.path))
+    conditional = bool(config.model.get("class_conditional", False))
+    net = models.from_config(config.model, data_shape=data_info.shape,
+                             num_classes=data_info.num_classes)
+    sigma_data = float(config.model.sigma_data)
+    denoiser = Denoiser(net, path, config.model.target, config.model.preconditioning,
+                        sigma_data)
+    objective = objectives.from_config(path, config.model.target, config.loss,
+                                       num_classes=data_info.num_classes if conditional else 0,
+                                       sigma_data=sigma_data)
+    optimizer, schedule = optim.make_optimizer(config.optim, config.training.num_steps)
+    return Setup(net, denoiser, objective, optimizer, schedule, data_info,
+                 ("label",) if conditional else (), float(config.training.ema_decay),
+                 bool(config.training.ema_warmup), accum, str(config.get("task", "denoise")))
+
+
+def example_cond(setup: Setup, batch: int = 1) -> dict[str, Array]:
+    """A condition dict of the kinds the network reads, zeros, ``[batch]`` rows (for init)."""
+    return {"label": jnp.zeros((batch,), jnp.int32)} if "label" in setup.cond_kinds else {}

@@ -1,0 +1,60 @@
+"""The train state (a pytree) and its creation, shapes and shardings."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from diffjax import parallel
+from diffjax.training.setup import Setup, example_cond
+from diffjax.errors import NonFiniteError  # noqa: F401  (one class: main.py catches it)
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes. Frozen parts of other runs are not in it: the
+    step takes them as an argument (:mod:`diffjax.training.frozen`).
+
+    Attributes:
+      step: int32 [], number of steps taken (skipped non-finite steps included).
+      params: the network's parameters.
+      ema_params: their exponential moving average (what is sampled from).
+      opt_state: the optax state; its count is ``step - nonfinite_count`` (applied updates).
+      key: uint32 [2], the run's key; step ``s`` uses ``fold_in(key, s)``.
+      nonfinite_count: int32 [], steps whose update was skipped for non-finite values.
+    """
+
+    step: Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    key: Array
+    nonfinite_count: Array
+
+
+def init_state(setup: Setup, seed: int) -> TrainState:
+    """A fresh state (jit-friendly: wrap in ``jax.jit(..., out_shardings=...)`` to create it
+    directly in its sharded layout)."""
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    x = jnp.zeros((1, *setup.data_info.shape), jnp.float32)
+    params = setup.net.init({"params": init_key}, x, jnp.zeros((1,)), example_cond(setup))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                      opt_state=setup.optimizer.init(params), key=train_key,
+                      nonfinite_count=jnp.zeros((), jnp.int32))
+
+
+def setup_state(setup: Setup, config: ml_collections.ConfigDict,
+                mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+    """``(abstract_state, shardings)``: shapes with their shardings, nothing computed."""
+    abstract = jax.eval_shape(lambda: init_state(setup, config.seed))
+    shardings = parallel.state_shardings(abstract, mesh, config.parallel.param_sharding,
+                                         config.parallel.fsdp_min_size)
+    abstract = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return abstract, shardings
