@@ -10,6 +10,9 @@ from typing import Any
 
 # --mode of python -m diffjax.main
 MODES = ("train", "sample", "eval")
+# config.task: what the one train step minimises (diffjax.training.tasks registers each name;
+# tests/test_structure.py checks that the two lists agree)
+TASKS = ("denoise",)
 # config.training.nonfinite: drop the update of a non-finite step, or stop the run there
 NONFINITE_MODES = ("skip", "stop")
 # config.optim.optimizer and config.optim.schedule

@@ -96,6 +96,9 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     for key in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         _positive(f"training.{key}", t[key])
     _positive("training.eval_every", t.eval_every, allow_zero=True)
+    _positive("training.max_consecutive_nonfinite", t.max_consecutive_nonfinite,
+              allow_zero=True)
+    _positive("optim.grad_accum_steps", config.optim.grad_accum_steps)
     _in_range("training.ema_decay", t.ema_decay, 0.0, 1.0)
     _positive("data.batch_size", config.data.batch_size)
     _positive("seed", config.seed, allow_zero=True)
@@ -118,6 +121,7 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
 
     check_choice("path.name", config.path.name, paths.PATHS)
     check_choice("model.arch", config.model.arch, models.ARCHS)
+    check_choice("task", config.task, choices.TASKS)
     check_choice("model.target", config.model.target, targets.TARGETS)
     check_choice("model.preconditioning", config.model.preconditioning, PRECONDITIONINGS)
     check_choice("loss.weighting", config.loss.weighting, objectives.WEIGHTINGS)

@@ -65,7 +65,7 @@ def path_kwargs(path_cfg: ConfigDict) -> dict[str, Any]:
 
 def default_model_config(arch: str = "unet") -> ConfigDict:
     """``config.model`` for ``arch``: the network's keys plus the recipe keys."""
-    cfg = models.default_unet_config() if arch == "unet" else models.default_mlp_config()
+    cfg = models.default_config(arch)
     cfg.target = "velocity"
     cfg.preconditioning = "none"
     cfg.sigma_data = 0.5  # the one data scale: EDM preconditioning and the edm weighting
@@ -179,9 +179,10 @@ def reference_config() -> ConfigDict:
     """The default config with the keys of every arch in ``model``: the set of valid keys."""
     config = default_config()
     with config.unlocked():
-        for key, value in default_model_config("mlp").items():
-            if key not in config.model:
-                config.model[key] = value
+        for arch in models.ARCHS:
+            for key, value in default_model_config(arch).items():
+                if key not in config.model:
+                    config.model[key] = value
     return config
 
 

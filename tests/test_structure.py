@@ -185,3 +185,11 @@ def test_old_import_paths_of_moved_names_still_work(old, new):
         return getattr(importlib.import_module(module), name)
 
     assert get(old) is get(new)
+
+
+def test_task_names_for_validation_are_the_registered_tasks():
+    import diffjax.train  # noqa: F401  (registers every task)
+    from diffjax import choices
+    from diffjax.training import tasks
+
+    assert tuple(choices.TASKS) == tuple(tasks.TASKS)

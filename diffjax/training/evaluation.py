@@ -59,13 +59,11 @@ class Sampler:
             options.update(label=labels, guidance_scale=cfg.guidance_scale,
                            num_classes=setup.data_info.num_classes)
         shape = (self.batch_size, *setup.data_info.shape)
-        model_fn = setup.denoiser.model_fn({"params": params})
-        # The sampler evaluates its grid from Python constants while it is traced; this
-        # keeps those values concrete while params, key and labels stay traced.
-        with jax.ensure_compile_time_eval():
-            return sample(model_fn, setup.denoiser.path, shape, key,
-                          target=setup.denoiser.target, sampler=cfg.sampler,
-                          num_steps=cfg.num_steps, **options)
+        # Parameters are traced arguments of the network function (never constants of the
+        # program): one compiled sampler serves every evaluation of the run.
+        return sample(setup.denoiser.fn, setup.denoiser.path, shape, key, params=params,
+                      target=setup.denoiser.target, sampler=cfg.sampler,
+                      num_steps=cfg.num_steps, **options)
 
     def __call__(self, params: Any, key: Array, labels: Optional[np.ndarray] = None) -> Array:
         if labels is not None:
@@ -165,8 +163,8 @@ def likelihood_metrics(setup: Setup, params: Any, config: ml_collections.ConfigD
     x, labels = data_lib.load_arrays(config.data.dataset, "test", config.data.get("data_dir"),
                                      limit=config.eval.likelihood_examples)
     return nll.likelihood_metrics(
-        names, setup.denoiser.model_fn({"params": params}), setup.denoiser.path,
-        setup.denoiser.target, x, kind=setup.data_info.kind,
+        names, setup.denoiser.fn, setup.denoiser.path, setup.denoiser.target, x,
+        params=params, kind=setup.data_info.kind,
         labels=labels if setup.conditional else None,
         divergence=config.eval.likelihood_divergence, seed=config.sampling.seed)
 
