@@ -155,14 +155,11 @@ def _host(port: int, process_id: int, out: str, data_dir: str) -> None:
 
 
 def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """``configs/<name>.py``'s ``get_config(arg)``."""
-    import importlib.util
+    """``configs/<name>.py``'s ``get_config(arg)`` through the one config loader (unlocked)."""
+    from diffjax import config_loading
 
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs",
-                                                                     f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    spec = os.path.join(REPO, "configs", f"{name}.py") + (f":{arg}" if arg else "")
+    return config_loading.load(spec, lock=False)
 
 
 def paper_setup(name: str, data_dir: str):

@@ -169,30 +169,19 @@ def repo_path(path: str) -> str:
 
 
 def build_config(config_spec: str, overrides: Overrides):
-    """The run config of ``config_spec`` (``file.py[:arg]``) with ``overrides`` applied."""
-    from diffjax import config_validation
+    """The run config of ``config_spec`` (``file.py[:arg]``) with ``overrides`` applied, through
+    the one config loader (:func:`diffjax.config_loading.load`)."""
+    from diffjax import config_loading
+    from diffjax.errors import ConfigError
 
-    file, _, arg = config_spec.partition(":")
+    file, sep, arg = config_spec.partition(":")
     file = repo_path(file)
     if not os.path.isfile(file):
         raise SweepError(f"config file {file} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(file))}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-    for key, value in overrides.items():
-        error = config_validation.is_known_override(key)
-        if error is not None:
-            raise SweepError(str(error))
-        *groups, leaf = key.split(".")
-        node = config
-        for g in groups:
-            node = node[g]
-        try:
-            node[leaf] = value
-        except (TypeError, ValueError, AttributeError) as e:
-            raise SweepError(f"config.{key}={value!r}: {e}") from None
-    return config
+    try:
+        return config_loading.load(file + sep + arg, dict(overrides), lock=False)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
 
 
 def _grid(sweep: Sweep, quick: bool) -> list[Overrides]:

@@ -15,7 +15,6 @@ published batch of 128 one step takes about a minute on two cores).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import time
@@ -32,11 +31,9 @@ CPU_BATCH = {"cifar10_ddpmpp": 8, "cifar10_edm": 8}
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs",
-                                                                     f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(None)
+    from diffjax import config_loading
+
+    return config_loading.load(os.path.join(REPO, "configs", f"{name}.py"), lock=False)
 
 
 def matmul_peak(sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
