@@ -202,7 +202,7 @@ def _paper(out: str) -> None:
 def sample_twice(data_dir: str) -> dict[str, np.ndarray]:
     """Conditional samples (16 rows) of the tiny config from two parameter sets through one
     :class:`diffjax.train.Sampler`; with how often it was traced and over how many devices
-    its output was split."""
+    its output was split; and the NLL of 16 test points (also split over the devices)."""
     import jax
 
     from diffjax import train
@@ -220,6 +220,13 @@ def sample_twice(data_dir: str) -> dict[str, np.ndarray]:
         out[name] = np.asarray(jax.device_get(samples))
         out["devices"] = np.asarray(len(samples.sharding.device_set))
     out["traces"] = np.asarray(sampler.traces)
+    # The likelihood of 16 test points, split over the devices like the samples.
+    from diffjax.training import evaluation
+
+    config.eval.likelihood_examples = 16
+    nll = evaluation.likelihood_metrics(setup, jax.tree_util.tree_map(lambda p: p + 0.01, params),
+                                        config, ["nll"])
+    out["nll"] = np.asarray(nll["nll"])
     return out
 
 

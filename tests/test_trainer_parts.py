@@ -159,6 +159,7 @@ def test_sampler_compiles_once_for_new_parameters_and_splits_rows_over_8_devices
     assert not np.allclose(one["a"], one["b"])  # the two parameter sets gave other samples
     for name in ("a", "b"):
         np.testing.assert_allclose(eight[name], one[name], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(eight["nll"], one["nll"], rtol=1e-4)  # likelihood split too
 
 
 def test_evaluation_during_training_builds_its_sampler_once(tmp_path):

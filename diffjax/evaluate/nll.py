@@ -70,7 +70,8 @@ def check(names: Sequence[str], data_kind: str, path, target: str) -> None:
 def likelihood_metrics(names: Sequence[str], model_fn: Callable, path, target: str,
                        x: np.ndarray, *, kind: str, labels: Optional[np.ndarray] = None,
                        divergence: str = "auto", seed: int = 0, params: Any = None,
-                       cond: Optional[dict] = None) -> dict[str, float]:
+                       cond: Optional[dict] = None,
+                       sharding: Optional[jax.sharding.Sharding] = None) -> dict[str, float]:
     """The model metrics ``names`` of test data ``x: [N, ...]`` (see the module docstring).
 
     Args:
@@ -83,6 +84,9 @@ def likelihood_metrics(names: Sequence[str], model_fn: Callable, path, target: s
       cond: the condition pytree of ``x`` (leaves ``[N, ...]``), else None.
       divergence: ``"auto"``, ``"exact"`` or ``"hutchinson"``.
       seed: dequantisation noise and Hutchinson probes.
+      sharding: where the examples go (e.g. the batch split over a device mesh, as the
+        trainer's evaluation does): the compiled solve then runs data-parallel. Every process
+        passes the whole ``x``. None: default placement.
     """
     names = list(dict.fromkeys(names))
     if not names:
@@ -102,6 +106,8 @@ def likelihood_metrics(names: Sequence[str], model_fn: Callable, path, target: s
     if kind == "image":
         k = np.rint((np.asarray(x, np.float64) + 1.0) * 127.5)
         y = likelihood.dequantize(k, k_deq, jnp.float32)
+    if sharding is not None:
+        y, cond = _place((y, cond), sharding)
     logp, _ = likelihood.log_likelihood(model_fn, path, y, k_probe, target=target,
                                         params=params, cond=cond, divergence=divergence)
     nll = -np.asarray(logp, np.float64)
@@ -111,6 +117,14 @@ def likelihood_metrics(names: Sequence[str], model_fn: Callable, path, target: s
     if "bits_per_dim" in names:
         out["bits_per_dim"] = float(np.mean(likelihood.bits_per_dim_from_logp(-nll, dim)))
     return {k: v for name in names for k, v in out.items() if k in REPORTS[name]}
+
+
+def _place(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Every array of ``tree`` (leading axis = examples) laid out by ``sharding``."""
+    def put(a):
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree_util.tree_map(put, tree)
 
 
 __all__ = ["DIVERGENCES", "EXACT_MAX_DIM", "MODEL_METRIC_KINDS", "REPORTS", "check",

@@ -166,7 +166,14 @@ def likelihood_metrics(setup: Setup, params: Any, config: ml_collections.ConfigD
         names, setup.denoiser.fn, setup.denoiser.path, setup.denoiser.target, x,
         params=params, kind=setup.data_info.kind,
         labels=labels if setup.conditional else None,
-        divergence=config.eval.likelihood_divergence, seed=config.sampling.seed)
+        divergence=config.eval.likelihood_divergence, seed=config.sampling.seed,
+        sharding=_examples_sharding(x.shape[0]))
+
+
+def _examples_sharding(n: int) -> Optional[jax.sharding.Sharding]:
+    """The test examples split over the devices like a training batch, when they divide."""
+    mesh = parallel.make_mesh()
+    return parallel.batch_sharding(mesh) if n % mesh.size == 0 else None
 
 
 def headline(results: dict[str, float]) -> Optional[str]:
