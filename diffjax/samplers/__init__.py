@@ -89,7 +89,8 @@ import jax.numpy as jnp
 from diffjax import targets as targets_lib
 from diffjax.paths import Path
 from diffjax.samplers import adaptive as adaptive_lib
-from diffjax.samplers import ancestral, deis, dpm_solver, edm, guidance, ode, sde, unipc
+from diffjax.samplers import ancestral, clipping, conventions, deis, dpm_solver, edm, guidance
+from diffjax.samplers import ode, sde, unipc
 from diffjax.samplers.base import Plan, Problem
 from diffjax.samplers.grids import GRIDS, LOGSNR_GRIDS, check_grid, time_grid
 
@@ -139,6 +140,7 @@ def _check_edm(opts):
 def _check_dpm(opts):
     if opts["order"] not in (1, 2, 3):
         raise ValueError(f"option order must be one of 1, 2, 3; got {opts['order']!r}")
+    _check_convention(opts)
     if opts["sde"] and opts["order"] == 3:
         raise ValueError("dpm_solver++ with sde=True has orders 1 and 2 (SDE-DPM-Solver++(2M)); "
                          "got order=3")
@@ -149,6 +151,13 @@ def _check_unipc(opts):
         raise ValueError(f"option order must be one of 1, 2, 3; got {opts['order']!r}")
     if opts["variant"] not in ("bh1", "bh2"):
         raise ValueError(f"option variant must be 'bh1' or 'bh2', got {opts['variant']!r}")
+    _check_convention(opts)
+
+
+def _check_convention(opts):
+    if opts["convention"] not in dpm_solver.CONVENTIONS:
+        raise ValueError(f"option convention must be one of {', '.join(dpm_solver.CONVENTIONS)}, "
+                         f"got {opts['convention']!r}")
 
 
 def _check_deis(opts):
@@ -174,9 +183,18 @@ class Sampler:
     evaluates_at_t_min: bool = False
     fixed_step: bool = True
     grid: str = "uniform"
-    denoise_to_zero: bool = True
+    denoise_to_zero: Union[bool, Callable[[Mapping[str, Any]], bool]] = True
+    off_grid: Callable[[Mapping[str, Any]], bool] = lambda opts: False  # evaluates between grid times
     check: Callable[[Mapping[str, Any]], None] = lambda opts: None
     stochastic: Callable[[Mapping[str, Any]], bool] = lambda opts: False
+
+
+#: Final-step convention of dpm_solver++ and unipc (:func:`.dpm_solver.step_order`).
+DEFAULT_CONVENTION = "diffusers"
+
+
+def _final_step_to_zero(opts) -> bool:
+    return opts["convention"] == "diffusers"
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -188,31 +206,36 @@ SAMPLERS: dict[str, Sampler] = {
     "pc": Sampler(sde.pc, {"snr": 0.16, "corrector_steps": 1},
                   cost=lambda opts: 1 + opts["corrector_steps"], finite_logsnr=True,
                   check=_check_pc, stochastic=lambda opts: True),
-    "euler": Sampler(ode.euler),
-    "heun": Sampler(ode.heun, cost=lambda opts: 2, split_last=True, evaluates_at_t_min=True),
-    "rk4": Sampler(ode.rk4, cost=lambda opts: 4, evaluates_at_t_min=True),
+    "euler": Sampler(ode.euler, {"variable": None}),
+    "heun": Sampler(ode.heun, {"variable": None}, cost=lambda opts: 2, split_last=True,
+                    evaluates_at_t_min=True),
+    "rk4": Sampler(ode.rk4, {"variable": None}, cost=lambda opts: 4, evaluates_at_t_min=True,
+                   off_grid=lambda opts: True),
     "edm": Sampler(edm.edm, {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0},
                    cost=lambda opts: 2, split_last=True, finite_logsnr=True,
                    evaluates_at_t_min=True, grid="karras", check=_check_edm,
-                   stochastic=lambda opts: opts["s_churn"] > 0),
+                   stochastic=lambda opts: opts["s_churn"] > 0,
+                   off_grid=lambda opts: opts["s_churn"] > 0),
     "dpm_solver++": Sampler(dpm_solver.dpm_solver_pp,
-                            {"order": 2, "lower_order_final": True, "sde": False},
-                            finite_logsnr=True, grid="logsnr", denoise_to_zero=False,
+                            {"order": 2, "lower_order_final": True, "sde": False,
+                             "convention": DEFAULT_CONVENTION},
+                            finite_logsnr=True, grid="logsnr", denoise_to_zero=_final_step_to_zero,
                             check=_check_dpm, stochastic=lambda opts: opts["sde"]),
-    "unipc": Sampler(unipc.unipc, {"order": 3, "variant": "bh2", "lower_order_final": True},
-                     finite_logsnr=True, grid="logsnr", denoise_to_zero=False,
+    "unipc": Sampler(unipc.unipc, {"order": 3, "variant": "bh2", "lower_order_final": True,
+                                   "convention": DEFAULT_CONVENTION},
+                     finite_logsnr=True, grid="logsnr", denoise_to_zero=_final_step_to_zero,
                      check=_check_unipc),
     "deis": Sampler(deis.deis, {"order": 3}, finite_logsnr=True, grid="quadratic",
                     denoise_to_zero=False, check=_check_deis),
     "adaptive": Sampler(adaptive_lib.adaptive, {"rtol": 1e-5, "atol": 1e-5},
                         evaluates_at_t_min=True, fixed_step=False, denoise_to_zero=False,
-                        check=_check_tolerances),
+                        check=_check_tolerances, off_grid=lambda opts: True),
 }
 
 _COMMON = {"t_min": None, "t_max": None, "denoise_to_zero": None, "return_info": False,
            "return_trajectory": False, "label": None, "guidance_scale": None,
            "num_classes": None, "x_init": None, "known": None, "mask": None,
-           "inpaint_noise": "fixed"}
+           "inpaint_noise": "fixed", "clip_x0": None, "dynamic_threshold": None}
 _GRID_OPTIONS = ("grid", "rho")
 _ARRAY_OPTIONS = ("label", "x_init", "known", "mask")
 
@@ -220,7 +243,7 @@ _ARRAY_OPTIONS = ("label", "x_init", "known", "mask")
 def _resolve(sampler: str, spec: Sampler, options: dict) -> dict:
     accepted = dict(_COMMON, **spec.options)
     if spec.fixed_step:
-        accepted.update(grid=spec.grid, rho=7.0)
+        accepted.update(grid=None, rho=7.0)  # None: the path's default (conventions.resolve)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"Sampler {sampler!r} got unknown option(s) {unknown}; it takes: "
@@ -228,6 +251,8 @@ def _resolve(sampler: str, spec: Sampler, options: dict) -> dict:
     opts = dict(accepted, **options)
     if spec.fixed_step and isinstance(opts["grid"], str):
         check_grid(opts["grid"], opts["rho"])
+    elif spec.fixed_step and opts["grid"] is None:
+        check_grid("uniform", opts["rho"])  # the grid is chosen with the path; rho is checked here
     elif spec.fixed_step:
         ts = jnp.asarray(opts["grid"])
         if ts.ndim != 1 or ts.shape[0] < 1 or not bool(jnp.all(jnp.diff(ts) < 0)):
@@ -240,6 +265,7 @@ def _resolve(sampler: str, spec: Sampler, options: dict) -> dict:
         raise ValueError(f"Sampler {sampler!r} does not take return_trajectory: its steps are "
                          "chosen at run time")
     spec.check(opts)
+    clipping.from_options(opts["clip_x0"], opts["dynamic_threshold"])
     return opts
 
 
@@ -332,6 +358,7 @@ class _Static:
     guidance_scale: float
     num_classes: Optional[int]
     inpaint_noise: str
+    clip: Optional[clipping.Clip] = None
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -350,7 +377,8 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
 
     def denoise(x, t):
         t = jnp.full(x.shape[:1], t, x.dtype)
-        return targets_lib.to_x0_eps(static.target, path, model(x, t), x, t)
+        x0, eps = targets_lib.to_x0_eps(static.target, path, model(x, t), x, t)
+        return clipping.apply(static.clip, path, x0, eps, x, t)
 
     constrain = lambda x, t, key: x
     if "known" in arrays:
@@ -399,9 +427,13 @@ def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target
     _check_guidance_and_editing(sampler, spec, opts, shape)
     t_min = float(path.t_min if opts["t_min"] is None else opts["t_min"])
     t_max = float(path.t_max if opts["t_max"] is None else opts["t_max"])
+    opts = conventions.resolve(sampler, path, opts, t_min, t_max, default_grid=spec.grid,
+                               fixed_step=spec.fixed_step, off_grid=spec.off_grid(opts))
     denoise = opts["denoise_to_zero"]
     if denoise is None:
-        denoise = spec.denoise_to_zero and float(path.sigma(jnp.asarray(t_min))) > 0
+        default = spec.denoise_to_zero
+        default = default(opts) if callable(default) else default
+        denoise = default and float(path.sigma(jnp.asarray(t_min))) > 0
     _check_domain(sampler, spec, path, target, opts, t_min, t_max, bool(denoise))
     plan = _plan(sampler, spec, opts, num_steps, int(bool(denoise)))
 
@@ -412,14 +444,16 @@ def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target
             raise ValueError(f"the explicit grid has {ts.shape[0]} times, but {sampler!r} with "
                              f"num_steps={num_steps} takes {plan.num_intervals + 1}")
     elif spec.fixed_step:
-        ts = time_grid(opts["grid"], path, plan.num_intervals, t_min, t_max, opts["rho"], dtype)
+        ts = time_grid(opts["grid"], path, plan.num_intervals, t_min, t_max, opts["rho"], dtype,
+                       final_evaluated=bool(plan.denoise) or spec.evaluates_at_t_min)
     else:
         ts = jnp.asarray([t_max, t_min], dtype)
     arrays = {name: jnp.asarray(opts[name]) for name in _ARRAY_OPTIONS if opts[name] is not None}
     w = 1.0 if opts["guidance_scale"] is None else float(opts["guidance_scale"])
     static = _Static(sampler, model_fn, path, target, shape, plan,
                      tuple(sorted((k, opts[k]) for k in spec.options)), w,
-                     opts["num_classes"], opts["inpaint_noise"])
+                     opts["num_classes"], opts["inpaint_noise"],
+                     clipping.from_options(opts["clip_x0"], opts["dynamic_threshold"]))
     k_prior, k_loop, k_start = jax.random.split(key, 3)
     eps0 = jax.random.normal(k_prior, shape, dtype)
     fresh = opts["known"] is not None and opts["inpaint_noise"] == "fresh"
