@@ -190,7 +190,7 @@ class Sampler:
 
 
 #: Final-step convention of dpm_solver++ and unipc (:func:`.dpm_solver.step_order`).
-DEFAULT_CONVENTION = "diffusers"
+DEFAULT_CONVENTION = "reference"
 
 
 def _final_step_to_zero(opts) -> bool:
