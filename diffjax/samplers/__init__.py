@@ -16,17 +16,18 @@ ddpm            --                                   uniform    1   n; K = n - d
 ddim            eta=0.0                              uniform    1   n; K = n - d
 euler_maruyama  --                                   uniform    1   n; K = n - d
 pc              snr=0.16, corrector_steps=1 (c)      uniform    1   K (1+c) + d; K = (n-d)//(1+c)
-euler           --                                   uniform    1   n; K = n - d
-heun            --                                   uniform    1   n; K = ceil((n-d)/2), the
+euler           variable (per path, below)           uniform    1   n; K = n - d
+heun            variable                             uniform    1   n; K = ceil((n-d)/2), the
                                                                     last interval Euler if n-d
                                                                     is odd
-rk4             --                                   uniform    1   4K + d; K = (n-d)//4
+rk4             variable                             uniform    1   4K + d; K = (n-d)//4
 edm             s_churn=0, s_tmin=0, s_tmax=inf,     karras     1   as heun
                 s_noise=1
 dpm_solver++    order=2, lower_order_final=True,     logsnr     0   n; K = n - d
-                sde=False
+                sde=False, convention="reference"              (1 with "diffusers")
 unipc           order=3, variant="bh2",              logsnr     0   n; K = n - d
-                lower_order_final=True
+                lower_order_final=True,                        (1 with "diffusers")
+                convention="reference"
 deis            order=3                              quadratic  0   n; K = n - d
 adaptive        rtol=1e-5, atol=1e-5                 --         0   chosen by the solver, at
                                                                     most n; in SampleInfo.nfe.
@@ -38,10 +39,25 @@ DDIM's step to ``alpha = 1``, score-SDE's noise removal and EDM's final Euler st
 ``x0_hat``; DPM-Solver++, UniPC and DEIS stop at ``t_min``). With ``num_steps = T`` and
 ``t_min = 1/T`` the ``ddpm`` sampler on the ``ddpm`` path is Ho et al.'s sampler exactly.
 
+On a discrete-time path (``ddpm``: trained only at ``t = i/T``) the grid column is replaced by
+the integer spacing ``trailing`` and the model is evaluated only at training times
+(:mod:`.conventions`, :mod:`.grids`): ``rk4``, ``adaptive`` and ``edm`` with churn are refused
+there, and continuous grid names are rounded to ``i/T``.
+
+``variable`` (:mod:`.ode`): ``"t"`` steps in the path's time, ``"sigma"`` in ``sigma/alpha``
+(Karras et al. 2022); the default is ``"sigma"`` where the log-SNR is finite on
+``[t_min, t_max]`` except on ``rectified_flow``. ``convention`` (:mod:`.dpm_solver`):
+``"reference"`` (Lu et al.'s / Zhao et al.'s code) or ``"diffusers"`` (final step to
+``sigma = 0``, lower order below 15 steps); the defaults are measured on the exact digits
+mixture by ``experiments/benchmarks/sampler_numerics.py``.
+
 Options every sampler takes:
 
 * ``t_min``, ``t_max``: the time range (default ``path.t_min``, ``path.t_max``). Samples
   start from ``N(0, (alpha^2 + sigma^2)(t_max) I)``.
+* ``clip_x0`` (``c``) and ``dynamic_threshold`` (``p``): ``x0_hat`` clipped to ``[-c, c]``
+  (Ho et al. 2020) or dynamically thresholded (Saharia et al. 2022) in the one
+  ``(x0_hat, eps_hat)`` conversion, ``eps_hat`` recomputed from it (:mod:`.clipping`).
 * ``denoise_to_zero``: the final ``x0_hat`` step (default per the table above, and off
   where ``sigma(t_min) = 0``, e.g. rectified flow's ``t_min = 0``: ``x_{t_min}`` is data).
 * ``return_info``: return ``(x, SampleInfo)`` instead of ``x``; ``return_trajectory`` also
@@ -58,7 +74,7 @@ Options every sampler takes:
   ``known`` where ``mask = 1``. Not with ``adaptive``.
 
 Fixed-step samplers also take ``grid`` (:mod:`.grids`: uniform, quadratic, logsnr, karras,
-or an explicit decreasing array of ``K + 1`` times, e.g. from :func:`.tuning.optimise_grid`;
+leading, trailing, linspace (discrete paths), or an explicit decreasing array of ``K + 1`` times, e.g. from :func:`.tuning.optimise_grid`;
 it then sets ``t_max`` and ``t_min``) and ``rho`` (karras, default 7).
 
 Unknown samplers, grids or options, ``num_steps < 1`` and a path/target/sampler pair that
