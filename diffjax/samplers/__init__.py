@@ -45,8 +45,7 @@ the integer spacing ``trailing`` and the model is evaluated only at training tim
 there, and continuous grid names are rounded to ``i/T``.
 
 ``variable`` (:mod:`.ode`): ``"t"`` steps in the path's time, ``"sigma"`` in ``sigma/alpha``
-(Karras et al. 2022); the default is ``"sigma"`` where the log-SNR is finite on
-``[t_min, t_max]`` except on ``rectified_flow``. ``convention`` (:mod:`.dpm_solver`):
+(Karras et al. 2022); the default is ``"sigma"`` on the ``edm`` path, ``"t"`` elsewhere. ``convention`` (:mod:`.dpm_solver`):
 ``"reference"`` (Lu et al.'s / Zhao et al.'s code) or ``"diffusers"`` (final step to
 ``sigma = 0``, lower order below 15 steps); the defaults are measured on the exact digits
 mixture by ``experiments/benchmarks/sampler_numerics.py``.

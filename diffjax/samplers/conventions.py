@@ -8,9 +8,13 @@ Resolved by :func:`diffjax.samplers.sample` before any compute:
   between grid times (RK4's midpoints, ``adaptive``, EDM's churn) are refused there, and an
   explicit grid must consist of multiples of ``1/T``. Named continuous grids are rounded to
   ``i/T`` (:func:`.grids.time_grid`).
-* ``variable`` of ``euler`` / ``heun`` / ``rk4`` (:mod:`.ode`): ``"sigma"`` where the log-SNR
-  is finite on ``[t_min, t_max]`` and the path is not in :data:`T_VARIABLE_PATHS`, else
-  ``"t"``.
+* ``variable`` of ``euler`` / ``heun`` / ``rk4`` (:mod:`.ode`): ``"sigma"`` on the paths in
+  :data:`SIGMA_VARIABLE_PATHS` (where the log-SNR is finite on ``[t_min, t_max]``), else
+  ``"t"``. Measured (RMS distance to the ODE solution, digits mixture, default uniform grid):
+  on ``edm`` (rho = 7) stepping in ``sigma`` is 2-1000x more accurate at 10-50 NFE (Euler
+  0.165 vs 0.567 at 10 NFE, 0.024 vs 0.073 at 200; RK4 0.45 vs 476 at 10); on ``vp_linear``,
+  ``vp_cosine`` and ``rectified_flow`` stepping in ``t`` is as good or better (RK4 on
+  vp_cosine at 50 NFE: 4.4e-4 in ``t``, 0.21 in ``sigma``).
 
 The defaults are measured on the exact digits mixture by
 ``experiments/benchmarks/sampler_numerics.py`` (tables in its docstring).
@@ -28,8 +32,8 @@ from diffjax.samplers.ode import VARIABLES
 
 #: Default spacing on discrete-time paths (DDIM on the ddpm path, exact digits mixture).
 DISCRETE_GRID = "trailing"
-#: Paths whose probability-flow ODE is integrated more accurately in ``t`` than in ``sigma``.
-T_VARIABLE_PATHS = ("rectified_flow",)
+#: Paths whose probability-flow ODE is integrated more accurately in ``sigma/alpha`` than in ``t``.
+SIGMA_VARIABLE_PATHS = ("edm",)
 
 
 def _finite_logsnr(path: Path, t_min: float, t_max: float) -> bool:
@@ -38,9 +42,9 @@ def _finite_logsnr(path: Path, t_min: float, t_max: float) -> bool:
 
 def default_variable(path: Path, t_min: float, t_max: float) -> str:
     """The ODE solvers' integration variable on ``path`` over ``[t_min, t_max]``."""
-    if path.name in T_VARIABLE_PATHS or not _finite_logsnr(path, t_min, t_max):
-        return "t"
-    return "sigma"
+    if path.name in SIGMA_VARIABLE_PATHS and _finite_logsnr(path, t_min, t_max):
+        return "sigma"
+    return "t"
 
 
 def _check_variable(sampler: str, path: Path, variable: Any, t_min: float, t_max: float) -> None:
