@@ -204,7 +204,11 @@ class Sampler:
     stochastic: Callable[[Mapping[str, Any]], bool] = lambda opts: False
 
 
-#: Final-step convention of dpm_solver++ and unipc (:func:`.dpm_solver.step_order`).
+#: Final-step convention of dpm_solver++ and unipc (:func:`.dpm_solver.step_order`). Measured
+#: on the exact digits mixture (logsnr grid, vp_linear / vp_cosine), FD/floor at 5-10 NFE:
+#: "reference" is better in 28 of 30 cells (NFE 5, 6, 7, 8, 10; e.g. UniPC-3 at 7 NFE 6.1 vs
+#: 14.7, DPM-Solver++(3M) at 8 NFE 3.8 vs 5.7 on vp_linear); "diffusers" only for 2M at 5 NFE
+#: (3.2 vs 4.0 on vp_linear, 6.4 vs 6.9 on vp_cosine).
 DEFAULT_CONVENTION = "reference"
 
 

@@ -30,7 +30,12 @@ from diffjax.paths import Path
 from diffjax.samplers.grids import DISCRETE_GRIDS, training_steps
 from diffjax.samplers.ode import VARIABLES
 
-#: Default spacing on discrete-time paths (DDIM on the ddpm path, exact digits mixture).
+#: Default spacing on discrete-time paths. Measured on the ddpm path, exact digits mixture,
+#: FD/floor at 5/10/20/50 NFE: ancestral DDPM trailing 20.4/8.98/3.94/1.89 (best at every
+#: budget; linspace = the former uniform grid 27.5/10.2/4.23/1.94), DDIM trailing
+#: 14.3/5.23/2.28/1.18 (leading 13.6/4.90/2.12/1.14, linspace 20.1/5.68/2.25/1.15),
+#: DPM-Solver++(2M) with the diffusers convention trailing 10.4/2.52/1.34/1.00 (the best
+#: DPM-Solver++ setting on this path).
 DISCRETE_GRID = "trailing"
 #: Paths whose probability-flow ODE is integrated more accurately in ``sigma/alpha`` than in ``t``.
 SIGMA_VARIABLE_PATHS = ("edm",)
