@@ -96,6 +96,10 @@ SAMPLER_OPTIONS: dict[str, type] = {
     "order": int,                      # dpm_solver++, unipc
     "snr": float, "corrector_steps": int,  # pc
     "rho": float,                      # the karras grid
+    "variable": str,                   # euler, heun, rk4: "t" | "sigma"
+    "convention": str,                 # dpm_solver++, unipc: "reference" | "diffusers"
+    "clip_x0": float,                  # every sampler: x0_hat clipped to [-c, c]
+    "dynamic_threshold": float,        # every sampler: Imagen's percentile p
 }
 
 

@@ -5,6 +5,10 @@ trained once; every trial samples it with DDIM at its ``eta`` and number of step
 and is judged by the Fréchet distance in the digits classifier's features (500 samples,
 with the real-data floor).
 
+The model is evaluated only at its training times ``t = i/1000``: the ddpm path's default
+``trailing`` integer spacing (``diffjax.samplers.conventions``). At S = 1000 every spacing is
+all 1000 training times, so that column does not depend on the spacing.
+
     python -m diffjax.sweep --sweep=experiments/ddim_steps.py --workdir=runs/experiments/ddim_steps
 """
 from diffjax.sweep import Plot, Sweep, product

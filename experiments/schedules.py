@@ -10,7 +10,8 @@ variance-preserving paths:
   distribution; EDM's preconditioning and weighting are *not* used, to vary one thing);
 * ``cosine_matched``, ``edm_matched``: the same on the cosine path cut at ``t_max = 0.996``,
   the log-SNR range of the linear path (see ``MATCHED``);
-* ``*_v``: linear, cosine_matched and edm_matched with the v target instead of eps.
+* ``*_v``: linear, cosine_matched and edm_matched with the v target instead of eps;
+* ``*_clip``: the eps models sampled with ``clip_x0 = 1`` (x0_hat clipped to the data range).
 
 Each is sampled with DDIM (eta = 0) on its own path at 10 and 50 steps.
 
@@ -35,6 +36,11 @@ SCHEDULES = {
 # bounded as alpha -> 0: separates the noise distribution from eps's instability there.
 SCHEDULES.update({f"{name}_v": {**SCHEDULES[name], "model.target": "v"}
                   for name in ("linear", "cosine_matched", "edm_matched")})
+# The eps models again with x0_hat clipped to the data range [-1, 1] while sampling (Ho et al.
+# 2020's clip_denoised, as improved-diffusion samples): bounds the sigma/alpha amplification of
+# eps_hat's error at the highest noise without retraining (same trained models).
+SCHEDULES.update({f"{name}_clip": {**SCHEDULES[name], "sampling.clip_x0": 1.0}
+                  for name in ("linear", "cosine", "edm", "cosine_matched", "edm_matched")})
 
 
 def _grid(steps):

@@ -16,17 +16,18 @@ ddpm            --                                   uniform    1   n; K = n - d
 ddim            eta=0.0                              uniform    1   n; K = n - d
 euler_maruyama  --                                   uniform    1   n; K = n - d
 pc              snr=0.16, corrector_steps=1 (c)      uniform    1   K (1+c) + d; K = (n-d)//(1+c)
-euler           --                                   uniform    1   n; K = n - d
-heun            --                                   uniform    1   n; K = ceil((n-d)/2), the
+euler           variable (per path, below)           uniform    1   n; K = n - d
+heun            variable                             uniform    1   n; K = ceil((n-d)/2), the
                                                                     last interval Euler if n-d
                                                                     is odd
-rk4             --                                   uniform    1   4K + d; K = (n-d)//4
+rk4             variable                             uniform    1   4K + d; K = (n-d)//4
 edm             s_churn=0, s_tmin=0, s_tmax=inf,     karras     1   as heun
                 s_noise=1
 dpm_solver++    order=2, lower_order_final=True,     logsnr     0   n; K = n - d
-                sde=False
+                sde=False, convention="reference"              (1 with "diffusers")
 unipc           order=3, variant="bh2",              logsnr     0   n; K = n - d
-                lower_order_final=True
+                lower_order_final=True,                        (1 with "diffusers")
+                convention="reference"
 deis            order=3                              quadratic  0   n; K = n - d
 adaptive        rtol=1e-5, atol=1e-5                 --         0   chosen by the solver, at
                                                                     most n; in SampleInfo.nfe
@@ -39,6 +40,24 @@ adaptive        rtol=1e-5, atol=1e-5                 --         0   chosen by th
 DDIM's step to ``alpha = 1``, score-SDE's noise removal and EDM's final Euler step all return
 ``x0_hat``; DPM-Solver++, UniPC and DEIS stop at ``t_min``). With ``num_steps = T`` and
 ``t_min = 1/T`` the ``ddpm`` sampler on the ``ddpm`` path is Ho et al.'s sampler exactly.
+
+On a discrete-time path (``ddpm``: trained only at ``t = i/T``) the grid column is replaced by
+the integer spacing ``trailing`` and the model is evaluated only at training times
+(:mod:`.conventions`, :mod:`.grids`): ``rk4``, ``adaptive`` and ``edm`` with churn are refused
+there, and continuous grid names are rounded to ``i/T``.
+
+``variable`` (:mod:`.ode`): ``"t"`` steps in the path's time, ``"sigma"`` in ``sigma/alpha``
+(Karras et al. 2022); the default is ``"sigma"`` on the ``edm`` path, ``"t"`` elsewhere.
+``convention`` (:mod:`.dpm_solver`): ``"reference"`` (Lu et al.'s / Zhao et al.'s code) or
+``"diffusers"`` (final step to ``sigma = 0``, lower order below 15 steps); the defaults are
+measured on the exact digits mixture by ``experiments/benchmarks/sampler_numerics.py``.
+``langevin`` (:mod:`.langevin`, Song & Ermon 2019): ``steps_per_level=10``, ``step_size=2e-5``,
+``step_rule="paper"`` (or ``"snr"`` with ``snr=0.16``), logsnr grid; NFE = levels x
+``steps_per_level`` + d.
+
+Clipping, every sampler: ``clip_x0`` (``c``) and ``dynamic_threshold`` (``p``) clip ``x0_hat``
+to ``[-c, c]`` (Ho et al. 2020) or threshold it dynamically (Saharia et al. 2022) in the one
+``(x0_hat, eps_hat)`` conversion, ``eps_hat`` recomputed from it (:mod:`.clipping`).
 
 Options every sampler takes:
 
@@ -72,6 +91,7 @@ Options every sampler takes:
   ``known`` where ``mask = 1``. Not with ``adaptive``.
 
 Fixed-step samplers also take ``grid`` (:mod:`.grids`: uniform, quadratic, logsnr, karras,
+leading, trailing, linspace (discrete paths),
 or an explicit decreasing array of ``K + 1`` times, e.g. from :func:`.tuning.optimise_grid`;
 it then sets ``t_max`` and ``t_min``) and ``rho`` (karras, default 7).
 

@@ -16,9 +16,15 @@ and the multistep solvers approximate ``x0_hat`` by the polynomial through the l
                      D1_0 = (m0 - m1)/r0,  D1_1 = (m1 - m2)/r1,
                      D1 = D1_0 + r0 (D1_0 - D1_1)/(r0 + r1),  D2 = (D1_0 - D1_1)/(r0 + r1).
 
-The first steps warm up with orders 1, 2, ...; with ``lower_order_final`` and fewer than 10
-steps the last steps drop to order ``K - i`` (the rule of Lu et al.'s reference
-implementation: "We only use lower order for steps < 10").
+The first steps warm up with orders 1, 2, ...; with ``lower_order_final`` the last steps drop
+in order, by one of two conventions (``convention``):
+
+* ``"reference"`` (Lu et al.'s reference code): with fewer than 10 intervals the step
+  ``i`` has order at most ``K - i``; the sampler stops at ``t_min`` (no final evaluation).
+* ``"diffusers"`` (diffusers' ``DPMSolverMultistepScheduler``, ``final_sigmas_type="zero"``):
+  ``N = K + 1`` steps, the last one a first-order step to ``sigma = 0``, i.e. the
+  ``denoise_to_zero`` evaluation ``x0_hat(x_{t_K})``; with ``N < 15`` the step before it has
+  order at most 2: step ``i`` has order at most ``N - i``.
 
 The SDE variant (SDE-DPM-Solver++(2M), Lu et al. 2022, Sec. 5 / App. D, "midpoint" form)
 integrates the reverse SDE exactly in its linear part:
@@ -36,11 +42,19 @@ from diffjax.samplers.base import Plan, Problem, half_logsnr, run_grid
 Array = jax.Array
 
 
-def _step_order(i: Array, num: int, order: int, lower_order_final: bool) -> Array:
+CONVENTIONS = ("reference", "diffusers")
+
+
+def step_order(i: Array, num: int, order: int, lower_order_final: bool, convention: str,
+               denoise: int) -> Array:
+    """The order of interval ``i`` of ``num`` (``denoise``: 1 if a final ``x0_hat`` follows)."""
     k = jnp.minimum(order, i + 1)
-    if lower_order_final and num < 10:
-        k = jnp.minimum(k, num - i)
-    return k
+    if not lower_order_final:
+        return k
+    if convention == "reference":
+        return jnp.minimum(k, num - i) if num < 10 else k
+    steps = num + denoise  # diffusers counts the final step to sigma = 0
+    return jnp.minimum(k, steps - i) if steps < 15 else k
 
 
 def _ode_coefs(h, r0, r1, alpha_s, k):
@@ -66,7 +80,7 @@ def _sde_coefs(h, r0, alpha_s, k):
 
 
 def dpm_solver_pp(problem: Problem, x: Array, ts: Array, keys, plan: Plan, *,
-                  order: int, lower_order_final: bool, sde: bool):
+                  order: int, lower_order_final: bool, sde: bool, convention: str):
     """DPM-Solver++(1/2/3M), or SDE-DPM-Solver++(1/2M) with ``sde=True``. NFE: 1 per interval.
 
     Needs a finite log-SNR on the whole grid.
@@ -81,7 +95,7 @@ def dpm_solver_pp(problem: Problem, x: Array, ts: Array, keys, plan: Plan, *,
         h = lam[i + 1] - lam[i]
         r0 = (lam[i] - lam[jnp.maximum(i - 1, 0)]) / h
         r1 = (lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)]) / h
-        k = _step_order(i, num, order, lower_order_final)
+        k = step_order(i, num, order, lower_order_final, convention, plan.denoise)
         # Ratios of steps that do not exist yet are unused; keep them finite so that the
         # unselected branches of jnp.where have finite gradients (grids can be optimised).
         r0, r1 = jnp.where(k >= 2, r0, 1.0), jnp.where(k >= 3, r1, 1.0)

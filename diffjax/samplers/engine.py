@@ -19,7 +19,7 @@ import numpy as np
 
 from diffjax.paths import Path
 from diffjax.samplers import adaptive as adaptive_lib
-from diffjax.samplers import guidance, options as options_lib
+from diffjax.samplers import clipping, guidance, options as options_lib
 from diffjax.samplers.base import Plan, Problem
 from diffjax.samplers.grids import time_grid
 from diffjax.samplers.registry import SAMPLERS, Sampler
@@ -80,6 +80,7 @@ class _Static:
     interval: Optional[tuple]
     inpaint_noise: str
     callback: Optional["_StepCallback"] = None
+    clip: Optional[clipping.Clip] = None
 
 
 class _StepCallback:
@@ -128,7 +129,8 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
                                       interval=static.interval)
 
     def denoise(x, t):
-        x0, eps = guided(x, jnp.full(x.shape[:1], t, x.dtype))
+        tb = jnp.full(x.shape[:1], t, x.dtype)
+        x0, eps = clipping.apply(static.clip, path, *guided(x, tb), x, tb)
         if static.callback is not None:
             jax.debug.callback(static.callback.evaluated, x0, ordered=True)
         return x0, eps
@@ -228,7 +230,8 @@ def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target
                              f"num_steps={num_steps} takes {the_plan.num_intervals + 1}")
     elif spec.fixed_step:
         ts = time_grid(opts["grid"], path, the_plan.num_intervals, t_min, t_max, opts["rho"],
-                       dtype)
+                       dtype, final_evaluated=bool(the_plan.denoise)
+                       or spec.evaluates_at_t_min(opts))
     else:
         ts = jnp.asarray([t_max, t_min], dtype)
     static = _Static(sampler, model_fn, opts["params"] is not None, path, target, shape,
@@ -236,7 +239,8 @@ def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target
                      float(opts["guidance_scale"]), opts["guide_fn"],
                      opts["guide_params"] is not None, opts["guide_target"],
                      opts["guidance_interval"], opts["inpaint_noise"],
-                     _StepCallback.of(opts["callback"]))
+                     _StepCallback.of(opts["callback"]),
+                     clipping.from_options(opts["clip_x0"], opts["dynamic_threshold"]))
     arrays = _arrays(opts, cond, uncond)
     k_prior, k_loop, k_start = jax.random.split(key, 3)
     eps0 = jax.random.normal(k_prior, shape, dtype)

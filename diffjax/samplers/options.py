@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from diffjax import conditions
 from diffjax import targets as targets_lib
 from diffjax.paths import Path
+from diffjax.samplers import clipping, conventions
 from diffjax.samplers.grids import LOGSNR_GRIDS, check_grid
 from diffjax.samplers.registry import Sampler, get
 
@@ -21,7 +22,7 @@ COMMON = {"t_min": None, "t_max": None, "denoise_to_zero": None, "return_info": 
           "return_trajectory": False, "label": None, "num_classes": None, "nulls": None,
           "guide_fn": None, "guide_params": None, "guide_target": None,
           "guidance_interval": None, "callback": None, "x_init": None, "known": None, "mask": None,
-          "inpaint_noise": "fixed"}
+          "inpaint_noise": "fixed", "clip_x0": None, "dynamic_threshold": None}
 GRID = {"grid": None, "rho": 7.0}
 # Arguments of sample() that are not options: they are handled here all the same.
 ARGUMENTS = {"params": None, "cond": None, "uncond": None, "guidance_scale": 1.0}
@@ -35,8 +36,9 @@ def resolve(sampler: str, spec: Sampler, options: Mapping[str, Any]) -> dict:
         raise ValueError(f"Sampler {sampler!r} got unknown option(s) {unknown}; it takes: "
                          f"{', '.join(sorted(accepted))}")
     opts = {**ARGUMENTS, **accepted, **options}
-    if spec.fixed_step:
-        opts["grid"] = spec.grid if opts["grid"] is None else opts["grid"]
+    if spec.fixed_step and opts["grid"] is None:
+        check_grid("uniform", opts["rho"])  # the grid is chosen with the path (conventions)
+    elif spec.fixed_step:
         _check_grid_option(opts)
     else:
         for name in ("return_trajectory", "callback"):
@@ -47,6 +49,7 @@ def resolve(sampler: str, spec: Sampler, options: Mapping[str, Any]) -> dict:
         raise ValueError(f"option callback must be a function (i, t, x, x0_hat), got "
                          f"{opts['callback']!r}")
     spec.check(opts)
+    clipping.from_options(opts["clip_x0"], opts["dynamic_threshold"])
     return opts
 
 
@@ -197,7 +200,9 @@ def final_denoise(spec: Sampler, path: Path, opts: dict, t_min: float) -> int:
     """1 if the run ends with the ``x0_hat`` evaluation (``denoise_to_zero``), else 0."""
     denoise = opts["denoise_to_zero"]
     if denoise is None:
-        denoise = spec.denoise_to_zero and float(path.sigma(jnp.asarray(t_min))) > 0
+        default = spec.denoise_to_zero
+        default = default(opts) if callable(default) else default
+        denoise = default and float(path.sigma(jnp.asarray(t_min))) > 0
     return int(bool(denoise))
 
 
@@ -212,6 +217,11 @@ def check_all(path: Path, shape: tuple, *, target: str, sampler: str, num_steps:
     check_guide(opts, path)
     conditions_of(opts, shape[0])
     t_min, t_max = time_range(path, opts)
+    # The grid and ODE variable of this path (integer spacings on discrete-time paths).
+    opts = conventions.resolve(sampler, path, opts, t_min, t_max, default_grid=spec.grid,
+                               fixed_step=spec.fixed_step, off_grid=spec.off_grid(opts))
+    if spec.fixed_step and isinstance(opts["grid"], str):
+        check_grid(opts["grid"], opts["rho"])
     denoise = final_denoise(spec, path, opts, t_min)
     check_domain(sampler, spec, path, target, opts, t_min, t_max, bool(denoise))
     return spec, opts

@@ -12,7 +12,10 @@ where UniP uses the ``p - 1`` previous points and UniC adds ``D_s = m_s - m0`` (
 ``rho`` solves ``sum_k rho_k r_k^(n-1) = n! phi_n(h) / B(h)``, ``n = 1..`` (their eq. 8),
 ``phi_{n+1} = phi_n / (-h) - 1/n!`` from ``phi_1 = expm1(-h)/(-h) - 1``, and
 ``B(h) = -h`` ("bh1") or ``expm1(-h)`` ("bh2"). Warm-up with orders 1, 2, ...; with
-``lower_order_final`` the last steps drop to order ``K - i`` as in the reference code.
+``lower_order_final`` the last steps drop to order ``K - i`` as in the reference code
+(``convention="reference"``, stopping at ``t_min``), or to ``N - i`` with ``N = K + 1`` steps
+the last of which goes to ``sigma = 0`` (``convention="diffusers"``, diffusers'
+``UniPCMultistepScheduler``: its final step is the ``denoise_to_zero`` evaluation).
 """
 from __future__ import annotations
 
@@ -52,15 +55,18 @@ def _rhos(h, r1, r2, k, variant):
 
 
 def unipc(problem: Problem, x: Array, ts: Array, keys, plan: Plan, *, order: int,
-          variant: str, lower_order_final: bool):
+          variant: str, lower_order_final: bool, convention: str):
     """UniPC-``order`` (UniP-p with UniC). NFE: 1 per interval. Needs a finite log-SNR."""
     path = problem.path
     num = ts.shape[0] - 1
     lam = half_logsnr(path, ts)
 
+    # Both conventions lower the order at any K; diffusers counts its final step to sigma = 0.
+    steps = num + (plan.denoise if convention == "diffusers" else 0)
+
     def order_at(i):
         k = jnp.minimum(order, i + 1)
-        return jnp.minimum(k, num - i) if lower_order_final else k
+        return jnp.minimum(k, steps - i) if lower_order_final else k
 
     def update(x_t, j, ms, m_s):
         """The step ``ts[j] -> ts[j + 1]`` from ``x_t`` with ``ms = (m0, m1, m2)``; UniC if

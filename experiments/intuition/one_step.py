@@ -77,7 +77,9 @@ def library_steps(mix, path, x0: np.ndarray, key: jax.Array, t: float, s: float)
         x, info = diffjax.sample(mix.model_fn(path, "eps"), path, (1,) + mix.event_shape, key,
                                  target="eps", sampler=sampler, num_steps=1, t_max=t, t_min=s,
                                  x_init=jnp.asarray(x0[None]), denoise_to_zero=False,
-                                 return_trajectory=True)
+                                 return_trajectory=True,
+                                 # the Euler step in t (in sigma/alpha it would be DDIM)
+                                 **({"variable": "t"} if sampler == "euler" else {}))
         out[sampler] = np.asarray(x)[0]
         out[f"{sampler}_start"] = np.asarray(info.trajectory)[0, 0]
     out["ddim_as_flow_euler"] = _rectified_flow_euler(mix, path, x0, key, t, s)
