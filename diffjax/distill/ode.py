@@ -51,7 +51,7 @@ def rk4(path: Path, x0_fn: X0Fn, x: Array, t: Array, s: Array, num_steps: int) -
         k2 = velocity(path, x0_fn, y + 0.5 * hb(h) * k1, tau + 0.5 * h)
         k3 = velocity(path, x0_fn, y + 0.5 * hb(h) * k2, tau + 0.5 * h)
         k4 = velocity(path, x0_fn, y + hb(h) * k3, tau + h)
-        return y + hb(h) / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return (y + hb(h) / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)).astype(y.dtype)
 
     return lax.fori_loop(0, num_steps, body, x)
 
