@@ -58,6 +58,10 @@ def get_config(recipe: str = "meanflow") -> ml_collections.ConfigDict:
     config.training.ema_decay = 0.998
     config.distill = settings.default_config()
     config.distill.teacher = teacher
+    if recipe == "meanflow":
+        # MeanFlow's target holds du/dt (a jvp in t): a time embedding of frequencies up to
+        # 50 per unit t instead of 1000 keeps that derivative at the scale of the velocity.
+        config.model.embedding_scale = 50.0
     if recipe == "consistency_distillation":
         config.distill.s0 = config.distill.s1 = 17     # Song et al.'s fixed N = 18
     return config

@@ -38,12 +38,16 @@ class EndTime(nn.Module):
 
     base: nn.Module
     features: int = 16
+    # Sinusoid frequencies up to ``scale`` per unit of d: MeanFlow differentiates the network
+    # in t (jvp), and features of frequency 1000 (the default for noise levels) make that
+    # derivative 1000 times the network's slope.
+    scale: float = 50.0
 
     @nn.compact
     def __call__(self, x, noise_cond, cond: Optional[Mapping[str, Any]] = None, train=False):
         cond = dict(cond or {})
         r = cond.pop(R_KEY, noise_cond)
-        d = sinusoidal_embedding(noise_cond - r, self.features, scale=1000.0)
+        d = sinusoidal_embedding(noise_cond - r, self.features, scale=self.scale)
         d = jnp.broadcast_to(d.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (self.features,)),
                              x.shape[:-1] + (self.features,))
         out = self.base(jnp.concatenate([x, d.astype(x.dtype)], axis=-1), noise_cond,
