@@ -103,8 +103,10 @@ def _initialize(state: Any, references) -> Any:
                                                        jax.tree_util.tree_leaves(state.params))))
     if not same:
         return state
-    params = jax.tree_util.tree_map(lambda p, s: jax.device_put(p, s.sharding), ref.params,
-                                    state.params)
+    # Copies: the teacher's own buffers are also the step's frozen argument, and the step
+    # donates the state's.
+    params = jax.tree_util.tree_map(lambda p, s: jax.device_put(jnp.copy(p), s.sharding),
+                                    ref.params, state.params)
     return state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params))
 
 
