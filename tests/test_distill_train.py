@@ -3,6 +3,7 @@ teacher that does not fit (diffjax.distill with diffjax.training)."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -102,3 +103,24 @@ def test_a_progressive_schedule_that_does_not_halve_fails_before_training(data_d
     with pytest.raises(ValueError, match="must halve"):
         train.train(config, str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_progressive_round_two_starts_from_its_teacher_run(data_dir, tmp_path):
+    from diffjax.distill import progressive
+    round1 = _config(data_dir, "progressive")
+    round1.distill.steps, round1.distill.round = (4, 2, 1), 1
+    train.train(round1, str(tmp_path / "round1"))
+    round2 = _config(data_dir, "progressive")
+    round2.distill.steps, round2.distill.round = (4, 2, 1), 2
+    round2.distill.teacher = str(tmp_path / "round1")
+    refs = frozen.load_all({teacher_lib.TEACHER_KEY: round2.distill.teacher})
+    from diffjax.training.setup import build
+    from diffjax.training.state import init_state
+    fresh = init_state(build(round2), round2.seed)
+    started = progressive._initialize(fresh, refs)
+    teacher_params = refs[teacher_lib.TEACHER_KEY].params
+    for a, b in zip(jax.tree_util.tree_leaves(started.params),
+                    jax.tree_util.tree_leaves(teacher_params)):
+        np.testing.assert_array_equal(a, b)
+    train.train(round2, str(tmp_path / "round2"))      # the teacher's buffers are not donated
+    assert np.all(np.isfinite(helpers.losses(str(tmp_path / "round2"))))
