@@ -93,8 +93,9 @@ class Progressive:
 
 
 def _initialize(state: Any, references) -> Any:
-    """The student starts as its teacher when the teacher is a run with the same network
-    and target (round 2 onwards); from scratch otherwise (e.g. the exact-mixture teacher)."""
+    """The student starts as its teacher when the teacher is a run whose parameters have the
+    student's tree and shapes (round 2 onwards: the previous round's student); from scratch
+    otherwise (e.g. the exact-mixture teacher)."""
     ref = references[teacher_lib.TEACHER_KEY]
     if isinstance(ref, teacher_lib.AnalyticReference):
         return state

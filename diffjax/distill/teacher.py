@@ -14,7 +14,6 @@ import hashlib
 from typing import Any, Callable, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from diffjax import analytic, targets
@@ -146,12 +145,3 @@ def teacher_of(setup: Setup, references: Mapping[str, frozen.Reference]) -> Teac
 def frozen_params(frozen_tree: Any) -> Any:
     """The teacher's parameters in the step's ``frozen`` argument."""
     return (frozen_tree or {}).get(TEACHER_KEY, {})
-
-
-def velocity(path: Path, x0_hat: Array, x: Array, t: Array) -> Array:
-    """The probability-flow velocity ``dx/dt = alpha' x0_hat + sigma' eps_hat`` (DESIGN §1)."""
-    return targets.convert(x0_hat, x, t, path, "x0", "velocity")
-
-
-def ensure_same_rows(t: Array, x: Array) -> Array:
-    return jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
