@@ -199,3 +199,21 @@ def test_teacher_references_fail_clearly(tmp_path):
         frozen.load(teacher_lib.TEACHER_KEY, str(tmp_path))
     with pytest.raises(ValueError, match="unknown mixture 'moons'.*analytic:digits"):
         frozen.load(teacher_lib.TEACHER_KEY, "analytic:moons")
+
+
+def test_digits_distill_recipes_name_registered_tasks_and_unknown_recipes_fail():
+    import importlib.util
+    import os
+
+    from diffjax.training import tasks
+    spec = importlib.util.spec_from_file_location(
+        "digits_distill", os.path.join(os.path.dirname(__file__), "..", "configs",
+                                       "digits_distill.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for recipe in ("progressive", "consistency_distillation", "consistency_training", "reflow",
+                   "shortcut", "meanflow"):
+        config = module.get_config(recipe)
+        assert config.task == recipe and tasks.get(config.task) is tasks.TASKS[recipe]
+    with pytest.raises(ValueError, match="valid recipes: progressive"):
+        module.get_config("distill")
