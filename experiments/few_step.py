@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 
 from configs import digits_distill  # noqa: E402
 from diffjax import analytic, paths, train  # noqa: E402
-from diffjax.distill import sampling  # noqa: E402
+from diffjax.distill import reflow, sampling  # noqa: E402
 from diffjax.evaluate.frechet import frechet_distance  # noqa: E402
 
 NFES = (1, 2, 4)
@@ -75,6 +75,20 @@ def samples(method: str, setup, params, nfe: int, n: int, key):
     if method == "progressive":
         return sampling.ddim(den.fn, params, path, den.target, shape, key, nfe)
     return sampling.average_velocity(den.fn, params, path, shape, key, nfe)
+
+
+def straightness(reflow_dir: str, mixture, n: int, num_steps: int = 32) -> dict:
+    """Liu et al.'s straightness of the exact teacher's ODE and of the reflowed flow, from the
+    same ``n`` noises (Euler, ``num_steps`` evaluations)."""
+    from diffjax.training.loop import restore_for_inference
+    config = digits_distill.get_config("reflow")
+    setup, state, _ = restore_for_inference(config, reflow_dir)
+    path = setup.denoiser.path
+    x1 = jax.random.normal(jax.random.PRNGKey(2), (n,) + mixture.event_shape)
+    teacher = mixture.model_fn(path, "velocity")
+    student = lambda x, t: setup.denoiser.fn(state.ema_params, x, t)  # noqa: E731
+    return {"teacher": float(reflow.straightness(teacher, x1, num_steps)),
+            "reflowed": float(reflow.straightness(student, x1, num_steps))}
 
 
 def main():
@@ -131,6 +145,9 @@ def main():
                            "wall_s": time.perf_counter() - t0}
         json.dump(results, open(out, "w"), indent=2)
         print(method, results[method], flush=True)
+    reflow_dir = os.path.join(args.workdir, "reflow")
+    if "straightness" not in results and os.path.isdir(reflow_dir):
+        results["straightness"] = straightness(reflow_dir, mixture, n)
     json.dump(results, open(out, "w"), indent=2)
     lines = [f"FD to the exact digits mixture (pixel space), n={n}; floor {floor:.3f}", "",
              "| method | NFE 1 | NFE 2 | NFE 4 | train steps | wall s |", "|---|---|---|---|---|---|"]
@@ -144,6 +161,10 @@ def main():
                      for k in NFES]
             lines.append(f"| {method} | " + " | ".join(cells) +
                          f" | {r['train_steps']} | {r['wall_s']:.0f} |")
+    if "straightness" in results:
+        st = results["straightness"]
+        lines += ["", f"straightness (Liu et al.): exact teacher {st['teacher']:.4f}, "
+                  f"reflowed {st['reflowed']:.4f}"]
     open(os.path.join(args.workdir, "results.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
