@@ -206,9 +206,14 @@ def from_config(path: Path, target: str, loss_cfg, *, num_classes: int = 0,
     kwargs = {}
     for key, value in dict(loss_cfg).items():
         if key not in fields:
-            hint = "; the data scale is config.model.sigma_data" if key == "sigma_data" else ""
+            if key == "sigma_data":  # configs stored before it became one key
+                if float(value) == float(sigma_data):
+                    continue
+                raise ValueError(f"config.loss.sigma_data={value} differs from "
+                                 f"config.model.sigma_data={sigma_data}: the data scale is one "
+                                 "key, config.model.sigma_data (preconditioning and weighting)")
             raise ValueError(f"Unknown key config.loss.{key}; valid keys: "
-                             f"{', '.join(sorted(fields))}{hint}")
+                             f"{', '.join(sorted(fields))}")
         kwargs[key] = value
     return Objective(path=path, target=target, num_classes=num_classes, sigma_data=sigma_data,
                      **kwargs)

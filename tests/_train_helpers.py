@@ -8,10 +8,13 @@ As a script (from the repository root)::
     python tests/_train_helpers.py paper OUT
 
 ``devices`` trains the tiny config on 8 simulated CPU devices with jit (replicated and FSDP
-parameters, dropout on) and with pmap (dropout off and on); ``host`` is one of two processes of a multi-host run fed by
-:class:`GlobalStream`, trained with jit and then with pmap. Each run leaves ``metrics.jsonl`` in its own directory under OUT. ``paper`` takes one train
-step of configs/cifar10_ddpmpp.py at full size (batch 2) on mock CIFAR-10 and writes
-``OUT/paper.json``.
+parameters, dropout on), with pmap (dropout off and on), and with 2 accumulated
+micro-batches per update under both; ``host`` is one of two processes of a multi-host run
+fed by :class:`GlobalStream`, trained with jit and then with pmap. Each run leaves
+``metrics.jsonl`` in its own directory under OUT. ``paper`` takes one train step of
+configs/cifar10_ddpmpp.py at full size (batch 2) on mock CIFAR-10 and writes
+``OUT/paper.json``. ``sampler OUT DATA_DIR`` (under 8 simulated devices) writes
+:func:`sample_twice`'s samples to ``OUT`` (npz).
 """
 from __future__ import annotations
 
@@ -123,7 +126,10 @@ def _devices(out: str, data_dir: str) -> None:
     dropout = {"model.dropout": 0.2}
     runs = {"jit": dropout, "fsdp": {**dropout, "parallel.param_sharding": "fsdp"},
             "pmap": {"parallel.backend": "pmap"},
-            "pmap_dropout": {**dropout, "parallel.backend": "pmap"}}
+            "pmap_dropout": {**dropout, "parallel.backend": "pmap"},
+            # Two micro-batches per update, split over the devices: the one-batch numbers.
+            "jit_accum": {"optim.grad_accum_steps": 2},
+            "pmap_accum": {"optim.grad_accum_steps": 2, "parallel.backend": "pmap"}}
     for name, changes in runs.items():
         train.train(tiny_config(data_dir, **changes), os.path.join(out, name))
     # The FSDP run really splits parameters: record the layout of its largest kernel.
@@ -196,6 +202,37 @@ def _paper(out: str) -> None:
         json.dump(result, f)
 
 
+def sample_twice(data_dir: str) -> dict[str, np.ndarray]:
+    """Conditional samples (16 rows) of the tiny config from two parameter sets through one
+    :class:`diffjax.train.Sampler`; with how often it was traced and over how many devices
+    its output was split."""
+    import jax
+
+    from diffjax import train
+
+    config = tiny_config(data_dir, **{"sampling.num_steps": 8})
+    setup = train.build(config)
+    sampler = train.Sampler(setup, config.sampling, 16)
+    labels = np.arange(16, dtype=np.int32) % setup.data_info.num_classes
+    params = train.init_state(setup, 0).ema_params
+    out = {}
+    # The network's last layer starts at zero; shifted weights give a non-trivial model.
+    for name, shift in (("a", 0.05), ("b", 0.1)):
+        shifted = jax.tree_util.tree_map(lambda p: p + shift, params)  # noqa: B023
+        samples = sampler(shifted, jax.random.PRNGKey(3), labels)
+        out[name] = np.asarray(jax.device_get(samples))
+        out["devices"] = np.asarray(len(samples.sharding.device_set))
+    out["traces"] = np.asarray(sampler.traces)
+    return out
+
+
+def _sampler(out: str, data_dir: str) -> None:
+    import jax
+
+    assert jax.device_count() == 8, jax.devices()
+    np.savez(out, **sample_twice(data_dir))
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "devices":
@@ -204,5 +241,7 @@ if __name__ == "__main__":
         _host(int(args[0]), int(args[1]), *args[2:])
     elif mode == "paper":
         _paper(*args)
+    elif mode == "sampler":
+        _sampler(*args)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -93,19 +93,45 @@ def test_elbo_weighting_is_invariant_to_schedule_and_time_sampling(x64):
 
 
 def test_elbo_weight_is_half_the_logsnr_slope_over_the_density(x64):
+    """VDM eq. 17 with the slope of lambda = log(alpha^2 / sigma^2) taken by central finite
+    differences of the path's alpha and sigma, over the uniform density 1 / 0.5."""
     path = paths.get("vp_linear")
     obj = objectives.Objective(path, "eps", weighting="elbo", t_min=0.1, t_max=0.6)
     t = jnp.linspace(0.1, 0.6, 5)
-    np.testing.assert_allclose(obj.eps_weight(t), -0.5 * path.d_logsnr(t) * 0.5, rtol=1e-12)
-    # min-SNR: eps-space weight min(SNR, gamma)/SNR (Hang et al. 2023).
-    snr = jnp.exp(path.logsnr(t))
-    obj = objectives.Objective(path, "eps", weighting="min_snr", min_snr_gamma=5.0)
-    np.testing.assert_allclose(obj.eps_weight(t), jnp.minimum(snr, 5.0) / snr, rtol=1e-12)
-    # EDM on its own path: lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 on |D - x0|^2.
-    edm = paths.get("edm")
-    obj = objectives.Objective(edm, "x0", weighting="edm", sigma_data=0.5)
-    sig = edm.sigma(t)
-    np.testing.assert_allclose(obj.loss_weight(t), (sig**2 + 0.25) / (sig * 0.5) ** 2, rtol=1e-10)
+    lam = lambda s: 2.0 * (jnp.log(path.alpha(s)) - jnp.log(path.sigma(s)))  # noqa: E731
+    h = 1e-6
+    slope = (lam(t + h) - lam(t - h)) / (2 * h)
+    np.testing.assert_allclose(obj.eps_weight(t), -0.5 * slope / 2.0, rtol=1e-7)
+
+
+@pytest.mark.parametrize("target", ["x0", "eps"])
+@pytest.mark.parametrize("weighting,path_name", [("min_snr", "vp_linear"), ("edm", "edm")])
+def test_min_snr_and_edm_losses_are_their_papers_weights_on_the_x0_error(weighting, path_name,
+                                                                         target, x64):
+    """Hang et al. 2023 define min-SNR as ``min(SNR, gamma) |x0_hat - x0|^2``; Karras et al.
+    2022 (eq. 8) weight ``|D - x0|^2`` by ``(sigma^2 + sd^2) / (sigma sd)^2``. A model whose
+    prediction is off by a fixed amount in its own target space has a known x0 error (an
+    x0 model: the offset; an eps model: ``-sigma / alpha`` times it, from
+    ``x_t = alpha x0 + sigma eps``); its per-example loss must be the paper's weight times
+    that error, whatever the target."""
+    path = paths.get(path_name)
+    obj = objectives.Objective(path, target, weighting=weighting, min_snr_gamma=5.0,
+                               sigma_data=0.5, t_min=0.05, t_max=0.95)
+    key = jax.random.PRNGKey(0)
+    x0 = _data(64)
+    t, eps, _ = obj.draw(key, x0)
+    offset = 0.1 * jax.random.normal(jax.random.PRNGKey(1), x0.shape, x0.dtype)
+    y = targets.from_x0_eps(target, path, x0, eps, t)
+    loss = obj.per_example(lambda x, s, c: y + offset, x0, t, eps)
+    alpha, sigma = path.alpha(t), path.sigma(t)
+    x0_offset = offset if target == "x0" else -(sigma / alpha)[:, None] * offset
+    err = jnp.mean(x0_offset**2, axis=-1)
+    if weighting == "min_snr":
+        weight = jnp.minimum(alpha**2 / sigma**2, 5.0)
+    else:
+        s = sigma / alpha
+        weight = (s**2 + 0.25) / (s * 0.5) ** 2
+    np.testing.assert_allclose(loss, weight * err, rtol=1e-8)
 
 
 def test_time_samplers_draw_their_distributions(x64):

@@ -7,6 +7,7 @@ class-conditional MLP on two moons (:func:`_train_helpers.tiny_config`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,12 +17,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 import _train_helpers as helpers
-from diffjax import checkpoint, config_validation, data, train
+from diffjax import checkpoint, config_validation, data, parallel, train
+from diffjax.training import frozen, tasks
 from diffjax.config_validation import ConfigError
 
 # orbax's asyncio loops may be collected after they close; that is noise, not a failure.
@@ -103,7 +106,9 @@ def test_eight_simulated_devices_and_pmap_give_the_one_device_loss_curve(data_di
 
     # jit over the mesh, with replicated or FSDP-sharded parameters: the same numbers (the
     # global-batch draws, dropout masks included, do not depend on the device count).
-    for name, reference in (("jit", one_dropout), ("fsdp", one_dropout), ("pmap", one)):
+    # Gradient accumulation over 2 micro-batches, each split over the devices, too.
+    for name, reference in (("jit", one_dropout), ("fsdp", one_dropout), ("pmap", one),
+                            ("jit_accum", one), ("pmap_accum", one)):
         curve = helpers.losses(os.path.join(out, name))
         assert np.max(np.abs(curve / reference - 1)) < 1e-3, name
     # pmap draws its dropout masks per device: other masks, statistically the same loss.
@@ -373,6 +378,85 @@ def test_nonfinite_skip_leaves_params_ema_and_optimizer_as_they_were(data_dir, t
     stop = helpers.tiny_config(data_dir, **changes, **{"training.nonfinite": "stop"})
     with pytest.raises(train.NonFiniteError, match="non-finite loss at step 4"):
         train.train(stop, str(tmp_path / "stop"), batches_fn=_NanAt)
+
+
+class _NanFrom(helpers.GlobalStream):
+    """The deterministic stream, all NaN from batch 3 (1-based) on."""
+
+    def __next__(self):
+        batch = super().__next__()
+        if self.index >= 3:
+            batch["x"] = np.full_like(batch["x"], np.nan)
+        return batch
+
+
+def test_skipping_stops_after_max_consecutive_nonfinite_steps_naming_them(data_dir, tmp_path):
+    config = helpers.tiny_config(data_dir, **{"training.max_consecutive_nonfinite": 3,
+                                              "training.num_steps": 10})
+    with pytest.raises(train.NonFiniteError, match="steps 3-5 were all skipped.*at step 5"):
+        train.train(config, str(tmp_path / "run"), batches_fn=_NanFrom)
+
+
+# --------------------------------------------------------------------------- tasks
+@dataclasses.dataclass(frozen=True)
+class _MatchTeacher:
+    """A task reading another run frozen: the student regresses the teacher at t = 0.5."""
+
+    setup: train.Setup
+    teacher: train.Setup
+
+    def loss(self, params, batch, key, frozen, rows=None):
+        x = batch["x"]
+        t = jnp.full((x.shape[0],), 0.5)
+        student = self.setup.denoiser.fn(params, x, t, {})
+        teacher = self.teacher.denoiser.fn(frozen["teacher"], x, t, {})
+        return jnp.mean((student - teacher) ** 2), {"teacher_sq": jnp.mean(teacher**2)}
+
+
+def test_a_task_reads_another_run_frozen_and_refuses_to_resume_after_it_changed(
+        data_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(tasks.TASKS, "match_teacher", tasks.TaskSpec(
+        build=lambda setup, refs: _MatchTeacher(setup, refs["teacher"].setup),
+        references=lambda config: {"teacher": config.teacher}))
+    plain = {"model.class_conditional": False, "loss.label_dropout": 0.0}
+    teacher_dir, student_dir = str(tmp_path / "teacher"), str(tmp_path / "student")
+    teacher_cfg = helpers.tiny_config(data_dir, **plain, **{"training.num_steps": 3})
+    train.train(teacher_cfg, teacher_dir)
+    student_cfg = helpers.tiny_config(data_dir, **plain, **{"training.num_steps": 2})
+    with student_cfg.unlocked():
+        student_cfg.task, student_cfg.teacher, student_cfg.seed = "match_teacher", teacher_dir, 7
+    train.train(student_cfg, student_dir, batches_fn=helpers.GlobalStream)
+
+    # The first logged loss is the student's initial error against the teacher's EMA
+    # weights read back on their own, on the stream's first batch.
+    setup, teacher_state, _ = train.restore_for_inference(teacher_cfg, teacher_dir)
+    student = train.init_state(train.build(student_cfg), 7).params
+    x = next(helpers.GlobalStream(student_cfg, 0, 1))["x"]
+    t = np.full((x.shape[0],), 0.5)
+    expected = np.mean((np.asarray(setup.denoiser.fn(student, x, t, {}))
+                        - np.asarray(setup.denoiser.fn(teacher_state.ema_params, x, t, {})))**2)
+    assert helpers.losses(student_dir)[0] == pytest.approx(expected, rel=1e-5)
+    with open(os.path.join(student_dir, frozen.REFERENCES_FILE)) as f:
+        recorded = json.load(f)["teacher"]
+    assert recorded["step"] == 3
+    assert recorded["params_sha256"] == frozen.params_digest(teacher_state.ema_params)
+    # The teacher is not in the student's checkpoints: they hold the student's state only.
+    saved = checkpoint.Checkpointer(student_dir, read_only=True)
+    abstract, _ = train.setup_state(train.build(student_cfg), student_cfg,
+                                    parallel.make_mesh())
+    restored, _ = saved.restore_latest(abstract)
+    saved.close()
+    assert _num_params(restored.params) == _num_params(student)
+
+    student_cfg.training.num_steps = 3  # resuming against the same teacher is fine
+    train.train(student_cfg, student_dir, batches_fn=helpers.GlobalStream)
+    teacher_cfg.training.num_steps = 5  # the teacher trains on: a new newest checkpoint
+    train.train(teacher_cfg, teacher_dir)
+    before = _tree_digest(student_dir)
+    student_cfg.training.num_steps = 4
+    with pytest.raises(frozen.ReferenceChangedError, match=r"config.teacher=.*step: 3 -> 5"):
+        train.train(student_cfg, student_dir, batches_fn=helpers.GlobalStream)
+    assert _tree_digest(student_dir) == before
 
 
 # Last, so that the other tests run while its process compiles (see ``paper_step``).

@@ -323,7 +323,7 @@ def validate_config(data_cfg: ml_collections.ConfigDict, process_count: int = 1)
 def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", seed: int,
                   process_index: int = 0, process_count: int = 1,
                   num_epochs: int | None = None) -> grain.DataLoaderIterator:
-    """This process's stream of batches ``{"x": float32 [b, *shape], "cond": {"label": int32 [b]}}``.
+    """This process's batches ``{"x": float32 [b, *shape], "cond": {"label": int32 [b]}}``.
 
     ``b = data_cfg.batch_size // process_count``: ``batch_size`` is the global batch. The
     records are split into ``process_count`` disjoint shards (remainder dropped), each

@@ -62,6 +62,8 @@ def _pmap(make_step, mesh: Mesh) -> Compiled:
     multi = jax.process_count() > 1
 
     def replicate(tree):
+        if not jax.tree_util.tree_leaves(tree):  # e.g. no frozen parts: nothing to place
+            return tree
         if multi:
             tree = multihost_utils.global_array_to_host_local_array(tree, mesh, P())
         return replicate_fn(tree, np.zeros(n))

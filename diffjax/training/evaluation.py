@@ -86,7 +86,7 @@ class Sampler:
 
 def generate(setup: Setup, params: Any, sampling_cfg: ml_collections.ConfigDict,
              num_samples: int, batch_size: int, *, sampler: Optional[Sampler] = None,
-             progress: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
+             progress: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """``num_samples`` samples (numpy, on every process) and their labels (cycling through
     the classes for a conditional model, else None), drawn from ``sampling_cfg.seed``.
 

@@ -127,6 +127,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     spec = tasks.get(setup.task)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.data.batch_size)
+    _check_accumulation(config.data.batch_size, setup.grad_accum_steps)
     references = _references(config)
     abstract, shardings = setup_state(setup, config, mesh)
     iterator = batches_fn(config, jax.process_index(), jax.process_count())
@@ -155,6 +156,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             writer.close()
     finally:
         checkpointer.close()  # waits for asynchronous saves: no run ends with one half written
+
+
+def _check_accumulation(batch_size: int, k: int) -> None:
+    """Each micro-batch must split evenly over the devices: ``batch_size % (k * devices)``."""
+    from diffjax.config_validation import ConfigError
+
+    devices = jax.device_count()
+    if batch_size % (k * devices):
+        raise ConfigError(f"config.data.batch_size={batch_size} does not split into "
+                          f"optim.grad_accum_steps={k} micro-batches over {devices} device(s); "
+                          f"choose a multiple of {k * devices}")
 
 
 def restore_for_inference(config: ml_collections.ConfigDict,

@@ -3,7 +3,7 @@
     python experiments/benchmarks/train_throughput.py [--models=digits,cifar10_ddpmpp]
         [--batch_size=N] [--steps=20]
 
-For each config it builds the run exactly as ``diffjax.main`` would (recipe, optimizer, EMA,
+For each config it builds the run exactly as ``diffjax.main`` would (setup, optimizer, EMA,
 data-parallel ``jax.jit`` over all local devices), times ``--steps`` steps on a fixed random
 batch (the input pipeline is not measured), and reads the step's FLOPs from XLA's cost
 analysis of the compiled step. The device's peak is *measured*: the best FLOP/s of a large
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import parallel, train
+from diffjax.training import backends
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU_BATCH = {"cifar10_ddpmpp": 8, "cifar10_edm": 8}
@@ -69,15 +70,15 @@ def benchmark(name: str, batch_size: int, steps: int) -> dict:
                                             if on_cpu else config.data.batch_size)
     b = config.data.batch_size
     info = data.info(config.data.dataset)
-    recipe = train.build(config, info)
+    setup = train.build(config, info)
     mesh = parallel.make_mesh()
-    _, shardings = train.setup_state(recipe, config, mesh)
-    state = jax.jit(lambda: train.init_state(recipe, config.seed), out_shardings=shardings)()
+    _, shardings = train.setup_state(setup, config, mesh)
+    state = jax.jit(lambda: train.init_state(setup, config.seed), out_shardings=shardings)()
     rng = np.random.default_rng(0)
-    batch = parallel.global_batch({
+    batch = backends.global_batch({
         "x": rng.uniform(-1, 1, (b, *info.shape)).astype(np.float32),
-        "label": rng.integers(0, info.num_classes, b).astype(np.int32)}, mesh)
-    step = jax.jit(train.make_train_step(recipe),
+        "cond": {"label": rng.integers(0, info.num_classes, b).astype(np.int32)}}, mesh)
+    step = jax.jit(train.make_train_step(setup),
                    in_shardings=(shardings, parallel.batch_sharding(mesh)),
                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
     start = time.perf_counter()
