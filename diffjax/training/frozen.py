@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -52,12 +52,26 @@ def params_digest(params: Any) -> str:
     return h.hexdigest()
 
 
+# "<scheme>:<name>" references that are not workdirs (e.g. "analytic:digits", the exact
+# mixture of diffjax.distill): scheme -> loader(key, reference) -> Reference.
+SCHEMES: dict[str, Callable[[str, str], Reference]] = {}
+
+
+def register_scheme(scheme: str, loader: Callable[[str, str], Reference]) -> None:
+    """``config.<key> = "<scheme>:..."`` is loaded by ``loader(key, value)``."""
+    SCHEMES[scheme] = loader
+
+
 def load(key: str, workdir: str) -> Reference:
-    """The newest checkpoint of the run in ``workdir`` (named by ``config.<key>``).
+    """The newest checkpoint of the run in ``workdir`` (named by ``config.<key>``), or the
+    reference a registered scheme (:data:`SCHEMES`) makes of ``"<scheme>:<name>"``.
 
     Raises:
       diffjax.checkpoint.WorkdirError: no config.json or no checkpoint there.
     """
+    scheme = workdir.split(":", 1)[0] if ":" in workdir else None
+    if scheme in SCHEMES:
+        return SCHEMES[scheme](key, workdir)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config = ckpt_lib.load_config(workdir)
     if config is None:

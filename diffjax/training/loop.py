@@ -136,6 +136,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         state, step = checkpointer.restore_latest(abstract, iterator)
         if step is None:
             state = jax.jit(lambda: init_state(setup, config.seed), out_shardings=shardings)()
+            state = spec.initialize(state, references)
             step = 0
             frozen.record(workdir, references)
         else:

@@ -22,6 +22,10 @@ from diffjax.training import optim
 
 Array = jax.Array
 
+# config.task -> wrap(net, config): a task whose network reads more than (x, noise_cond, cond)
+# (e.g. a second time, diffjax.distill.nets) wraps the configured network.
+NETWORKS: dict[str, Callable[[Any, ml_collections.ConfigDict], Any]] = {}
+
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
@@ -38,6 +42,7 @@ class Setup:
       ema_decay, ema_warmup: the EMA of the parameters (``config.training``).
       grad_accum_steps: micro-batches per update (``config.optim.grad_accum_steps``).
       task: the name of the training task (``config.task``, :mod:`diffjax.training.tasks`).
+      config: the config it was built from (tasks read their own group from it).
     """
 
     net: Any
@@ -51,6 +56,8 @@ class Setup:
     ema_warmup: bool
     grad_accum_steps: int = 1
     task: str = "denoise"
+    # The config it was built from: tasks read their own group (e.g. config.distill).
+    config: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def conditional(self) -> bool:
@@ -75,6 +82,8 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     conditional = bool(config.model.get("class_conditional", False))
     net = models.from_config(config.model, data_shape=data_info.shape,
                              num_classes=data_info.num_classes)
+    if str(config.get("task", "denoise")) in NETWORKS:
+        net = NETWORKS[str(config.task)](net, config)
     sigma_data = float(config.model.sigma_data)
     denoiser = Denoiser(net, path, config.model.target, config.model.preconditioning,
                         sigma_data)
@@ -84,7 +93,8 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     optimizer, schedule = optim.make_optimizer(config.optim, config.training.num_steps)
     return Setup(net, denoiser, objective, optimizer, schedule, data_info,
                  ("label",) if conditional else (), float(config.training.ema_decay),
-                 bool(config.training.ema_warmup), accum, str(config.get("task", "denoise")))
+                 bool(config.training.ema_warmup), accum, str(config.get("task", "denoise")),
+                 config)
 
 
 def example_cond(setup: Setup, batch: int = 1) -> dict[str, Array]:

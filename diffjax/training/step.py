@@ -138,6 +138,9 @@ def make_train_step(setup: Setup, axis_name: Optional[str] = None,
 
     def train_step(state: TrainState, batch: dict, frozen: Any = None):
         key = jax.random.fold_in(state.key, state.step)
+        if getattr(task, "reads_step", False):  # a curriculum over training steps
+            rows = jax.tree_util.tree_leaves(batch)[0].shape[0]
+            batch = {**batch, "step": jnp.full((rows,), state.step, jnp.int32)}
         (loss, aux), grads = loss_and_grads(state.params, batch, key, frozen)
         if axis_name is not None:
             loss, aux, grads = lax.pmean((loss, aux, grads), axis_name)

@@ -57,10 +57,14 @@ class Task(Protocol):
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """``build(setup, references) -> Task``; ``references(config) -> {config key: workdir}``
-    names the runs whose parameters the task reads frozen (``{}`` for none)."""
+    names the runs whose parameters the task reads frozen (``{}`` for none); ``initialize``
+    edits a fresh (not a resumed) state. A task with ``reads_step = True`` finds the step
+    number in ``batch["step"]`` (int32 ``[b]``)."""
 
     build: Callable[[Setup, Mapping[str, Any]], Task]
     references: Callable[[ml_collections.ConfigDict], dict[str, str]] = lambda config: {}
+    # (fresh state, references) -> state: e.g. a distillation student starts as its teacher.
+    initialize: Callable[[Any, Mapping[str, Any]], Any] = lambda state, references: state
 
 
 TASKS: dict[str, TaskSpec] = {}

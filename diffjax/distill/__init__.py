@@ -1,0 +1,22 @@
+"""One- and few-step generation as tasks of the one trainer (DESIGN §7, §9).
+
+Importing this package registers the tasks (``config.task``) in
+:data:`diffjax.training.tasks.TASKS`, their networks in :data:`diffjax.training.setup.NETWORKS`
+and the ``analytic:<mixture>`` teacher in :data:`diffjax.training.frozen.SCHEMES`:
+
+============================  ===================================================  =========
+task                          method                                               teacher
+============================  ===================================================  =========
+``progressive``               progressive distillation (Salimans & Ho 2022)        required
+``consistency_distillation``  consistency distillation (Song et al. 2023)          required
+``consistency_training``      consistency training, iCT (Song & Dhariwal 2023)     none
+``reflow``                    rectified-flow reflow (Liu et al. 2022)              required
+``shortcut``                  shortcut models (Frans et al. 2024)                  none
+``meanflow``                  MeanFlow (Geng et al. 2025)                          optional
+============================  ===================================================  =========
+
+``config.distill`` (:mod:`diffjax.distill.settings`) holds their keys; the samplers are in
+:mod:`diffjax.distill.sampling`.
+"""
+from diffjax.distill import (consistency, meanflow, progressive, reflow,  # noqa: F401
+                             sampling, settings, shortcut, teacher)

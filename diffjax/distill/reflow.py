@@ -1,0 +1,107 @@
+"""Reflow (Liu et al. 2022, "Flow straight and fast"): retrain a flow on the (noise, sample)
+couplings of a teacher's ODE, which straightens its trajectories.
+
+:func:`couplings` draws ``n`` noises from a seed and solves the teacher's probability-flow ODE
+from each (RK4), so the coupling set is a pure function of (teacher, seed, n, steps). The
+``reflow`` task then minimises the recipe's own denoising objective with ``(x0, eps)`` a
+coupled pair instead of independent draws; on the ``rectified_flow`` path with a velocity
+target that is Liu et al.'s ``|(eps - x0) - v(x_t, t)|^2``. :func:`straightness` is their
+``S = int_0^1 E|(x_1 - x_0) - dx_t/dt|^2 dt`` along a model's ODE.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.distill import ode, settings
+from diffjax.distill import teacher as teacher_lib
+from diffjax.paths import Path
+from diffjax.training import tasks
+from diffjax.training.setup import Setup
+
+Array = jax.Array
+
+
+def couplings(x0_fn: Callable[[Array, Array], Array], path: Path, shape: tuple[int, ...],
+              seed: int, num_steps: int, batch: int = 1024) -> tuple[Array, Array]:
+    """``(eps, x0)``, each ``[n, ...]`` for ``shape = (n, ...)``: ``eps ~ N(0, I)`` drawn from
+    ``seed``, and ``x0`` the teacher ODE's sample from the prior point ``prior_std * eps`` at
+    ``t = 1`` (RK4, ``num_steps`` steps; in chunks of ``batch`` rows).
+
+    Raises:
+      ValueError: ``n`` or ``num_steps`` below 1.
+    """
+    n = shape[0]
+    if n < 1 or num_steps < 1:
+        raise ValueError(f"reflow couplings need n >= 1 and num_steps >= 1, got {n}, {num_steps}")
+    eps = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+    std = path.prior_std()  # a Python float: computed outside the trace
+    solve = jax.jit(lambda e: ode.solve_to_data(
+        path, x0_fn, std * e, jnp.full(e.shape[:1], path.t_max, e.dtype),
+        num_steps))
+    x0 = jnp.concatenate([solve(eps[i:i + batch]) for i in range(0, n, batch)])
+    return eps, x0
+
+
+def straightness(velocity_fn: Callable[[Array, Array], Array], x1: Array,
+                 num_steps: int) -> Array:
+    """Liu et al.'s straightness of the ODE ``dx/dt = velocity_fn(x, t)`` from ``x1`` at
+    ``t = 1`` to ``t = 0`` (Euler, ``num_steps`` evaluations): mean over rows and over the
+    grid of ``|(x_1 - x_0) - v|^2 / dim``. 0 for straight trajectories. ``x1: [B, ...]``."""
+    dt = 1.0 / num_steps
+    ts = 1.0 - dt * jnp.arange(num_steps)
+
+    def step(x, t):
+        v = velocity_fn(x, jnp.full(x.shape[:1], t, x.dtype))
+        return x - dt * v, v
+
+    x0, vs = jax.lax.scan(step, x1, ts)
+    chord = x1 - x0                                   # (x_1 - x_0) / (1 - 0)
+    return jnp.mean((chord[None] - vs) ** 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reflow:
+    """The denoising objective on coupled pairs: rows drawn from the coupling set."""
+
+    setup: Setup
+    eps: Array
+    x0: Array
+
+    def loss(self, params, batch, key, frozen, rows=None):
+        del frozen  # the teacher was read once, into the couplings
+        cond = tasks.condition(self.setup, batch)
+        b = batch["x"].shape[0]
+        total = b if rows is None else rows.total
+        take = (lambda a: a) if rows is None else rows.take
+        k_idx, k_t, k_drop = jax.random.split(key, 3)
+        idx = take(jax.random.randint(k_idx, (total,), 0, self.eps.shape[0]))
+        t = take(self.setup.objective.sample_t(k_t, total))
+
+        def model(x, s, c):
+            return self.setup.denoiser.apply({"params": params}, x, s, c, train=True,
+                                             rngs={"dropout": k_drop})
+
+        per = self.setup.objective.per_example(model, self.x0[idx], t, self.eps[idx], cond)
+        return jnp.mean(per), {}
+
+
+def build(setup: Setup, references) -> Reflow:
+    """Generates the couplings once (the teacher's ODE), before the first step."""
+    config = setup.config
+    if setup.cond_kinds:
+        raise ValueError("config.task='reflow' couples noise with unconditional teacher "
+                         "samples; set model.class_conditional=False")
+    teacher = teacher_lib.teacher_of(setup, references)
+    params = references[teacher_lib.TEACHER_KEY].params
+    n = int(settings.get(config, "num_couplings"))
+    eps, x0 = couplings(lambda x, t: teacher.x0_hat(params, x, t), setup.denoiser.path,
+                        (n,) + tuple(setup.data_info.shape), int(settings.get(config, "coupling_seed")),
+                        int(settings.get(config, "ode_steps")))
+    return Reflow(setup, eps, x0)
+
+
+tasks.register("reflow", tasks.TaskSpec(build, teacher_lib.teacher_key))

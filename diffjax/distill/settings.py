@@ -1,0 +1,44 @@
+"""``config.distill``: the keys every few-step method reads, with their defaults."""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key of ``config.distill`` (a method ignores the keys of the others)."""
+    return ml_collections.ConfigDict({
+        # A trained run's workdir or "analytic:<mixture>" (diffjax.distill.teacher.MIXTURES).
+        "teacher": ml_collections.FieldReference(None, field_type=str),
+        # progressive: teacher DDIM steps of round 1, then each round's half; this run
+        # trains round `round` (student steps steps[round], teacher steps[round - 1]).
+        "steps": (64, 32, 16, 8, 4, 2, 1),
+        "round": 1,
+        # consistency: discretisation curriculum N(k) = min(s0 2^floor(k/K'), s1) + 1
+        # (Song & Dhariwal 2023); s0 = s1 gives the fixed N of consistency distillation.
+        "s0": 10,
+        "s1": 1280,
+        "p_mean": -1.1,                # lognormal proposal of the noise level (iCT)
+        "p_std": 2.0,
+        "huber_c": -1.0,               # pseudo-Huber c; < 0 = 0.00054 sqrt(dim)
+        # reflow: the couplings (noise, teacher ODE sample), reproducible from their seed.
+        "num_couplings": 4096,
+        "coupling_seed": 0,
+        "ode_steps": 32,               # RK4 steps of the teacher ODE per coupling
+        # shortcut: step sizes 2^-j, j < log2_levels; this fraction of rows bootstraps.
+        "log2_levels": 7,
+        "bootstrap_fraction": 0.25,
+        # meanflow: fraction of rows with r != t; adaptive weight 1 / (|err|^2 + c)^p.
+        "r_neq_t": 0.25,
+        "adaptive_p": 1.0,
+        "adaptive_c": 1e-3,
+        "t_mu": -0.4,                  # logit-normal (mu, sigma) of t and r
+        "t_sigma": 1.0,
+    })
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+    """``config.distill.<key>``, or its default when the config has no such key."""
+    group = config.get("distill") or ml_collections.ConfigDict()
+    return group.get(key, default_config()[key])

@@ -1,0 +1,147 @@
+"""The frozen teacher of a distillation task: another run's EMA model, or the exact mixture.
+
+``config.distill.teacher`` names it (DESIGN §7): a workdir, read by reference through
+:mod:`diffjax.training.frozen`, or ``"analytic:<mixture>"`` (``analytic:digits``,
+``analytic:ring``) for :class:`diffjax.analytic.GaussianMixture`, the perfect teacher. Either
+way a task sees one function, :meth:`Teacher.x0_hat`, the teacher's posterior-mean estimate
+under the *student's* path; the probability-flow ODE, DDIM steps and velocities follow from it
+(:mod:`diffjax.distill.ode`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import ml_collections
+
+from diffjax import analytic, targets
+from diffjax.paths import Path
+from diffjax.training import frozen
+from diffjax.training.setup import Setup
+
+Array = jax.Array
+TEACHER_KEY = "distill.teacher"
+SCHEME = "analytic"
+
+# name -> mixture constructor; ``analytic:<name>`` in config.distill.teacher.
+MIXTURES: dict[str, Callable[[], analytic.GaussianMixture]] = {
+    "digits": analytic.GaussianMixture.digits,
+    "ring": analytic.GaussianMixture.ring,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyticReference(frozen.Reference):
+    """A :class:`frozen.Reference` whose model is an exact mixture (its params are ``{}``)."""
+
+    mixture: Optional[analytic.GaussianMixture] = None
+
+
+def load_analytic(key: str, name: str) -> AnalyticReference:
+    """``config.<key> = "analytic:<mixture>"`` -> the exact mixture as a reference.
+
+    Raises:
+      ValueError: unknown mixture name, naming the valid ones.
+    """
+    mixture_name = name.split(":", 1)[1]
+    if mixture_name not in MIXTURES:
+        raise ValueError(f"config.{key}={name!r}: unknown mixture {mixture_name!r}; valid "
+                         f"choices: {', '.join(f'{SCHEME}:{m}' for m in MIXTURES)}")
+    mixture = MIXTURES[mixture_name]()
+    h = hashlib.sha256()
+    for a in (mixture.weights, mixture.means, mixture.covs):
+        h.update(a.tobytes())
+    identity = {"workdir": name, "step": 0, "config_sha256": "", "params_sha256": h.hexdigest()}
+    return AnalyticReference(key, None, {}, identity, mixture)
+
+
+frozen.register_scheme(SCHEME, load_analytic)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """The teacher read under the student's path: ``x0_hat(params, x, t, cond)``.
+
+    ``params`` is the step's ``frozen[TEACHER_KEY]`` (traced, never a constant of the step);
+    ``x: [B, ...]``, ``t: [B]``.
+    """
+
+    x0_fn: Callable[[Any, Array, Array, Mapping[str, Array]], Array]
+    path: Path
+
+    def x0_hat(self, params: Any, x: Array, t: Array, cond: Optional[Mapping] = None) -> Array:
+        return self.x0_fn(params, x, t, dict(cond or {}))
+
+
+def teacher_key(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """``TaskSpec.references`` of a task that needs a teacher.
+
+    Raises:
+      ValueError: ``config.distill.teacher`` unset.
+    """
+    teacher = config.get("distill", {}).get("teacher")
+    if not teacher:
+        raise ValueError(f"config.task={config.task!r} needs config.distill.teacher: a trained "
+                         "run's workdir or 'analytic:<mixture>' (choices: "
+                         f"{', '.join(f'{SCHEME}:{m}' for m in MIXTURES)})")
+    return {TEACHER_KEY: str(teacher)}
+
+
+def optional_teacher_key(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """As :func:`teacher_key`, ``{}`` when no teacher is set (a method that can train alone)."""
+    teacher = config.get("distill", {}).get("teacher")
+    return {TEACHER_KEY: str(teacher)} if teacher else {}
+
+
+def from_reference(setup: Setup, reference: frozen.Reference) -> Teacher:
+    """The teacher of ``reference`` read under ``setup``'s path.
+
+    A run teacher must share the student's data shape and path (its ``x0_hat`` is a
+    statement about that path's marginals); the exact mixture works under any path.
+
+    Raises:
+      ValueError: the teacher's data shape or path differs from the student's.
+    """
+    path = setup.denoiser.path
+    if isinstance(reference, AnalyticReference):
+        mixture = reference.mixture
+        if tuple(mixture.event_shape) != tuple(setup.data_info.shape):
+            raise ValueError(f"config.distill.teacher={reference.identity['workdir']!r} has data "
+                             f"shape {mixture.event_shape}, the student's data has "
+                             f"{tuple(setup.data_info.shape)}")
+
+        def x0_mixture(params, x, t, cond):
+            del params
+            label = cond.get("label")
+            return mixture.x0_hat(path, x, t, label).astype(x.dtype)
+
+        return Teacher(x0_mixture, path)
+    tsetup = reference.setup
+    where = reference.identity["workdir"]
+    if tuple(tsetup.data_info.shape) != tuple(setup.data_info.shape):
+        raise ValueError(f"config.distill.teacher={where} was trained on data of shape "
+                         f"{tuple(tsetup.data_info.shape)}; the student's is "
+                         f"{tuple(setup.data_info.shape)}")
+    if repr(tsetup.denoiser.path) != repr(path):
+        raise ValueError(f"config.distill.teacher={where} was trained on path "
+                         f"{tsetup.denoiser.path!r}; the student's is {path!r}: use the same "
+                         "config.path")
+    den = tsetup.denoiser
+    kinds = tsetup.cond_kinds
+
+    def x0_run(params, x, t, cond):
+        out = den.apply({"params": params}, x, t, {k: cond[k] for k in kinds if k in cond})
+        return targets.to_x0_eps(den.target, path, out, x, t)[0]
+
+    return Teacher(x0_run, path)
+
+
+def teacher_of(setup: Setup, references: Mapping[str, frozen.Reference]) -> Teacher:
+    return from_reference(setup, references[TEACHER_KEY])
+
+
+def frozen_params(frozen_tree: Any) -> Any:
+    """The teacher's parameters in the step's ``frozen`` argument."""
+    return (frozen_tree or {}).get(TEACHER_KEY, {})

@@ -1,0 +1,126 @@
+"""The few-step methods train as tasks of the one trainer, resume exactly and refuse a
+teacher that does not fit (diffjax.distill with diffjax.training)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import _train_helpers as helpers
+
+from diffjax import analytic, train
+from diffjax.distill import settings
+from diffjax.distill import teacher as teacher_lib
+from diffjax.training import frozen
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+# task -> (path, model.target, teacher)
+METHODS = {
+    "progressive": ("vp_cosine", "v", "analytic:ring"),
+    "consistency_distillation": ("edm", "x0", "analytic:ring"),
+    "consistency_training": ("edm", "x0", None),
+    "reflow": ("rectified_flow", "velocity", "analytic:ring"),
+    "shortcut": ("rectified_flow", "velocity", None),
+    "meanflow": ("rectified_flow", "velocity", "analytic:ring"),
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def _config(data_dir, task, num_steps=2):
+    path, target, teacher = METHODS[task]
+    config = helpers.tiny_config(data_dir, **{
+        "data.dataset": "ring", "model.class_conditional": False, "loss.label_dropout": 0.0,
+        "training.num_steps": num_steps, "training.checkpoint_every": 2})
+    config.task = task
+    config.path.name = path
+    config.model.target = target
+    config.model.preconditioning = "none"
+    config.distill = settings.default_config()
+    config.distill.teacher = teacher
+    config.distill.num_couplings = 128
+    config.distill.ode_steps = 4
+    return config
+
+
+@pytest.mark.parametrize("task", sorted(METHODS))
+def test_every_method_trains_with_finite_loss_and_records_its_teacher(data_dir, tmp_path, task):
+    train.train(_config(data_dir, task), str(tmp_path))
+    losses = helpers.losses(str(tmp_path))
+    assert len(losses) == 2 and np.all(np.isfinite(losses)) and np.all(losses > 0)
+    with open(os.path.join(tmp_path, frozen.REFERENCES_FILE)) as f:
+        recorded = json.load(f)
+    teacher = METHODS[task][2]
+    assert list(recorded) == ([teacher_lib.TEACHER_KEY] if teacher else [])
+
+
+def test_meanflow_resumes_to_the_straight_runs_losses(data_dir, tmp_path):
+    straight = _config(data_dir, "meanflow", num_steps=4)
+    train.train(straight, str(tmp_path / "straight"))
+    first = _config(data_dir, "meanflow", num_steps=2)
+    first.training.num_steps = 2
+    train.train(first, str(tmp_path / "resumed"))
+    train.train(_config(data_dir, "meanflow", num_steps=4), str(tmp_path / "resumed"))
+    np.testing.assert_array_equal(helpers.losses(str(tmp_path / "resumed")),
+                                  helpers.losses(str(tmp_path / "straight")))
+
+
+def test_a_teacher_of_another_data_shape_is_refused(data_dir, tmp_path, monkeypatch):
+    three_d = analytic.GaussianMixture([1.0], np.zeros((1, 3)), np.eye(3)[None])
+    monkeypatch.setitem(teacher_lib.MIXTURES, "three_d", lambda: three_d)
+    config = _config(data_dir, "reflow")
+    config.distill.teacher = "analytic:three_d"
+    with pytest.raises(ValueError, match=r"data shape \(3,\).*\(2,\)"):
+        train.train(config, str(tmp_path))
+
+
+def test_a_teacher_workdir_without_checkpoint_is_refused(data_dir, tmp_path):
+    config = _config(data_dir, "progressive")
+    config.distill.teacher = str(tmp_path / "empty")
+    os.makedirs(config.distill.teacher)
+    with pytest.raises(Exception, match="no run|no checkpoint"):
+        train.train(config, str(tmp_path / "student"))
+
+
+def test_resuming_against_a_changed_teacher_is_refused(data_dir, tmp_path, monkeypatch):
+    train.train(_config(data_dir, "reflow"), str(tmp_path))
+    monkeypatch.setitem(teacher_lib.MIXTURES, "ring",
+                        lambda: analytic.GaussianMixture.ring(std=0.2))
+    config = _config(data_dir, "reflow", num_steps=4)
+    with pytest.raises(frozen.ReferenceChangedError, match="distill.teacher"):
+        train.train(config, str(tmp_path))
+
+
+def test_a_progressive_schedule_that_does_not_halve_fails_before_training(data_dir, tmp_path):
+    config = _config(data_dir, "progressive")
+    config.distill.steps = (8, 4, 3)
+    with pytest.raises(ValueError, match="must halve"):
+        train.train(config, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_progressive_round_two_starts_from_its_teacher_run(data_dir, tmp_path):
+    from diffjax.distill import progressive
+    round1 = _config(data_dir, "progressive")
+    round1.distill.steps, round1.distill.round = (4, 2, 1), 1
+    train.train(round1, str(tmp_path / "round1"))
+    round2 = _config(data_dir, "progressive")
+    round2.distill.steps, round2.distill.round = (4, 2, 1), 2
+    round2.distill.teacher = str(tmp_path / "round1")
+    refs = frozen.load_all({teacher_lib.TEACHER_KEY: round2.distill.teacher})
+    from diffjax.training.setup import build
+    from diffjax.training.state import init_state
+    fresh = init_state(build(round2), round2.seed)
+    started = progressive._initialize(fresh, refs)
+    teacher_params = refs[teacher_lib.TEACHER_KEY].params
+    for a, b in zip(jax.tree_util.tree_leaves(started.params),
+                    jax.tree_util.tree_leaves(teacher_params)):
+        np.testing.assert_array_equal(a, b)
+    train.train(round2, str(tmp_path / "round2"))      # the teacher's buffers are not donated
+    assert np.all(np.isfinite(helpers.losses(str(tmp_path / "round2"))))
