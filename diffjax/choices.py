@@ -12,7 +12,8 @@ from typing import Any
 MODES = ("train", "sample", "eval")
 # config.task: what the one train step minimises (diffjax.training.tasks registers each name;
 # tests/test_structure.py checks that the two lists agree)
-TASKS = ("denoise",)
+TASKS = ("denoise", "consistency_distillation", "consistency_training", "shortcut", "meanflow",
+         "progressive", "reflow")
 # config.training.nonfinite: drop the update of a non-finite step, or stop the run there
 NONFINITE_MODES = ("skip", "stop")
 # config.optim.optimizer and config.optim.schedule

@@ -183,6 +183,9 @@ def reference_config() -> ConfigDict:
     """The default config with the keys of every arch in ``model``: the set of valid keys."""
     config = default_config()
     with config.unlocked():
+        from diffjax.distill import settings as distill_settings
+
+        config.distill = distill_settings.default_config()
         for arch in models.ARCHS:
             for key, value in default_model_config(arch).items():
                 if key not in config.model:

@@ -13,6 +13,8 @@ from diffjax.training.state import NonFiniteError, TrainState, init_state, setup
 from diffjax.training.step import apply_gradients, describe_nonfinite, make_train_step
 from diffjax.training.tasks import TASKS
 
+import diffjax.distill  # noqa: E402,F401  (registers the few-step tasks: progressive, ...)
+
 from diffjax.choices import NONFINITE_MODES
 
 __all__ = ["DEFAULT_METRICS", "Evaluator", "LR_SCHEDULES", "NONFINITE_MODES", "NonFiniteError",

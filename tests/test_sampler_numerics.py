@@ -144,7 +144,8 @@ def test_every_sampler_returns_clipped_and_thresholded_x0(sampler):
     x0_hat step respects it. The model x0_hat = 3 x overshoots [-1, 1]."""
     path = _path("vp_linear")
     num_steps = 2000 if sampler == "adaptive" else 6
-    options = {"rtol": 1e-2, "atol": 1e-2} if sampler == "adaptive" else {}
+    options = {"adaptive": {"rtol": 1e-2, "atol": 1e-2},
+               "langevin": {"steps_per_level": 1}}.get(sampler, {})
     for constraint in ({"clip_x0": 1.0}, {"dynamic_threshold": 0.9}):
         x = diffjax.sample(lambda x, t: 3.0 * x, path, (16, 2), jax.random.PRNGKey(0),
                            target="x0", sampler=sampler, num_steps=num_steps,

@@ -350,7 +350,8 @@ def test_documented_t_max_below_one_makes_rectified_flow_work_for_eps_models():
     assert abs(float(jnp.median(jnp.linalg.norm(x, axis=-1))) - 1.4) < 0.05
 
 
-_GENEROUS_NFE = {"adaptive": 2000, "pc": 200, "euler_maruyama": 200, "ddpm": 200, "rk4": 80}
+_GENEROUS_NFE = {"adaptive": 2000, "pc": 200, "euler_maruyama": 200, "ddpm": 200, "rk4": 80,
+                 "langevin": 201}
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))

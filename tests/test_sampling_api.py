@@ -272,7 +272,9 @@ def test_callback_is_called_once_per_step_with_decreasing_times_and_absent_when_
     for i, _, _, x0_hat in steps:
         np.testing.assert_allclose(x0_hat, model(info.trajectory[i], jnp.full((4,), info.ts[i])),
                                    rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(run()[0], x, rtol=0, atol=0)
+    # The same samples without the callback (to float rounding: the two programs fuse
+    # differently), and the callback is absent from the program when off.
+    np.testing.assert_allclose(run()[0], x, rtol=1e-12, atol=1e-12)
     lowered = lambda **kw: jax.jit(lambda k: diffjax.sample(
         model, PATH, (4, 2), k, target="x0", sampler="euler", num_steps=6, **kw)).lower(
             jax.random.PRNGKey(0)).as_text()

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffjax import configs, paths
-from diffjax.models.layers import sinusoidal_embedding
+from diffjax.models.blocks.embeddings import sinusoidal_embedding
 from diffjax.paths import broadcast_to_x
 
 R_KEY = "r"

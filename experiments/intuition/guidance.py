@@ -8,7 +8,7 @@ model ``eps(x, t, c)`` and the unconditional one ``eps(x, t, null)``, guidance a
     eps_w = eps_u + w (eps_c - eps_u)   <=>   score_w = grad log [ p_t(x) p_t(c | x)^w ],
 
 a field pulled toward where the class is most certain. The fields come from
-:func:`diffjax.samplers.guidance.guided_model`, the samples from :func:`diffjax.sample` with
+:func:`guided_model` (the library's guidance mix), the samples from :func:`diffjax.sample` with
 ``label``, ``guidance_scale`` and ``num_classes``; diversity is the spread of each class's
 samples, ``sqrt(trace Cov)``, averaged over classes.
 """
@@ -43,6 +43,19 @@ def arcs_mixture(per_class: int = 3, radius: float = 1.5, std: float = 0.25) -> 
     return analytic.GaussianMixture(np.ones(k), means, covs, labels=np.arange(k) // per_class)
 
 
+def guided_model(cond_fn, labels, w: float, num_classes: int):
+    """Classifier-free guidance in the model's own target space, ``out_u + w (out_c - out_u)``
+    (the library's :func:`diffjax.samplers.guidance.mix`), as ``g(x, t)`` for a conditional
+    ``cond_fn(x, t, cond)``; ``num_classes`` is the null label."""
+    null = jnp.full_like(labels, num_classes)
+
+    def fn(x, t):
+        out_c, out_u = cond_fn(x, t, {"label": labels}), cond_fn(x, t, {"label": null})
+        return guidance_lib.mix((out_c,), (out_u,), w)[0]
+
+    return fn
+
+
 def guided_fields(mix, path, points: np.ndarray, t: float, label: int) -> dict:
     """``eps`` of the guided model at every scale, and of the conditional/unconditional ones."""
     cond = mix.conditional_model_fn(path, "eps")
@@ -50,7 +63,7 @@ def guided_fields(mix, path, points: np.ndarray, t: float, label: int) -> dict:
     @jax.jit
     def compute(x, tb, labels):
         null = jnp.full_like(labels, NUM_CLASSES)
-        return {"guided": {w: guidance_lib.guided_model(cond, labels, w, NUM_CLASSES)(x, tb)
+        return {"guided": {w: guided_model(cond, labels, w, NUM_CLASSES)(x, tb)
                            for w in SCALES},
                 "conditional": cond(x, tb, {"label": labels}),
                 "unconditional": cond(x, tb, {"label": null}),

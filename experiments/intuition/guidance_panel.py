@@ -4,7 +4,7 @@ Left: the arcs mixture of the gallery's guidance figure (:mod:`.guidance`), its 
 (grey) and guided (blue) score for class 0 at ``t = 0.3`` over the density the guided field
 is the gradient of, and DDIM samples of class 0 at that scale. Right: samples of one class
 of the exact class-conditional digits mixture at the same scale, from the same noise, judged
-by the in-project digits classifier. Guidance is :func:`diffjax.samplers.guidance.guided_model`
+by the in-project digits classifier. Guidance is :func:`experiments.intuition.guidance.guided_model`
 (``f_u + w (f_c - f_u)``; ``w = 0`` unconditional, ``w = 1`` conditional).
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import numpy as np
 import diffjax
 from diffjax import paths
 from diffjax.evaluate.classifier import Classifier
-from diffjax.samplers import guidance as guidance_lib
 from experiments.intuition import common, frames, guidance, panels
 
 SCALES = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 12.0)
@@ -37,7 +36,7 @@ def field_values(points: np.ndarray, w: float) -> dict:
         x = jnp.asarray(points, jnp.float64)
         t = jnp.full((x.shape[0],), guidance.FIELD_T, x.dtype)
         labels = jnp.full((x.shape[0],), guidance.FIELD_CLASS, jnp.int32)
-        guided = np.asarray(guidance_lib.guided_model(cond, labels, w, guidance.NUM_CLASSES)(x, t))
+        guided = np.asarray(guidance.guided_model(cond, labels, w, guidance.NUM_CLASSES)(x, t))
         unguided = np.asarray(cond(x, t, None))
     cos = np.sum(guided * unguided, -1) / (np.linalg.norm(guided, axis=-1)
                                            * np.linalg.norm(unguided, axis=-1))
