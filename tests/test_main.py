@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -80,7 +81,7 @@ class BothShards:
 
     def __next__(self) -> dict:
         parts = [next(shard) for shard in self.shards]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return jax.tree_util.tree_map(lambda *rows: np.concatenate(rows), *parts)
 
     def get_state(self) -> bytes:
         return json.dumps([s.get_state().decode() for s in self.shards]).encode()

@@ -95,7 +95,7 @@ def _assert_trees_equal(a, b) -> None:
 def test_eight_simulated_devices_and_pmap_give_the_one_device_loss_curve(data_dir, tmp_path):
     out = str(tmp_path / "devices")
     devices = _start_helper("devices", out, data_dir,
-                            XLA_FLAGS="--xla_force_host_platform_device_count=8")
+                            XLA_FLAGS=helpers.EIGHT_DEVICES)
     with_dropout = helpers.tiny_config(data_dir, **{"model.dropout": 0.2})
     train.train(with_dropout, str(tmp_path / "one_dropout"))
     train.train(helpers.tiny_config(data_dir), str(tmp_path / "one"))
@@ -317,7 +317,7 @@ def test_cli_refuses_a_batch_that_does_not_split_over_the_devices(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "diffjax.main", "--config=configs/toy2d.py",
          f"--workdir={tmp_path / 'run'}", "--config.data.batch_size=12"],
-        cwd=REPO, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        cwd=REPO, env=_env(XLA_FLAGS=helpers.EIGHT_DEVICES),
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -146,7 +146,7 @@ def test_sampler_compiles_once_for_new_parameters_and_splits_rows_over_8_devices
     data_dir = str(tmp_path)
     out = str(tmp_path / "eight.npz")
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+               XLA_FLAGS=helpers.EIGHT_DEVICES)
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "_train_helpers.py"),
                              "sampler", out, data_dir], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
