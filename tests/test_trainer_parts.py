@@ -195,3 +195,34 @@ def test_model_sigma_data_is_the_one_data_scale_of_preconditioning_and_weighting
     with pytest.raises(ValueError, match="config.loss.sigma_data=0.5 differs from "
                                          "config.model.sigma_data=0.7"):
         train.build(config)
+
+
+def test_pmap_puts_the_state_on_the_devices_once_not_every_step(tmp_path, monkeypatch):
+    """The pmap backend keeps the state on the devices between steps: it is broadcast at the
+    start and fetched back only to checkpoint (a re-broadcast per step copies the whole state
+    every step)."""
+    from diffjax.training import backends
+
+    calls = {"put_state": 0, "step": 0}
+    original = backends._pmap
+
+    def counting(*args, **kwargs):
+        compiled = original(*args, **kwargs)
+
+        def put_state(tree):
+            calls["put_state"] += 1
+            return compiled.put_state(tree)
+
+        def step(*a):
+            calls["step"] += 1
+            return compiled.step(*a)
+
+        return dataclasses.replace(compiled, put_state=put_state, step=step)
+
+    monkeypatch.setattr(backends, "_pmap", counting)
+    config = helpers.tiny_config(str(tmp_path), **{"parallel.backend": "pmap",
+                                                   "training.num_steps": 12,
+                                                   "training.checkpoint_every": 100})
+    train.train(config, str(tmp_path / "run"))
+    assert calls["step"] == 12
+    assert calls["put_state"] == 1
