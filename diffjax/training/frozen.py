@@ -62,6 +62,20 @@ def register_scheme(scheme: str, loader: Callable[[str, str], Reference]) -> Non
     SCHEMES[scheme] = loader
 
 
+def restore_newest(config, workdir: str):
+    """``(setup, state, step)`` of the newest valid checkpoint of the run in ``workdir``
+    (``state`` and ``step`` None when it has none); read-only. Shared by frozen references
+    and by sampling/evaluation of a trained run."""
+    setup = build(config)
+    abstract, _ = setup_state(setup, config, parallel.make_mesh())
+    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+    try:
+        state, step = checkpointer.restore_latest(abstract)
+    finally:
+        checkpointer.close()
+    return setup, state, step
+
+
 def load(key: str, workdir: str) -> Reference:
     """The newest checkpoint of the run in ``workdir`` (named by ``config.<key>``), or the
     reference a registered scheme (:data:`SCHEMES`) makes of ``"<scheme>:<name>"``.
@@ -77,13 +91,7 @@ def load(key: str, workdir: str) -> Reference:
     if config is None:
         raise ckpt_lib.WorkdirError(f"config.{key}={workdir} holds no run (no "
                                     f"{ckpt_lib.CONFIG_FILE}); train that run first")
-    setup = build(config)
-    abstract, _ = setup_state(setup, config, parallel.make_mesh())
-    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-    try:
-        state, step = checkpointer.restore_latest(abstract)
-    finally:
-        checkpointer.close()
+    setup, state, step = restore_newest(config, workdir)
     if state is None:
         raise ckpt_lib.WorkdirError(f"config.{key}={workdir} has no checkpoint; train it first")
     config_json = config.to_json(sort_keys=True).encode()

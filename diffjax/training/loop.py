@@ -176,13 +176,7 @@ def restore_for_inference(config: ml_collections.ConfigDict,
     Raises:
       diffjax.checkpoint.WorkdirError: no checkpoint to read.
     """
-    setup = build(config)
-    abstract, _ = setup_state(setup, config, parallel.make_mesh())
-    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-    try:
-        state, step = checkpointer.restore_latest(abstract)
-    finally:
-        checkpointer.close()
+    setup, state, step = frozen.restore_newest(config, workdir)
     if state is None:
         raise ckpt_lib.WorkdirError(f"--workdir={workdir} has no checkpoint to sample from; "
                                     "train first (--mode=train)")
