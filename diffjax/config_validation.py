@@ -135,6 +135,7 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     check_choice("parallel.param_sharding", config.parallel.param_sharding,
                  choices.PARAM_SHARDINGS)
     _check_sampler(config.sampling)
+    _check_text(config)
     if config.model.preconditioning == "edm" and config.model.target != "x0":
         raise ConfigError(f"config.model.preconditioning='edm' needs config.model.target='x0' "
                           f"(EDM's D is an x0 predictor), got config.model.target="
@@ -142,6 +143,40 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     if config.parallel.param_sharding == "fsdp" and config.parallel.backend != "jit":
         raise ConfigError("config.parallel.param_sharding='fsdp' needs config.parallel.backend="
                           f"'jit', got {config.parallel.backend!r}; valid choices: jit")
+
+
+def _check_text(config: ml_collections.ConfigDict) -> None:
+    """``model.text_encoder`` and ``config.text``: choices, a captioned data set, and a
+    network that reads text (cross-attention), before any data or weights are loaded."""
+    from diffjax.text import ENCODERS, conditioning
+
+    name = config.model.get("text_encoder") or ""
+    if not name:
+        return
+    check_choice("model.text_encoder", name, ENCODERS)
+    text = config.get("text")
+    if text is not None:
+        _positive("text.max_length", text.max_length)
+        for key in ("width", "depth", "num_heads"):
+            _positive(f"text.{key}", text[key])
+        if text.width % text.num_heads:
+            raise ConfigError(f"config.text.width={text.width} must be divisible by "
+                              f"config.text.num_heads={text.num_heads}")
+    if name != "precomputed" and config.data.dataset not in conditioning.CAPTIONED:
+        raise ConfigError(f"config.model.text_encoder={name!r} needs captions; "
+                          f"config.data.dataset={config.data.dataset!r} has none (valid "
+                          f"choices: {', '.join(conditioning.CAPTIONED)}, or text_encoder="
+                          "'precomputed' with your own embeddings)")
+    if name == "precomputed" and "{split}" not in str((text or {}).get("embeddings") or ""):
+        raise ConfigError("config.text.embeddings must be a file path with '{split}' for "
+                          "model.text_encoder='precomputed' (e.g. /data/t5_{split}.npz)")
+    reads = {"unet": "cross_attn_resolutions", "dit": "cross_attn", "mmdit": None}
+    arch = config.model.arch
+    if arch not in reads or (reads[arch] and not config.model.get(reads[arch])):
+        hint = f"set config.model.{reads[arch]}" if reads.get(arch) else \
+            f"model.arch={arch!r} has no cross-attention; valid choices: unet, dit, mmdit"
+        raise ConfigError(f"config.model.text_encoder={name!r} needs a network that attends "
+                          f"to text: {hint}")
 
 
 def _check_sampler(sampling_cfg: ml_collections.ConfigDict) -> None:
@@ -175,6 +210,9 @@ def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info:
     if config.model.class_conditional:
         options.update(label=np.zeros((1,), np.int32), guidance_scale=sampling.guidance_scale,
                        num_classes=data_info.num_classes)
+    elif config.model.get("text_encoder"):  # a stand-in text condition and its null
+        text = {"text": np.zeros((1, 1), np.int32)}
+        options.update(cond=text, uncond=text, guidance_scale=sampling.guidance_scale)
     try:
         samplers.check(path, (1, *data_info.shape), target=config.model.target,
                        sampler=sampling.sampler, num_steps=sampling.num_steps, **options)
@@ -187,6 +225,11 @@ def _check_metrics(config: ml_collections.ConfigDict, data_info: Any) -> None:
     from diffjax.evaluate import metrics
 
     names = choices.metric_names(config, data_info.kind)
+    prompted = [n for n in names if getattr(metrics.METRICS.get(n), "needs_prompts", False)]
+    if prompted and not config.model.get("text_encoder"):
+        raise ConfigError(f"config.eval.metrics: {', '.join(prompted)} scores samples against "
+                          "the prompts they were generated from; it needs a text-conditioned "
+                          "model (config.model.text_encoder: minilm, learned or precomputed)")
     try:
         metrics.validate(names, data_info.kind,
                          conditional=bool(config.model.class_conditional),

@@ -21,6 +21,7 @@ import ml_collections
 from diffjax import data as data_lib
 from diffjax import models
 from diffjax import paths as paths_lib
+from diffjax.text import conditioning as text_conditioning
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -69,6 +70,8 @@ def default_model_config(arch: str = "unet") -> ConfigDict:
     cfg.target = "velocity"
     cfg.preconditioning = "none"
     cfg.sigma_data = 0.5  # the one data scale: EDM preconditioning and the edm weighting
+    # "" = no text; minilm | learned | precomputed (diffjax.text; settings in config.text).
+    cfg.text_encoder = ""
     return cfg
 
 
@@ -118,6 +121,7 @@ def default_config() -> ConfigDict:
     config.path = default_path_config("rectified_flow")
     config.model = default_model_config("unet")
     config.loss = default_loss_config()
+    config.text = text_conditioning.default_config()
     config.optim = ConfigDict({
         "optimizer": "adamw",          # adam | adamw
         "lr": 1e-3,
@@ -154,6 +158,11 @@ def default_config() -> ConfigDict:
         "num_samples": 64,
         "grid": _optional(str),        # None = the sampler's own default grid
         "seed": 1,
+        # --mode=sample of a text-conditioned run: one prompt, or a file of one per line;
+        # samples_per_prompt images each (a grid row per prompt, titled, + an .npz).
+        "prompt": _optional(str),
+        "prompts_file": _optional(str),
+        "samples_per_prompt": 8,
         # Sampler options (diffjax.sample's table); None = the sampler's default. Setting
         # one the chosen sampler does not take is a config error.
         **{name: _optional(kind) for name, kind in SAMPLER_OPTIONS.items()},

@@ -103,21 +103,67 @@ def _headline(results: dict[str, float]) -> list[str]:
     return lines
 
 
+def _read_prompts(sampling) -> Optional[list[str]]:
+    """``config.sampling.prompt`` / ``prompts_file`` (one prompt per non-empty line)."""
+    if sampling.get("prompt") is not None and sampling.get("prompts_file") is not None:
+        raise ConfigError("set config.sampling.prompt or config.sampling.prompts_file, not both")
+    if sampling.get("prompt") is not None:
+        return [str(sampling.prompt)]
+    if sampling.get("prompts_file") is None:
+        return None
+    path = os.path.expanduser(sampling.prompts_file)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config.sampling.prompts_file={sampling.prompts_file!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ConfigError(f"config.sampling.prompts_file={sampling.prompts_file!r} holds no "
+                          "prompt (one per line)")
+    return prompts
+
+
 def _sample(config, workdir: str, source: str) -> None:
-    """Writes ``samples/sample_<step>.png`` and ``.npz`` (``x``, ``labels``) from the EMA of
-    the newest checkpoint in ``source``."""
+    """Writes ``samples/sample_<step>.png`` and ``.npz`` (``x``, ``labels`` or ``prompts``)
+    from the EMA of the newest checkpoint in ``source``; with prompts, a grid row of
+    ``samples_per_prompt`` images per prompt, titled with it."""
     import numpy as np
 
     from diffjax import parallel, reporting, train
 
+    prompts = _read_prompts(config.sampling)
     recipe, state, step = train.restore_for_inference(config, source)
-    samples, labels = train.generate(recipe, state.ema_params, config.sampling,
-                                     config.sampling.num_samples, config.eval.batch_size)
+    if prompts is not None and recipe.text is None:
+        raise ConfigError("config.sampling.prompt(s_file) needs a text-conditioned model; "
+                          f"{source} has config.model.text_encoder unset")
+    if prompts is not None:
+        try:  # an unknown word or a too-long prompt: refused before sampling
+            recipe.text.encode(prompts)
+        except ValueError as e:
+            raise ConfigError(f"config.sampling.prompt: {e}") from None
+        per = int(config.sampling.samples_per_prompt)
+        if per < 1:
+            raise ConfigError(f"config.sampling.samples_per_prompt={per} must be >= 1")
+        expanded = np.repeat(np.asarray(prompts, dtype=object), per)
+        samples, what = train.generate(recipe, state.ema_params, config.sampling,
+                                       len(expanded), config.eval.batch_size, prompts=expanded)
+    else:
+        samples, what = train.generate(recipe, state.ema_params, config.sampling,
+                                       config.sampling.num_samples, config.eval.batch_size)
     if parallel.is_main_process():
         name = f"sample_{step:07d}"
-        paths = reporting.save_figures(workdir, name, samples, recipe.data_info.kind)
         npz = os.path.join(workdir, "samples", f"{name}.npz")
-        np.savez(npz, x=samples, **({} if labels is None else {"labels": labels}))
+        if prompts is not None:
+            os.makedirs(os.path.dirname(npz), exist_ok=True)
+            paths = [os.path.join(workdir, "samples", f"{name}_prompts.png")]
+            reporting.save_prompt_grid(
+                paths[0], samples, prompts, per,
+                title=f"guidance {config.sampling.guidance_scale:g}, "
+                      f"{config.sampling.sampler} x {config.sampling.num_steps}")
+        else:
+            paths = reporting.save_figures(workdir, name, samples, recipe.data_info.kind)
+        extra = {} if what is None else (
+            {"prompts": what.astype(str)} if what.dtype == object else {"labels": what})
+        np.savez(npz, x=samples, **extra)
         finite = int(np.isfinite(samples.reshape(len(samples), -1)).all(axis=1).sum())
         print(f"sampled {len(samples)} from step {step} of {source} "
               f"(sampler={config.sampling.sampler}, num_steps={config.sampling.num_steps}); "

@@ -79,7 +79,7 @@ class Objective:
     logit_std: float = 1.0
     label_dropout: float = 0.0
     num_classes: int = 0
-    nulls: Optional[conditions.Nulls] = None
+    nulls: Optional[conditions.Nulls] = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         # t_min / t_max left None mean the path's own range; resolved here so that they
@@ -195,11 +195,13 @@ def _normal_pdf(x: Array, mean: float, std: float) -> Array:
 
 
 def from_config(path: Path, target: str, loss_cfg, *, num_classes: int = 0,
-                sigma_data: float = 0.5) -> Objective:
+                sigma_data: float = 0.5,
+                nulls: Optional[conditions.Nulls] = None) -> Objective:
     """Builds the :class:`Objective` from ``config.loss`` (keys named as the fields).
 
     ``sigma_data`` is ``config.model.sigma_data``: one data scale for the preconditioning
-    and the ``edm`` weighting, so it is not a ``config.loss`` key.
+    and the ``edm`` weighting, so it is not a ``config.loss`` key. ``nulls``: the null
+    value of each condition (default: the null label ``num_classes``).
     """
     fields = {f.name for f in dataclasses.fields(Objective)} - {
         "path", "target", "num_classes", "nulls", "sigma_data"}
@@ -216,7 +218,7 @@ def from_config(path: Path, target: str, loss_cfg, *, num_classes: int = 0,
                              f"{', '.join(sorted(fields))}")
         kwargs[key] = value
     return Objective(path=path, target=target, num_classes=num_classes, sigma_data=sigma_data,
-                     **kwargs)
+                     nulls=nulls, **kwargs)
 
 
 __all__ = ["Objective", "WEIGHTINGS", "TIME_SAMPLINGS", "from_config"]

@@ -172,3 +172,29 @@ def save_figures(workdir: str, name: str, samples: np.ndarray, kind: str,
         save_scatter(path, samples, reference, title=name)
         paths.append(path)
     return paths
+
+
+def save_prompt_grid(path: str, samples: np.ndarray, prompts: list[str], per_prompt: int,
+                     title: str = "") -> None:
+    """One row per prompt, titled with it: ``samples [len(prompts) * per_prompt, H, W, C]``
+    in [-1, 1], prompt ``i``'s images at rows ``i * per_prompt ...``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(prompts)
+    fig, axes = plt.subplots(rows, 1, figsize=(max(4.0, 1.1 * per_prompt), 1.5 * rows + 0.4),
+                             squeeze=False)
+    for i, prompt in enumerate(prompts):
+        grid = image_grid(samples[i * per_prompt:(i + 1) * per_prompt], ncols=per_prompt)
+        ax = axes[i, 0]
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, interpolation="nearest",
+                  cmap="gray" if grid.shape[-1] == 1 else None)
+        ax.set_title(prompt, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

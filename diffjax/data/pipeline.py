@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from typing import Any
 
 import grain
 import ml_collections
@@ -263,10 +264,33 @@ def load_arrays(dataset: str, split: str = "test", data_dir: str | None = None,
 
 class _ToBatchRecord(grain.transforms.Map):
     """A source record ``{"x", "label"}`` -> the training record ``{"x", "cond": {"label"}}``
-    (DESIGN §6: the condition is a dict, passed on unchanged), ``x`` as float."""
+    (DESIGN §6: the condition is a dict, passed on unchanged), ``x`` as float. Conditions
+    looked up by :class:`_WithTableConds` join the label in ``cond``."""
 
     def map(self, element: dict[str, np.ndarray]) -> dict:
-        return {"x": to_float(element["x"]), "cond": {"label": element["label"]}}
+        cond = {"label": element["label"], **element.get("cond", {})}
+        return {"x": to_float(element["x"]), "cond": cond}
+
+
+class _WithTableConds:
+    """A source whose record ``i`` also carries ``cond``: row ``i`` of a per-record table
+    (:class:`diffjax.text.conditioning.CondTable`, e.g. a caption's text embeddings).
+    Same repr as the wrapped source: a grain checkpoint restores either way."""
+
+    def __init__(self, source, table):
+        if len(table.rows) != len(source):
+            raise ValueError(f"{source!r}: a condition table of {len(table.rows)} rows for "
+                             f"{len(source)} records")
+        self._source, self._table = source, table
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self._source[index], "cond": self._table.lookup(index)}
+
+    def __repr__(self) -> str:
+        return repr(self._source)
 
 
 class _RandomHorizontalFlip(grain.transforms.RandomMap):
@@ -322,7 +346,8 @@ def validate_config(data_cfg: ml_collections.ConfigDict, process_count: int = 1)
 
 def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", seed: int,
                   process_index: int = 0, process_count: int = 1,
-                  num_epochs: int | None = None) -> grain.DataLoaderIterator:
+                  num_epochs: int | None = None,
+                  cond_table: Any = None) -> grain.DataLoaderIterator:
     """This process's batches ``{"x": float32 [b, *shape], "cond": {"label": int32 [b]}}``.
 
     ``b = data_cfg.batch_size // process_count``: ``batch_size`` is the global batch. The
@@ -338,6 +363,8 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
       process_index, process_count: this process's shard (``jax.process_index()``,
         ``jax.process_count()`` in multi-host runs).
       num_epochs: passes over the data; None repeats forever.
+      cond_table: per-record conditions joining ``cond`` (a ``CondTable`` of
+        :mod:`diffjax.text.conditioning`: caption embeddings or word ids), or None.
     """
     data_info = validate_config(data_cfg, process_count)
     if not 0 <= process_index < process_count:
@@ -346,6 +373,9 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     local_batch = data_cfg.batch_size // process_count
     source = open_source(data_cfg.dataset, split, data_cfg.get("data_dir"))
+    read_options = _read_options(source)
+    if cond_table is not None:
+        source = _WithTableConds(source, cond_table)
     if len(source) // process_count < local_batch:
         raise ValueError(
             f"split {split!r} of {data_info.name!r} has {len(source)} records, fewer than "
@@ -362,5 +392,5 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
     loader = grain.DataLoader(
         data_source=source, sampler=sampler, operations=operations,
         worker_count=data_cfg.get("num_workers", 0), shard_options=shard,
-        read_options=_read_options(source))
+        read_options=read_options)
     return iter(loader)

@@ -27,13 +27,14 @@ Array = jax.Array
 
 
 class Sampler:
-    """``sampler(params, key, labels) -> x [batch_size, ...]`` from ``config.sampling``,
+    """``sampler(params, key, cond) -> x [batch_size, ...]`` from ``config.sampling``,
     compiled once, rows split over ``mesh``.
 
-    ``batch_size`` is rounded up to a multiple of the device count. ``labels``
-    (``[batch_size]`` ints, or None) condition a class-conditional model, guided with
-    ``sampling_cfg.guidance_scale``; the sampler options set in ``sampling_cfg``
-    (:data:`diffjax.configs.SAMPLER_OPTIONS`) are passed on.
+    ``batch_size`` is rounded up to a multiple of the device count. ``cond`` (a condition
+    dict of ``[batch_size, ...]`` numpy arrays, or ``[batch_size]`` labels, or None)
+    conditions the model, guided with ``sampling_cfg.guidance_scale`` towards it from the
+    null condition of each kind (:attr:`Setup.nulls`); the sampler options set in
+    ``sampling_cfg`` (:data:`diffjax.configs.SAMPLER_OPTIONS`) are passed on.
     """
 
     def __init__(self, setup: Setup, sampling_cfg: ml_collections.ConfigDict, batch_size: int,
@@ -47,7 +48,7 @@ class Sampler:
         self._fn = jax.jit(self._sample, in_shardings=(None, None, self.rows),
                            out_shardings=self.rows)
 
-    def _sample(self, params, key, labels):
+    def _sample(self, params, key, cond):
         from diffjax import sample  # deferred: the samplers are not needed to train
 
         self.traces += 1
@@ -55,9 +56,8 @@ class Sampler:
         options = configs.sampler_options(cfg)
         if cfg.grid is not None:
             options["grid"] = cfg.grid
-        if labels is not None:
-            options.update(label=labels, guidance_scale=cfg.guidance_scale,
-                           num_classes=setup.data_info.num_classes)
+        if cond:
+            options.update(cond=cond, guidance_scale=cfg.guidance_scale, nulls=setup.nulls)
         shape = (self.batch_size, *setup.data_info.shape)
         # Parameters are traced arguments of the network function (never constants of the
         # program): one compiled sampler serves every evaluation of the run.
@@ -65,19 +65,53 @@ class Sampler:
                       target=setup.denoiser.target, sampler=cfg.sampler,
                       num_steps=cfg.num_steps, **options)
 
-    def __call__(self, params: Any, key: Array, labels: Optional[np.ndarray] = None) -> Array:
-        if labels is not None:
-            labels = np.asarray(labels, np.int32)
-            labels = jax.make_array_from_callback(labels.shape, self.rows,
-                                                  lambda index: labels[index])
-        return self._fn(params, key, labels)
+    def __call__(self, params: Any, key: Array, cond: Any = None) -> Array:
+        if cond is not None and not isinstance(cond, dict):
+            cond = {"label": np.asarray(cond, np.int32)}
+        if cond:
+            cond = {k: jax.make_array_from_callback(np.shape(v), self.rows,
+                                                    lambda index, v=np.asarray(v): v[index])
+                    for k, v in cond.items()}
+        return self._fn(params, key, cond or None)
+
+
+def eval_conditions(setup: Setup, start: int, size: int,
+                    prompts: Optional[np.ndarray] = None) -> tuple[Optional[dict], Any]:
+    """The conditions of samples ``start .. start + size - 1`` of an evaluation and what
+    they were (for the metrics): class labels cycling through the classes, and for a text
+    model the test split's captions in order (or ``prompts``, cycled); ``(None, None)``
+    for an unconditional model."""
+    if not setup.conditional:
+        return None, None
+    index = np.arange(start, start + size)
+    cond, what = {}, None
+    if "label" in setup.cond_kinds:
+        what = (index % setup.data_info.num_classes).astype(np.int32)
+        cond["label"] = what
+    if setup.text is not None:
+        config = setup.config
+        if prompts is None and setup.text.name == "precomputed":
+            table = setup.text.data_table(config.data.dataset, "test",
+                                          config.data.get("data_dir"))
+            rows = index % len(table.rows)
+            cond.update({k: np.stack([table.lookup(i)[k] for i in rows])
+                         for k in setup.text.keys})
+            return cond, what
+        if prompts is None:
+            from diffjax.text import conditioning
+            prompts = conditioning.captions(config.data.dataset, "test",
+                                            config.data.get("data_dir"))
+        what = np.asarray(prompts, dtype=object)[index % len(prompts)]
+        cond.update(setup.text.encode([str(p) for p in what]))
+    return cond, what
 
 
 def generate(setup: Setup, params: Any, sampling_cfg: ml_collections.ConfigDict,
              num_samples: int, batch_size: int, *, sampler: Optional[Sampler] = None,
-             progress: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """``num_samples`` samples (numpy, on every process) and their labels (cycling through
-    the classes for a conditional model, else None), drawn from ``sampling_cfg.seed``.
+             progress: bool = True,
+             prompts: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """``num_samples`` samples (numpy, on every process) and what they were conditioned on
+    (:func:`eval_conditions`: labels, prompts, or None), drawn from ``sampling_cfg.seed``.
 
     ``sampler`` reuses a compiled :class:`Sampler` (built here otherwise); ``progress``
     prints one line per batch on the main process.
@@ -85,20 +119,19 @@ def generate(setup: Setup, params: Any, sampling_cfg: ml_collections.ConfigDict,
     sampler = sampler or Sampler(setup, sampling_cfg, min(batch_size, num_samples))
     b = sampler.batch_size
     key = jax.random.PRNGKey(sampling_cfg.seed)
-    chunks, all_labels = [], []
+    chunks, whats = [], []
     num_batches = math.ceil(num_samples / b)
     start = time.perf_counter()
     for i in range(num_batches):
-        labels = None
-        if setup.conditional:
-            labels = (np.arange(i * b, (i + 1) * b) % setup.data_info.num_classes).astype(np.int32)
-            all_labels.append(labels)
-        chunks.append(parallel.to_host(sampler(params, jax.random.fold_in(key, i), labels)))
+        cond, what = eval_conditions(setup, i * b, b, prompts)
+        if what is not None:
+            whats.append(what)
+        chunks.append(parallel.to_host(sampler(params, jax.random.fold_in(key, i), cond)))
         if progress and parallel.is_main_process():
             print(f"sampling: batch {i + 1}/{num_batches} ({min((i + 1) * b, num_samples)}/"
                   f"{num_samples} samples, {time.perf_counter() - start:.1f}s)", flush=True)
     samples = np.concatenate(chunks)[:num_samples]
-    return samples, (np.concatenate(all_labels)[:num_samples] if all_labels else None)
+    return samples, (np.concatenate(whats)[:num_samples] if whats else None)
 
 
 class Evaluator:
@@ -124,8 +157,12 @@ class Evaluator:
         if self.sampler is None:
             self.sampler = Sampler(setup, config.sampling, min(config.eval.batch_size, num),
                                    self.mesh)
-        samples, labels = generate(setup, params, config.sampling, num, config.eval.batch_size,
-                                   sampler=self.sampler, progress=self.progress)
+        samples, what = generate(setup, params, config.sampling, num, config.eval.batch_size,
+                                 sampler=self.sampler, progress=self.progress)
+        text = setup.text is not None
+        labels = None if text or what is None else what[:config.eval.num_samples]
+        prompts = list(what[:config.eval.num_samples]) if text and what is not None and \
+            what.dtype == object else None
         if parallel.is_main_process():
             reference = None
             if kind == "points":
@@ -141,8 +178,7 @@ class Evaluator:
             results.update(metrics_lib.evaluate_samples(
                 samples[:config.eval.num_samples], metrics=sample_names,
                 dataset=config.data.dataset, cache_dir=cache_dir,
-                labels=None if labels is None else labels[:config.eval.num_samples],
-                data_dir=config.data.get("data_dir"),
+                labels=labels, prompts=prompts, data_dir=config.data.get("data_dir"),
                 inception_weights=config.eval.inception_weights))
         return {k: float(v) for k, v in dict(results).items()}
 
@@ -158,6 +194,10 @@ def likelihood_metrics(setup: Setup, params: Any, config: ml_collections.ConfigD
     """``nll`` / ``bits_per_dim`` of the first ``eval.likelihood_examples`` test examples."""
     if not names:
         return {}
+    if setup.text is not None:
+        raise ValueError(f"config.eval.metrics: {', '.join(names)} of a text-conditioned model "
+                         "are not available (they condition on class labels); valid choices "
+                         "here: the sample metrics, e.g. fd_shapes, shapes_eval")
     from diffjax.evaluate import nll
 
     x, labels = data_lib.load_arrays(config.data.dataset, "test", config.data.get("data_dir"),

@@ -30,9 +30,16 @@ BatchesFn = Callable[[ml_collections.ConfigDict, int, int], Iterator[dict]]
 
 def default_batches(config: ml_collections.ConfigDict, process_index: int,
                     process_count: int) -> Iterator[dict]:
-    """This process's share of the training batches (a checkpointable grain iterator)."""
+    """This process's share of the training batches (a checkpointable grain iterator); a
+    text-conditioned run's batches carry each caption's text condition."""
+    from diffjax.text import conditioning  # deferred: only text runs need it
+
+    text = conditioning.from_config(config)
+    table = None if text is None else text.data_table(
+        config.data.dataset, "train", config.data.get("data_dir"))
     return data_lib.make_iterator(config.data, split="train", seed=config.seed,
-                                  process_index=process_index, process_count=process_count)
+                                  process_index=process_index, process_count=process_count,
+                                  cond_table=table)
 
 
 @contextlib.contextmanager

@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from diffjax import configs, models, objectives, paths
+from diffjax import conditions, configs, models, objectives, paths
 from diffjax import data as data_lib
 from diffjax.denoiser import Denoiser
+from diffjax.text import conditioning
+from diffjax.text import network as text_network
 from diffjax.training import optim
 
 Array = jax.Array
@@ -37,7 +39,8 @@ class Setup:
       objective: the denoising loss (:class:`diffjax.objectives.Objective`).
       optimizer, lr_schedule: from :mod:`diffjax.training.optim`.
       data_info: the data set's shape, kind and number of classes.
-      cond_kinds: the condition kinds the network reads (``("label",)`` or ``()``); the
+      cond_kinds: the condition keys the network reads (``("label",)``, a text encoder's
+        ``("context", "context_mask")`` or ``("text", "text_mask")``, or ``()``); the
         trainer passes exactly these keys of the batch's ``cond`` on.
       ema_decay, ema_warmup: the EMA of the parameters (``config.training``).
       grad_accum_steps: micro-batches per update (``config.optim.grad_accum_steps``).
@@ -58,6 +61,13 @@ class Setup:
     task: str = "denoise"
     # The config it was built from: tasks read their own group (e.g. config.distill).
     config: Any = dataclasses.field(default=None, compare=False, repr=False)
+    # The text encoder (diffjax.text.conditioning) of a text-conditioned run, else None.
+    text: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def nulls(self) -> conditions.Nulls:
+        """The null value of each condition the network reads (dropout and guidance)."""
+        return self.objective.null_values
 
     @property
     def conditional(self) -> bool:
@@ -80,23 +90,37 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
         raise ValueError(f"config.optim.grad_accum_steps={accum} must be >= 1")
     path = paths.get(config.path.name, **configs.path_kwargs(config.path))
     conditional = bool(config.model.get("class_conditional", False))
-    net = models.from_config(config.model, data_shape=data_info.shape,
+    text = conditioning.from_config(config)
+    model_cfg = dict(config.model)
+    if text is not None:  # cross-attention reads the encoder's token states
+        model_cfg["context_dim"] = text.context_dim
+    net = models.from_config(model_cfg, data_shape=data_info.shape,
                              num_classes=data_info.num_classes)
+    if text is not None:
+        net = text_network.wrap(net, text, config.get("text") or conditioning.default_config())
     if str(config.get("task", "denoise")) in NETWORKS:
         net = NETWORKS[str(config.task)](net, config)
     sigma_data = float(config.model.sigma_data)
     denoiser = Denoiser(net, path, config.model.target, config.model.preconditioning,
                         sigma_data)
+    num_classes = data_info.num_classes if conditional else 0
+    nulls = None
+    if text is not None:
+        nulls = dataclasses.replace(text.nulls(), num_classes=num_classes or None)
     objective = objectives.from_config(path, config.model.target, config.loss,
-                                       num_classes=data_info.num_classes if conditional else 0,
-                                       sigma_data=sigma_data)
+                                       num_classes=num_classes, sigma_data=sigma_data,
+                                       nulls=nulls)
     optimizer, schedule = optim.make_optimizer(config.optim, config.training.num_steps)
-    return Setup(net, denoiser, objective, optimizer, schedule, data_info,
-                 ("label",) if conditional else (), float(config.training.ema_decay),
-                 bool(config.training.ema_warmup), accum, str(config.get("task", "denoise")),
-                 config)
+    kinds = (("label",) if conditional else ()) + (text.keys if text is not None else ())
+    return Setup(net, denoiser, objective, optimizer, schedule, data_info, kinds,
+                 float(config.training.ema_decay), bool(config.training.ema_warmup), accum,
+                 str(config.get("task", "denoise")), config, text)
 
 
 def example_cond(setup: Setup, batch: int = 1) -> dict[str, Array]:
-    """A condition dict of the kinds the network reads, zeros, ``[batch]`` rows (for init)."""
-    return {"label": jnp.zeros((batch,), jnp.int32)} if "label" in setup.cond_kinds else {}
+    """A condition dict of the kinds the network reads (label 0, the empty prompt),
+    ``[batch]`` rows (for init)."""
+    cond = {"label": jnp.zeros((batch,), jnp.int32)} if "label" in setup.cond_kinds else {}
+    if setup.text is not None:
+        cond.update({k: jnp.asarray(v) for k, v in setup.text.example(batch).items()})
+    return cond

