@@ -150,6 +150,10 @@ def _check_text(config: ml_collections.ConfigDict) -> None:
     network that reads text (cross-attention), before any data or weights are loaded."""
     from diffjax.text import ENCODERS, conditioning
 
+    from diffjax.data import shapes_paraphrase
+
+    check_choice("eval.prompt_set", config.eval.get("prompt_set", "test"),
+                 shapes_paraphrase.SETS)
     name = config.model.get("text_encoder") or ""
     if not name:
         return

@@ -177,6 +177,9 @@ def default_config() -> ConfigDict:
         "inception_weights": _optional(str),  # local .npz, for fid_inception
         # nll / bits_per_dim (diffjax.likelihood on the test split): examples, and the
         # divergence: exact | hutchinson | auto (exact up to 16 dimensions).
+        # Text models: the prompts of the evaluation samples: the test captions ("test"),
+        # or the same scenes in held-out wording ("reordered", "reworded"; shapes).
+        "prompt_set": "test",
         "likelihood_examples": 256,
         "likelihood_divergence": "auto",
     })

@@ -129,20 +129,23 @@ def _sample(config, workdir: str, source: str) -> None:
     import numpy as np
 
     from diffjax import parallel, reporting, train
+    from diffjax.text import conditioning
 
     prompts = _read_prompts(config.sampling)
-    recipe, state, step = train.restore_for_inference(config, source)
-    if prompts is not None and recipe.text is None:
-        raise ConfigError("config.sampling.prompt(s_file) needs a text-conditioned model; "
-                          f"{source} has config.model.text_encoder unset")
     if prompts is not None:
-        try:  # an unknown word or a too-long prompt: refused before sampling
-            recipe.text.encode(prompts)
+        text = conditioning.from_config(config)
+        if text is None:
+            raise ConfigError("config.sampling.prompt(s_file) needs a text-conditioned model "
+                              "(config.model.text_encoder: minilm, learned or precomputed)")
+        try:  # an unknown word or a too-long prompt: refused before any restoring
+            text.encode(prompts)
         except ValueError as e:
             raise ConfigError(f"config.sampling.prompt: {e}") from None
         per = int(config.sampling.samples_per_prompt)
         if per < 1:
             raise ConfigError(f"config.sampling.samples_per_prompt={per} must be >= 1")
+    recipe, state, step = train.restore_for_inference(config, source)
+    if prompts is not None:
         expanded = np.repeat(np.asarray(prompts, dtype=object), per)
         samples, what = train.generate(recipe, state.ema_params, config.sampling,
                                        len(expanded), config.eval.batch_size, prompts=expanded)

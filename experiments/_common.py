@@ -17,3 +17,16 @@ TOY2D_QUICK = {
     "sampling.num_samples": 200,
     "eval.likelihood_examples": 64,
 }
+
+# Text-to-image on shapes: a few dozen steps of a narrow model, small evaluations.
+SHAPES_QUICK = {
+    "model.ch": 16,
+    "training.num_steps": 30,
+    "training.checkpoint_every": 30,
+    "training.log_every": 10,
+    "training.eval_every": 30,
+    "sampling.num_steps": 4,
+    "sampling.num_samples": 16,
+    "eval.num_samples": 60,
+    "eval.batch_size": 60,
+}

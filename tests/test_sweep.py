@@ -149,7 +149,8 @@ def test_bad_sweeps_fail_before_any_compute(swept, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["one_recipe", "ddim_steps", "schedules", "edm_sampler",
-                                  "guidance", "sampler_nfe"])
+                                  "guidance", "sampler_nfe", "t2i_guidance",
+                                  "t2i_encoders"])
 def test_every_experiment_sweep_is_valid_in_full_and_quick_mode(name):
     """Config checks only (no compute): a broken experiment fails here, not after training."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

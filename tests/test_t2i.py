@@ -10,6 +10,7 @@ data set works with them), so no shapes data set has to be built here.
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -220,3 +221,33 @@ def test_shapes_eval_needs_a_text_model_and_a_missing_embeddings_file_is_named(d
     config = _text_config(data_dir, "/nonexistent/emb_{split}.npz")
     with pytest.raises(FileNotFoundError, match="/nonexistent/emb_train.npz"):
         train.build(config)
+
+
+def test_paraphrases_ask_for_the_same_scenes_in_other_words():
+    from diffjax.data import shapes, shapes_paraphrase as sp
+    from diffjax.data import shapes_captions as sc
+
+    chunk = shapes.generate_chunk("test", 0, 32)
+    captions = list(chunk["caption"][:300])
+    scene = {k: chunk[k][:300] for k in ("count", "shape", "colour", "size", "centre",
+                                         "relation")}
+    reordered = sp.paraphrase(captions, "reordered")
+    # The parser (written independently of the rewrite) reads the same scene request: every
+    # true scene satisfies its reordered caption, and a shuffled pairing mostly does not.
+    assert sc.satisfies(sc.parse_batch(reordered), scene).all()
+    assert sum(c != r for c, r in zip(captions, reordered)) > 100
+    # Reworded: the synonyms mapped back by hand give the caption (up to "a"/"an").
+    plurals = {"disc": "discs", "box": "boxes", "wedge": "wedges", "pentagram": "pentagrams",
+               "rhombus": "rhombuses", "plus sign": "plus signs"}
+    names = {**{v: k for k, v in sp.COLOUR_SYNONYMS.items()},
+             **{plurals[v]: k + ("es" if k.endswith("s") else "s")
+                for k, v in sp.SHAPE_SYNONYMS.items()},
+             **{v: k for k, v in sp.SHAPE_SYNONYMS.items()}}
+    article = lambda text: re.sub(r"\ban\b", "a", text)  # noqa: E731
+    for original, new in zip(captions, sp.paraphrase(captions, "reworded")):
+        assert not set(new.split()) & set(sp.COLOUR_SYNONYMS), new
+        for synonym in sorted(names, key=len, reverse=True):
+            new = re.sub(rf"\b{synonym}\b", names[synonym], new)
+        assert article(new) == article(original)
+    with pytest.raises(ValueError, match="valid choices: test, reordered, reworded"):
+        sp.paraphrase(captions, "shuffled")

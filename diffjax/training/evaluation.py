@@ -80,7 +80,9 @@ def eval_conditions(setup: Setup, start: int, size: int,
     """The conditions of samples ``start .. start + size - 1`` of an evaluation and what
     they were (for the metrics): class labels cycling through the classes, and for a text
     model the test split's captions in order (or ``prompts``, cycled); ``(None, None)``
-    for an unconditional model."""
+    for an unconditional model. With ``config.eval.prompt_set`` ``reordered`` or
+    ``reworded`` the model is asked in paraphrases of the captions
+    (:mod:`diffjax.data.shapes_paraphrase`) and scored against the captions' scenes."""
     if not setup.conditional:
         return None, None
     index = np.arange(start, start + size)
@@ -97,12 +99,18 @@ def eval_conditions(setup: Setup, start: int, size: int,
             cond.update({k: np.stack([table.lookup(i)[k] for i in rows])
                          for k in setup.text.keys})
             return cond, what
+        asked = None
         if prompts is None:
+            from diffjax.data import shapes_paraphrase
             from diffjax.text import conditioning
             prompts = conditioning.captions(config.data.dataset, "test",
                                             config.data.get("data_dir"))
+            prompt_set = config.eval.get("prompt_set", "test")
+            if prompt_set != "test":  # the same scenes, asked for in unseen wording
+                asked = np.asarray(shapes_paraphrase.paraphrase(
+                    prompts[index % len(prompts)], prompt_set), dtype=object)
         what = np.asarray(prompts, dtype=object)[index % len(prompts)]
-        cond.update(setup.text.encode([str(p) for p in what]))
+        cond.update(setup.text.encode([str(p) for p in (what if asked is None else asked)]))
     return cond, what
 
 
