@@ -92,6 +92,10 @@ def test_forward_numbers_are_the_schedules_closed_forms(built):
             _close(_shown_value(p, i, j, "alpha"), alpha)
             _close(_shown_value(p, i, j, "sigma"), sigma)
             _close(_shown_value(p, i, j, "SNR dB"), 10 * math.log10(alpha**2 / sigma**2))
+            # The shapes scene's column of the same path shows the same schedule.
+            k = len(panels.FORWARD_PATHS) + j
+            assert p["columns"][k] == f"{name}, shapes"
+            assert p["values"][i][k] == p["values"][i][j]
 
 
 def _log_posterior_scipy(mix, x, alpha, sigma):

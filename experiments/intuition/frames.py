@@ -88,3 +88,16 @@ def save_grey(out_dir: str, name: str, x: np.ndarray, vmin: float = -1.0,
     os.makedirs(os.path.dirname(path), exist_ok=True)
     img.save(path, optimize=True)
     return f"{name}.png"
+
+
+def save_rgb(out_dir: str, name: str, x: np.ndarray, vmin: float = -1.0,
+             vmax: float = 1.0) -> str:
+    """Writes a colour image ``[H, W, 3]`` (e.g. a `shapes` scene) like :func:`save_grey`,
+    each channel mapped ``vmin`` -> 0 and ``vmax`` -> 255 (clipped)."""
+    img = Image.fromarray(grey(np.asarray(x, np.float64), vmin, vmax), mode="RGB")
+    cell = 4  # 32x32 scenes at 128 px
+    img = img.resize((img.width * cell, img.height * cell), Image.Resampling.NEAREST)
+    path = os.path.join(out_dir, f"{name}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img.save(path, optimize=True)
+    return f"{name}.png"

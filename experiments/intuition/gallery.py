@@ -62,6 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="fewer samples, steps and grid points (CI); same figures")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--t2i_workdir", default="",
+                        help="a trained configs/shapes_t2i.py run: adds the page's prompt panel")
     args = parser.parse_args(argv)
     if not args.out and not args.html:
         parser.error("give --out=DIR (the figures), --html=DIR (the page), or both")
@@ -72,5 +74,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.out:
         run(args.out, ",".join(names), fast=args.fast, seed=args.seed, cache_dir=args.cache_dir)
     if args.html:
-        built = page.build(args.html, fast=args.fast, seed=args.seed, cache_dir=args.cache_dir)
+        built = page.build(args.html, fast=args.fast, seed=args.seed, cache_dir=args.cache_dir,
+                           t2i_workdir=args.t2i_workdir or None)
         print(f"page: {built['html']}", flush=True)

@@ -45,11 +45,18 @@ PANELS: dict[str, Callable[[str, dict], dict]] = {
 
 def build(out_dir: str, *, fast: bool = False, seed: int = 0, classifier=None,
           cache_dir: Optional[str] = None, only: Optional[list[str]] = None,
-          verbose: bool = True) -> dict:
+          verbose: bool = True, t2i_workdir: Optional[str] = None) -> dict:
     """Computes every panel (or those in ``only``), writes the page; returns
-    ``{"html": path, "panels": [panel, ...], "results": {"opening": opening_failure.run}}``."""
+    ``{"html": path, "panels": [panel, ...], "results": {"opening": opening_failure.run}}``.
+    ``t2i_workdir`` (a trained ``configs/shapes_t2i.py`` run) adds the prompt panel."""
+    available = dict(PANELS)
     names = only or list(PANELS)
-    unknown = [n for n in names if n not in PANELS]
+    if t2i_workdir:
+        from experiments.intuition import prompt_panel
+        available["prompt"] = lambda d, c: prompt_panel.prompt_panel(
+            d, t2i_workdir, fast=c["fast"], seed=c["seed"])
+        names = names if "prompt" in names else [*names, "prompt"]
+    unknown = [n for n in names if n not in available]
     if unknown:
         raise ValueError(f"unknown page panel(s) {unknown}; valid panels: {', '.join(PANELS)}")
     needs_classifier = {"guidance", "opening"} & set(names)
@@ -59,7 +66,7 @@ def build(out_dir: str, *, fast: bool = False, seed: int = 0, classifier=None,
     built = []
     for name in names:
         start = time.time()
-        built.append(PANELS[name](out_dir, ctx))
+        built.append(available[name](out_dir, ctx))
         if verbose:
             print(f"page panel {name}: {len(built[-1]['frames'])} frames "
                   f"({time.time() - start:.1f} s)", flush=True)
