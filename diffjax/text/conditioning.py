@@ -191,13 +191,16 @@ class PrecomputedConditioner(TextConditioner):
             raise ValueError(f"config.text.embeddings={pattern!r}: text_encoder='precomputed' "
                              "needs a file path containing '{split}' (e.g. emb_{split}.npz)")
         self.pattern = pattern
+        self._files: dict = {}
         self._nulls: Optional[conditions.Nulls] = None
         self._width: Optional[int] = None
 
-    def _load(self, split: str, num_examples: Optional[int] = None):
+    def _load(self, split: str):
         from diffjax.text import precomputed
-        cond, nulls = precomputed.load(self.pattern.format(split=split.split("[")[0]),
-                                       num_examples)
+        path = self.pattern.format(split=split.split("[")[0])
+        if path not in self._files:  # one read per file and process
+            self._files[path] = precomputed.load(path)
+        cond, nulls = self._files[path]
         self._nulls, self._width = nulls, cond["context"].shape[-1]
         return cond, nulls
 
@@ -227,7 +230,10 @@ class PrecomputedConditioner(TextConditioner):
         from diffjax import data as data_lib
         info = data_lib.info(dataset, data_dir)
         n = {"train": info.num_train, "test": info.num_test}.get(split.split("[")[0])
-        cond, _ = self._load(split, n)
+        cond, _ = self._load(split)
+        if n is not None and len(cond["context"]) != n:
+            raise ValueError(f"{self.pattern.format(split=split)}: {len(cond['context'])} rows "
+                             f"of embeddings for the {n} examples of {dataset!r} {split}")
         return CondTable(np.arange(len(cond["context"]), dtype=np.int32), cond)
 
 
