@@ -1,0 +1,82 @@
+"""One trained text-to-image run evaluated at several guidance scales, in one process.
+
+The ``t2i_guidance`` sweep trains its own model and evaluates it per scale; this script does
+the evaluation half for a model you already have (e.g. the main job's workdir: the sweep's
+training is the same config and seed). Same samples per scale (same noise, the first
+``--num_samples`` test captions), ``shapes_eval`` per category and ``fd_shapes`` with its
+floor; a markdown table on stdout and in ``WORKDIR/t2i_scales_<prompt_set>.md``.
+
+    python experiments/t2i_scales.py --workdir=runs/shapes_t2i [--scales=0,1,2,3,5,7.5,12]
+        [--num_samples=500] [--prompt_set=test|reordered|reworded]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from diffjax import checkpoint, train  # noqa: E402
+from diffjax.evaluate import metrics as metrics_lib  # noqa: E402
+from diffjax.training import evaluation  # noqa: E402
+
+COLUMNS = ("shapes_eval", "shapes_eval_single_object", "shapes_eval_two_object",
+           "shapes_eval_counting", "shapes_eval_colors", "shapes_eval_position",
+           "shapes_eval_color_attr", "fd_shapes")
+
+
+def evaluate(workdir: str, scales: list[float], num_samples: int, prompt_set: str) -> list[dict]:
+    config = checkpoint.load_config(workdir)
+    if config is None:
+        raise SystemExit(f"{workdir} holds no config.json (train it first)")
+    config.eval.prompt_set = prompt_set
+    setup, state, step = train.restore_for_inference(config, workdir)
+    rows = []
+    for w in scales:
+        start = time.time()
+        sampling = copy.deepcopy(config.sampling)
+        sampling.guidance_scale = float(w)
+        samples, prompts = evaluation.generate(setup, state.ema_params, sampling, num_samples,
+                                               config.eval.batch_size, progress=False)
+        result = metrics_lib.evaluate_samples(
+            samples, metrics=["shapes_eval", "fd_shapes"], dataset=config.data.dataset,
+            cache_dir=config.eval.cache_dir or os.path.expanduser("~/.cache/diffjax/eval"),
+            prompts=list(prompts), data_dir=config.data.get("data_dir"))
+        rows.append({"w": w, "step": step, "seconds": time.time() - start, **result})
+        print(f"w={w:g}: shapes_eval={result['shapes_eval']:.3f} "
+              f"fd_shapes={result['fd_shapes']:.1f} ({rows[-1]['seconds']:.0f} s)", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| w | " + " | ".join(c.replace("shapes_eval_", "") for c in COLUMNS) + " |"
+    lines = [head, "|" + "---:|" * (len(COLUMNS) + 1)]
+    for r in rows:
+        lines.append(f"| {r['w']:g} | " + " | ".join(
+            f"{r[c]:.1f}" if c == "fd_shapes" else f"{r[c]:.3f}" for c in COLUMNS) + " |")
+    r = rows[0]
+    lines.append(f"\nfd_shapes floor {r['fd_shapes_floor']:.2f}; real test images score "
+                 f"shapes_eval {r['shapes_eval_real']:.3f}; step {r['step']}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--scales", default="0,1,2,3,5,7.5,12")
+    parser.add_argument("--num_samples", type=int, default=500)
+    parser.add_argument("--prompt_set", default="test")
+    args = parser.parse_args()
+    rows = evaluate(args.workdir, [float(s) for s in args.scales.split(",")], args.num_samples,
+                    args.prompt_set)
+    text = table(rows)
+    print(text)
+    with open(os.path.join(args.workdir, f"t2i_scales_{args.prompt_set}.md"), "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
