@@ -35,8 +35,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from diffjax import config_loading, data, models, train  # noqa: E402
-from experiments.benchmarks.train_throughput import step_flops  # noqa: E402
 
 # diffusers' UNet2DModel with the architecture of configs/bench_unet.py.
 DIFFUSERS_UNET = dict(sample_size=32, in_channels=3, out_channels=3,
@@ -75,7 +73,16 @@ def on_gpu() -> bool:
     return jax.devices()[0].platform == "gpu"
 
 
+def step_flops(compiled) -> float:
+    """FLOPs of one call of a compiled program, by XLA's cost analysis."""
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis["flops"])
+
+
 def load_config(batch: int, dtype: str = "float32"):
+    from diffjax import config_loading  # the data pipeline's imports: only where needed
+
     config = config_loading.load(os.path.join(REPO, "configs", "bench_unet.py"), lock=False)
     config.data.batch_size = batch
     config.model.dtype = dtype
@@ -94,6 +101,8 @@ def memory_bytes(compiled) -> int:
 
 def jax_trainer(batch: int, dtype: str = "float32") -> dict:
     """diffjax's train step on a fixed random batch: ``run(n)`` takes n steps and waits."""
+    from diffjax import data, models, train
+
     config = load_config(batch, dtype)
     setup = train.build(config, data.info(config.data.dataset))
     state = jax.jit(lambda: train.init_state(setup, config.seed))()
