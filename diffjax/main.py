@@ -45,6 +45,8 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, "
                                    "num_processes).")
+_JAX_CACHE = flags.DEFINE_string("jax_cache_dir", None, "Persistent compilation cache directory "
+                                  "(default $DIFFJAX_JAX_CACHE or ~/.cache/diffjax/jax; 'off').")
 # The --config.group.key=value arguments, in order; parsed by diffjax.config_loading.
 _OVERRIDES: list[str] = []
 
@@ -228,8 +230,9 @@ def main(argv: Sequence[str]) -> None:
         config_validation.validate_static(config)  # no JAX computation: before joining
     except ConfigError as e:
         _fail(str(e))
-    from diffjax import checkpoint, data, parallel, train
+    from diffjax import checkpoint, compile_cache, data, parallel, train
 
+    compile_cache.enable(_JAX_CACHE.value)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     error = None
     try:

@@ -1,6 +1,11 @@
 """Shared test fixtures."""
+import os
+
 import jax
 import pytest
+
+# diffjax.main (in-process or as a subprocess) must not fill the real ~/.cache/diffjax/jax.
+os.environ.setdefault("DIFFJAX_JAX_CACHE", "off")
 
 
 @pytest.fixture

@@ -210,8 +210,8 @@ class UNet(nn.Module):
         nearest-neighbour upsampling followed by a conv.
       scale_shift: ADM's adaptive GroupNorm instead of adding the embedding.
       remat: recompute each block's activations in the backward pass (saves memory).
-      attn_implementation: ``jax.nn.dot_product_attention``'s implementation (None, "xla",
-        "cudnn" for the fused GPU kernel).
+      attn_implementation: None (``"blocked"`` on CPU, JAX's choice elsewhere), "xla",
+        "cudnn" (the fused GPU kernel) or "blocked" (:mod:`diffjax.models.blocks.attention`).
       num_classes: number of classes; 0 = unconditional.
       out_channels: output channels; None → same as the input.
       dtype: compute dtype (e.g. bfloat16 on GPU/TPU); params stay ``param_dtype``.
