@@ -162,7 +162,7 @@ def train_method(method: str, args, mixture, n: int) -> dict:
 
 def table(results: dict, methods, n: int) -> str:
     floor = results["floor"]["fd"]
-    cell = lambda v: f"{v:.3f} ({v / floor:.1f}x)"  # noqa: E731
+    cell = lambda v: f"{v:.3f} ({v / floor:.2f}x)"  # noqa: E731
     lines = [f"FD to the exact digits mixture (pixel space), n={n}; floor {floor:.3f}", "",
              "| method | NFE 1 | NFE 2 | NFE 4 | NFE 8 | train steps | wall s |",
              "|---|---|---|---|---|---|---|"]

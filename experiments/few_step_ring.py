@@ -87,7 +87,7 @@ def main():
     setup, params = trained("reflow", args.workdir, args.steps, mixture)
     den = setup.denoiser
     flow = euler(den.fn, params, rf, eps, 100)
-    flow_1 = euler(den.fn, params, rf, eps, 1)
+    flow_1 = euler(den.fn, params, rf, eps, 1)[-1]
     setup, params = trained("consistency_distillation", args.workdir, args.steps, mixture)
     cm_path = setup.denoiser.path
     x_T = eps * float(cm_path.prior_std())
