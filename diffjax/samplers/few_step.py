@@ -8,7 +8,8 @@ a final ``x0_hat`` evaluation by default:
   is a consistency function read as an ``x0`` model: ``x0 = f(x_{t_k}, t_k)``, then fresh noise
   to the next interior time, ``x_{t_{k+1}} = alpha x0 + sigma z``; the last interval returns
   ``x0``. One step is ``f(x_T, T)``; the re-noising times are the grid's interior points
-  (``uniform``: ``t_max (K - k) / K``; an explicit ``grid`` chooses them).
+  (``uniform``: evenly spaced between ``t_max`` and ``t_min``; an explicit ``grid`` of
+  ``K + 1`` times chooses them, its last time unused).
 * :func:`average_velocity` -- shortcut models (Frans et al. 2024) and MeanFlow (Geng et al.
   2025): the model is told the end ``s`` of its step (``cond["r"] = s``,
   :data:`END_TIME_KEY`) and returns the average velocity ``u(x_t, t, s)`` over it (or any
