@@ -8,10 +8,14 @@ Recipes (after ``:``): progressive, consistency_distillation, consistency_traini
 shortcut, meanflow. The teacher (``config.distill.teacher``) defaults to the exact digits
 mixture, ``analytic:digits``; a trained run's workdir works too when it shares the student's
 path. Progressive distillation trains one round per run: round ``k + 1`` names round ``k``'s
-workdir as its teacher and starts from its parameters. Sample with
-:mod:`diffjax.distill.sampling` (the run's evaluation during training is off: the generic
-samplers do not take these models' few-step form).
+workdir as its teacher and starts from its parameters. The students are configs/digits.py's
+U-Net, optimiser and EMA (that config is loaded and the keys below changed). Sample with the
+few-step samplers of ``diffjax.sample`` (``config.sampling.sampler``: ``consistency``,
+``mean_flow``, ``ddim`` on the student's grid, ``euler`` for reflow).
 """
+import importlib.util
+import os
+
 import ml_collections
 
 from diffjax import configs
@@ -28,34 +32,32 @@ RECIPES = {
 }
 
 
+def _digits_config() -> ml_collections.ConfigDict:
+    """configs/digits.py's config (data, U-Net, optimiser, EMA): the students are that model."""
+    spec = importlib.util.spec_from_file_location(
+        "configs_digits", os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def get_config(recipe: str = "meanflow") -> ml_collections.ConfigDict:
     recipe = recipe or "meanflow"
     if recipe not in RECIPES:
         raise ValueError(f"Unknown recipe {recipe!r} of configs/digits_distill.py; valid "
                          f"recipes: {', '.join(RECIPES)}")
     task, path, target, teacher = RECIPES[recipe]
-    config = configs.default_config()
+    config = _digits_config()
     config.task = task
-    config.data.dataset = "digits"
-    config.data.batch_size = 128
     config.path = configs.default_path_config(path)
-    config.model = configs.default_model_config("unet")
-    config.model.ch = 32
-    config.model.ch_mult = (1, 1)
-    config.model.num_res_blocks = 1
-    config.model.attn_resolutions = (4,)
-    config.model.dropout = 0.0
     config.model.target = target
     config.model.preconditioning = "none"
-    config.optim.lr = 2e-3
-    config.optim.warmup_steps = 50
-    config.optim.schedule = "cosine"
-    config.optim.end_lr_factor = 0.05
+    config.model.embedding = configs.default_model_config("unet").embedding  # not EDM's
+    config.loss = configs.default_config().loss
+    config.sampling = configs.default_config().sampling
+    config.sampling.sampler, config.sampling.num_steps = SAMPLERS[task]
     config.training.num_steps = 2000
-    config.training.log_every = 100
     config.training.eval_every = 0
-    config.training.checkpoint_every = 500
-    config.training.ema_decay = 0.998
     config.distill = settings.default_config()
     config.distill.teacher = teacher
     if recipe == "meanflow":
@@ -65,3 +67,14 @@ def get_config(recipe: str = "meanflow") -> ml_collections.ConfigDict:
     if recipe == "consistency_distillation":
         config.distill.s0 = config.distill.s1 = 17     # Song et al.'s fixed N = 18
     return config
+
+
+# task -> the diffjax.sample sampler of its student and its default NFE.
+SAMPLERS = {
+    "progressive": ("ddim", 1),
+    "consistency_distillation": ("consistency", 1),
+    "consistency_training": ("consistency", 1),
+    "reflow": ("euler", 1),
+    "shortcut": ("mean_flow", 1),
+    "meanflow": ("mean_flow", 1),
+}

@@ -124,3 +124,24 @@ def test_progressive_round_two_starts_from_its_teacher_run(data_dir, tmp_path):
         np.testing.assert_array_equal(a, b)
     train.train(round2, str(tmp_path / "round2"))      # the teacher's buffers are not donated
     assert np.all(np.isfinite(helpers.losses(str(tmp_path / "round2"))))
+
+
+def test_reflow_couplings_reach_the_step_as_arguments_not_constants(data_dir):
+    """The coupling set is data: the traced loss holds no constant of its size, and the
+    couplings it reads are the teacher ODE's (same seed -> same pairs as reflow.couplings)."""
+    from diffjax.distill import reflow
+    from diffjax.training import tasks
+    from diffjax.training.setup import build
+    from diffjax.training.state import init_state
+    config = _config(data_dir, "reflow")
+    setup = build(config)
+    refs = frozen.load_all(tasks.get("reflow").references(config))
+    task = tasks.get("reflow").build(setup, refs)
+    pairs = task.frozen_arrays[reflow.COUPLINGS_KEY]
+    assert pairs["eps"].shape == pairs["x0"].shape == (128, 2)
+    batch = {"x": np.zeros((8, 2), np.float32), "cond": {}}
+    jaxpr = jax.make_jaxpr(task.loss)(init_state(setup, 0).params, batch,
+                                      jax.random.PRNGKey(0), {**task.frozen_arrays})
+    assert all(np.size(c) < 128 * 2 for c in jaxpr.consts)
+    eps = jax.random.normal(jax.random.PRNGKey(config.distill.coupling_seed), (128, 2))
+    np.testing.assert_array_equal(pairs["eps"], eps)

@@ -15,8 +15,10 @@ task                          method                                            
 ``meanflow``                  MeanFlow (Geng et al. 2025)                          optional
 ============================  ===================================================  =========
 
-``config.distill`` (:mod:`diffjax.distill.settings`) holds their keys; the samplers are in
-:mod:`diffjax.distill.sampling`.
+``config.distill`` (:mod:`diffjax.distill.settings`) holds their keys; their students are
+sampled by :func:`diffjax.sample` (``consistency``, ``mean_flow``/``shortcut`` of
+:mod:`diffjax.samplers.few_step`; ``ddim`` on the progressive student's grid; ``euler`` for
+reflow).
 """
 from diffjax.distill import (consistency, meanflow, progressive, reflow,  # noqa: F401
-                             sampling, settings, shortcut, teacher)
+                             settings, shortcut, teacher)

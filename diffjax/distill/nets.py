@@ -26,10 +26,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffjax import configs, paths
+from diffjax.samplers import few_step
 from diffjax.models.blocks.embeddings import sinusoidal_embedding
 from diffjax.paths import broadcast_to_x
 
-R_KEY = "r"
+R_KEY = few_step.END_TIME_KEY  # the samplers tell the network its step's end here
 
 
 class EndTime(nn.Module):

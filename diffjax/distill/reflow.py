@@ -63,29 +63,35 @@ def straightness(velocity_fn: Callable[[Array, Array], Array], x1: Array,
     return jnp.mean((chord[None] - vs) ** 2)
 
 
+COUPLINGS_KEY = "distill.couplings"
+
+
 @dataclasses.dataclass(frozen=True)
 class Reflow:
-    """The denoising objective on coupled pairs: rows drawn from the coupling set."""
+    """The denoising objective on coupled pairs: rows drawn from the coupling set.
+
+    The couplings reach the step as data, ``frozen[COUPLINGS_KEY] = {"eps", "x0"}`` (traced
+    arguments, :attr:`frozen_arrays`), never as constants of the compiled step."""
 
     setup: Setup
-    eps: Array
-    x0: Array
+    frozen_arrays: dict
 
     def loss(self, params, batch, key, frozen, rows=None):
-        del frozen  # the teacher was read once, into the couplings
+        pairs = frozen[COUPLINGS_KEY]  # the teacher was read once, into the couplings
         cond = tasks.condition(self.setup, batch)
         b = batch["x"].shape[0]
         total = b if rows is None else rows.total
         take = (lambda a: a) if rows is None else rows.take
         k_idx, k_t, k_drop = jax.random.split(key, 3)
-        idx = take(jax.random.randint(k_idx, (total,), 0, self.eps.shape[0]))
+        idx = take(jax.random.randint(k_idx, (total,), 0, pairs["eps"].shape[0]))
         t = take(self.setup.objective.sample_t(k_t, total))
 
         def model(x, s, c):
             return self.setup.denoiser.apply({"params": params}, x, s, c, train=True,
                                              rngs={"dropout": k_drop})
 
-        per = self.setup.objective.per_example(model, self.x0[idx], t, self.eps[idx], cond)
+        per = self.setup.objective.per_example(model, pairs["x0"][idx], t, pairs["eps"][idx],
+                                               cond)
         return jnp.mean(per), {}
 
 
@@ -99,9 +105,10 @@ def build(setup: Setup, references) -> Reflow:
     params = references[teacher_lib.TEACHER_KEY].params
     n = int(settings.get(config, "num_couplings"))
     eps, x0 = couplings(lambda x, t: teacher.x0_hat(params, x, t), setup.denoiser.path,
-                        (n,) + tuple(setup.data_info.shape), int(settings.get(config, "coupling_seed")),
+                        (n,) + tuple(setup.data_info.shape),
+                        int(settings.get(config, "coupling_seed")),
                         int(settings.get(config, "ode_steps")))
-    return Reflow(setup, eps, x0)
+    return Reflow(setup, {COUPLINGS_KEY: {"eps": eps, "x0": x0}})
 
 
 tasks.register("reflow", tasks.TaskSpec(build, teacher_lib.teacher_key))

@@ -29,6 +29,9 @@ unipc           order=3, variant="bh2",              logsnr     0   n; K = n - d
                 lower_order_final=True,                        (1 with "diffusers")
                 convention="reference"
 deis            order=3                              quadratic  0   n; K = n - d
+consistency     --                                   uniform    0   n; K = n (:mod:`.few_step`)
+mean_flow       --                                   uniform    0   n; K = n (= ``shortcut``;
+                                                                    :mod:`.few_step`)
 adaptive        rtol=1e-5, atol=1e-5                 --         0   chosen by the solver, at
                                                                     most n; in SampleInfo.nfe
                                                                     (diffrax Dopri5 + PID,

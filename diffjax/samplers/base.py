@@ -44,11 +44,14 @@ class Problem:
 
     denoise: ``(x [B, ...], t scalar) -> (x0_hat, eps_hat)``, one model evaluation.
     constrain: ``(x, t, key) -> x`` applied after every step (inpainting; identity otherwise).
+    denoise_to: ``(x, t, s) -> (x0_hat, eps_hat)`` of the model told the end ``s`` of its step
+      (few-step models, :mod:`.few_step`).
     """
 
     path: Path
     denoise: Callable[[Array, Array], tuple[Array, Array]]
     constrain: Callable[[Array, Array, Array], Array]
+    denoise_to: Optional[Callable[[Array, Array, Array], tuple[Array, Array]]] = None
 
     def velocity(self, x: Array, t: Array) -> Array:
         """Probability-flow ODE ``dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat``."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from diffjax.paths import Path
 from diffjax.samplers import adaptive as adaptive_lib
-from diffjax.samplers import clipping, guidance, options as options_lib
+from diffjax.samplers import clipping, few_step, guidance, options as options_lib
 from diffjax.samplers.base import Plan, Problem
 from diffjax.samplers.grids import time_grid
 from diffjax.samplers.registry import SAMPLERS, Sampler
@@ -135,6 +135,21 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
             jax.debug.callback(static.callback.evaluated, x0, ordered=True)
         return x0, eps
 
+    def denoise_to(x, t, s):  # a few-step model told its step's end s (.few_step)
+        # A closure without a condition is not told s (it is then an instantaneous model).
+        end = lambda c: few_step.with_end_time(c, s, x.shape[0], x.dtype)  # noqa: E731
+        told = cond is not None or static.has_params
+        cond_s, uncond, tb = end(cond) if told else None, arrays.get("uncond"), \
+            jnp.full(x.shape[:1], t, x.dtype)
+        model_s = guidance.bind(static.model_fn, static.has_params, arrays.get("params"), cond_s)
+        x0, eps = clipping.apply(static.clip, path, *guidance.guided_denoiser(
+            path, static.target, model_s, cond_s, w=static.guidance_scale,
+            uncond=None if uncond is None else end(uncond), guide=guide,
+            guide_target=static.guide_target, interval=static.interval)(x, tb), x, tb)
+        if static.callback is not None:
+            jax.debug.callback(static.callback.evaluated, x0, ordered=True)
+        return x0, eps
+
     constrain = lambda x, t, key: x
     if "known" in arrays:
         known = arrays["known"].astype(dtype)
@@ -142,7 +157,7 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
                                                    static.inpaint_noise == "fresh")
         x = constrain(x, ts[0], arrays.get("start_key"))
 
-    problem = Problem(path, denoise, _reporting(constrain, static.callback, ts))
+    problem = Problem(path, denoise, _reporting(constrain, static.callback, ts), denoise_to)
     x, aux = spec.fn(problem, x, ts, keys, static.plan, **dict(static.options))
     if spec.fixed_step:
         trajectory, nfe, finished = aux, static.plan.evals, None

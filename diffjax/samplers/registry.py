@@ -20,8 +20,8 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Optional, Union
 
-from diffjax.samplers import (adaptive, ancestral, deis, dpm_solver, edm, langevin, ode, sde,
-                              unipc)
+from diffjax.samplers import (adaptive, ancestral, deis, dpm_solver, edm, few_step, langevin,
+                              ode, sde, unipc)
 
 Options = Mapping[str, Any]
 
@@ -140,6 +140,7 @@ _DPM = {"order": 2, "lower_order_final": True, "sde": False, "convention": DEFAU
 _UNIPC = {"order": 3, "variant": "bh2", "lower_order_final": True,
           "convention": DEFAULT_CONVENTION}
 _ODE = {"variable": None}  # "t" or "sigma" (sigma/alpha); None: per path (conventions)
+_JUMP = Sampler(few_step.average_velocity, denoise_to_zero=False)  # shortcut models, MeanFlow
 _LANGEVIN = {"steps_per_level": 10, "step_size": 2e-5, "step_rule": "paper", "snr": 0.16}
 
 SAMPLERS: dict[str, Sampler] = {
@@ -166,6 +167,9 @@ SAMPLERS: dict[str, Sampler] = {
     "langevin": Sampler(langevin.langevin, cost=lambda opts: opts["steps_per_level"],
                         options=_LANGEVIN, check=_check_langevin, noise=True, grid="logsnr",
                         finite_logsnr=True),
+    "consistency": Sampler(few_step.consistency, noise=True, denoise_to_zero=False),
+    "mean_flow": _JUMP,
+    "shortcut": _JUMP,
     "adaptive": Sampler(adaptive.adaptive, cost=None, options={"rtol": 1e-5, "atol": 1e-5},
                         check=_check_tolerances, denoise_to_zero=False,
                         off_grid=lambda opts: True),

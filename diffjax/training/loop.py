@@ -198,7 +198,9 @@ def _loop(config, workdir, setup, task, references, mesh, shardings, state, step
     compiled = backends.compile_step(lambda axis: make_train_step(setup, axis, task),
                                      backend=config.parallel.backend, mesh=mesh,
                                      state_sharding=shardings)
-    frozen_params = compiled.put_frozen(frozen.frozen_tree(references))
+    # A task's own arrays (reflow's couplings) travel with the frozen references: traced.
+    frozen_params = compiled.put_frozen({**frozen.frozen_tree(references),
+                                         **getattr(task, "frozen_arrays", {})})
     main = parallel.is_main_process()
     pbar = tqdm(total=tcfg.num_steps, initial=step, unit="step", dynamic_ncols=True,
                 disable=not (main and tcfg.progress_bar))
