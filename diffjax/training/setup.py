@@ -18,7 +18,7 @@ import optax
 from diffjax import configs, models, objectives, paths
 from diffjax import data as data_lib
 from diffjax.denoiser import Denoiser
-from diffjax.training import optim
+from diffjax.training import optim, power_ema
 
 Array = jax.Array
 
@@ -42,6 +42,8 @@ class Setup:
       ema_decay, ema_warmup: the EMA of the parameters (``config.training``).
       grad_accum_steps: micro-batches per update (``config.optim.grad_accum_steps``).
       task: the name of the training task (``config.task``, :mod:`diffjax.training.tasks`).
+      power_gammas: the exponents of the power-function EMAs the state keeps
+        (``training.ema = "power"``, one per ``training.ema_sigma_rels``); empty otherwise.
       config: the config it was built from (tasks read their own group from it).
     """
 
@@ -56,6 +58,7 @@ class Setup:
     ema_warmup: bool
     grad_accum_steps: int = 1
     task: str = "denoise"
+    power_gammas: tuple[float, ...] = ()
     # The config it was built from: tasks read their own group (e.g. config.distill).
     config: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -94,7 +97,7 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     return Setup(net, denoiser, objective, optimizer, schedule, data_info,
                  ("label",) if conditional else (), float(config.training.ema_decay),
                  bool(config.training.ema_warmup), accum, str(config.get("task", "denoise")),
-                 config)
+                 power_ema.gammas(config.training), config)
 
 
 def example_cond(setup: Setup, batch: int = 1) -> dict[str, Array]:
