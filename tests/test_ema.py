@@ -20,14 +20,7 @@ from diffjax.training import backends, power_ema
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-STEPS, EVERY, CKPT = 24, 3, 12
-
-
-def _config(data_dir, **changes):
-    return helpers.tiny_config(data_dir, **{
-        "training.num_steps": STEPS, "training.checkpoint_every": CKPT, "training.ema": "power",
-        "training.ema_snapshot_every": EVERY, "training.log_every": STEPS,
-        "optim.schedule": "constant", "optim.lr": 1e-2, **changes})
+STEPS, EVERY, CKPT = 24, 3, 12  # helpers.power_ema_config
 
 
 class _Raising(helpers.GlobalStream):
@@ -47,7 +40,7 @@ def run(tmp_path_factory, xla_cache):
     on the host by wrapping the loop's compiled step)."""
     root = tmp_path_factory.mktemp("ema")
     data_dir = str(root / "data")
-    config = _config(data_dir)
+    config = helpers.power_ema_config(data_dir)
     workdir = str(root / "run")
     history, compile_step = [], backends.compile_step
 
