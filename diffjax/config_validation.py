@@ -124,18 +124,18 @@ def _check_ema(config: ml_collections.ConfigDict) -> None:
     from diffjax import phema
 
     t = config.training
-    check_choice("training.ema", t.ema, choices.EMA_MODES)
-    _positive("training.ema_snapshot_every", t.ema_snapshot_every)
-    rels = t.ema_sigma_rels
+    check_choice("training.ema", t.get("ema", "classic"), choices.EMA_MODES)
+    _positive("training.ema_snapshot_every", t.get("ema_snapshot_every", 1))
+    rels = t.get("ema_sigma_rels", phema.DEFAULT_SIGMA_RELS)
     if not isinstance(rels, (tuple, list)) or not rels or len(set(rels)) != len(rels) or not all(
             isinstance(s, (int, float)) and 0 < s <= phema.MAX_SIGMA_REL for s in rels):
         raise ConfigError(f"config.training.ema_sigma_rels={rels!r} must be distinct numbers in "
                           f"(0, {phema.MAX_SIGMA_REL:.4f}] (EDM2: (0.05, 0.1))")
     try:
-        phema.parse_spec(config.sampling.ema)
+        phema.parse_spec(config.sampling.get("ema", ""))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if config.sampling.guide_step is not None:
+    if config.sampling.get("guide_step") is not None:
         _positive("sampling.guide_step", config.sampling.guide_step)
 
 
@@ -198,9 +198,9 @@ def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info:
     if config.model.class_conditional:
         options.update(label=np.zeros((1,), np.int32), guidance_scale=sampling.guidance_scale,
                        num_classes=data_info.num_classes)
-    if sampling.guide_workdir:  # autoguidance; the guide itself is checked in validate()
+    if sampling.get("guide_workdir"):  # autoguidance; the guide is checked in validate()
         options.update(guidance_scale=sampling.guidance_scale, guide_fn=abs)
-    if sampling.guidance_interval is not None:
+    if sampling.get("guidance_interval") is not None:
         options["guidance_interval"] = sampling.guidance_interval
     try:
         samplers.check(path, (1, *data_info.shape), target=config.model.target,
