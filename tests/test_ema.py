@@ -94,7 +94,7 @@ def test_snapshots_every_n_steps_hold_the_emas_at_their_step(run):
 
 def test_reconstruction_equals_a_tracked_ema_and_approximates_an_untracked_one(run):
     results = ema.reconstruct(run["workdir"], [0.10, 0.075], step=STEPS)
-    assert [r[2] for r in results] == [True, True]
+    assert all(os.path.exists(r[1]) for r in results)
     like = run["final"].params
     tracked = power_ema.load_reconstruction(run["workdir"], "sigma_rel:0.1", like)[0]
     assert _max_diff(tracked, run["final"].power_ema[1]) < 1e-6
