@@ -16,6 +16,8 @@ TASKS = ("denoise", "consistency_distillation", "consistency_training", "shortcu
          "progressive", "reflow")
 # config.training.nonfinite: drop the update of a non-finite step, or stop the run there
 NONFINITE_MODES = ("skip", "stop")
+# config.training.ema: the classic EMA only, or also EDM2's power-function EMAs (post hoc)
+EMA_MODES = ("classic", "power")
 # config.optim.optimizer and config.optim.schedule
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")

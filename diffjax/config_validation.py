@@ -13,6 +13,8 @@ the keywords it does not take).
 from __future__ import annotations
 
 import difflib
+import json
+import os
 from typing import Any, Iterable, Optional
 
 import ml_collections
@@ -114,6 +116,27 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
         _positive(f"eval.{key}", config.eval[key])
     _positive("parallel.fsdp_min_size", config.parallel.fsdp_min_size, allow_zero=True)
     _positive("eval.likelihood_examples", config.eval.likelihood_examples)
+    _check_ema(config)
+
+
+def _check_ema(config: ml_collections.ConfigDict) -> None:
+    """training.ema* (power-function EMAs) and sampling.ema / guide_step."""
+    from diffjax import phema
+
+    t = config.training
+    check_choice("training.ema", t.get("ema", "classic"), choices.EMA_MODES)
+    _positive("training.ema_snapshot_every", t.get("ema_snapshot_every", 1))
+    rels = t.get("ema_sigma_rels", phema.DEFAULT_SIGMA_RELS)
+    if not isinstance(rels, (tuple, list)) or not rels or len(set(rels)) != len(rels) or not all(
+            isinstance(s, (int, float)) and 0 < s <= phema.MAX_SIGMA_REL for s in rels):
+        raise ConfigError(f"config.training.ema_sigma_rels={rels!r} must be distinct numbers in "
+                          f"(0, {phema.MAX_SIGMA_REL:.4f}] (EDM2: (0.05, 0.1))")
+    try:
+        phema.parse_spec(config.sampling.get("ema", ""))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.sampling.get("guide_step") is not None:
+        _positive("sampling.guide_step", config.sampling.guide_step)
 
 
 def _check_names(config: ml_collections.ConfigDict) -> None:
@@ -217,6 +240,11 @@ def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info:
     elif config.model.get("text_encoder"):  # a stand-in text condition and its null
         text = {"text": np.zeros((1, 1), np.int32)}
         options.update(cond=text, uncond=text, guidance_scale=sampling.guidance_scale)
+    if sampling.get("guide_workdir"):  # autoguidance; the guide is checked in validate()
+        options.update(guidance_scale=sampling.guidance_scale, guide_fn=abs)
+        options.pop("uncond", None)
+    if sampling.get("guidance_interval") is not None:
+        options["guidance_interval"] = sampling.guidance_interval
     try:
         samplers.check(path, (1, *data_info.shape), target=config.model.target,
                        sampler=sampling.sampler, num_steps=sampling.num_steps, **options)
@@ -301,7 +329,62 @@ def validate(config: ml_collections.ConfigDict, *, process_count: int = 1):
                           f"config.data: {message}") from None
     _check_recipe(config, data_info)
     _check_metrics(config, data_info)
+    check_guide(config.sampling, config.path, data_info)
     return data_info
+
+
+# --------------------------------------------------------------------------- guide
+def guide_dir(sampling: ml_collections.ConfigDict) -> str:
+    return os.path.abspath(os.path.expanduser(sampling.guide_workdir))
+
+
+def check_guide(sampling: ml_collections.ConfigDict, path_cfg: ml_collections.ConfigDict,
+                data_info: Any) -> Optional[ml_collections.ConfigDict]:
+    """The config of the guide run that ``sampling`` names, checked against the main
+    model's ``config.path`` and data (None without a guide).
+
+    Raises:
+      ConfigError: no run there, the requested step is not among its checkpoints, or it
+        models another path or data shape; one line.
+    """
+    if not sampling.get("guide_workdir"):
+        if sampling.get("guide_step") is not None:
+            raise ConfigError(f"config.sampling.guide_step={sampling.guide_step} needs "
+                              "config.sampling.guide_workdir (the guide's run)")
+        return None
+    from diffjax import checkpoint as ckpt_lib  # deferred: orbax is slow to import
+
+    workdir = guide_dir(sampling)
+    key = f"config.sampling.guide_workdir={sampling.guide_workdir}"
+    guide_cfg = ckpt_lib.load_config(workdir)
+    if guide_cfg is None:
+        raise ConfigError(f"{key} holds no run (no {ckpt_lib.CONFIG_FILE}); valid choices: "
+                          "the workdir of a trained run")
+    norm = lambda d: json.loads(json.dumps(d.to_dict(), sort_keys=True))  # noqa: E731
+    if norm(guide_cfg.path) != norm(path_cfg):
+        raise ConfigError(f"{key} was trained on another path ({_path_text(guide_cfg.path)}; this "
+                          f"model: {_path_text(path_cfg)}); the guide must share the path")
+    from diffjax import data as data_lib
+
+    shape = tuple(data_lib.info(guide_cfg.data.dataset, guide_cfg.data.get("data_dir")).shape)
+    if shape != tuple(data_info.shape):
+        raise ConfigError(f"{key} models data of shape {shape} ({guide_cfg.data.dataset}); this "
+                          f"model's data has shape {tuple(data_info.shape)}")
+    folder = os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR)
+    steps = sorted(int(n) for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                   if n.isdigit())
+    if not steps:
+        raise ConfigError(f"{key} has no checkpoint; train it first")
+    if sampling.get("guide_step") is not None and sampling.guide_step not in steps:
+        raise ConfigError(f"config.sampling.guide_step={sampling.guide_step} is not a checkpoint "
+                          f"of {workdir}; valid choices: {', '.join(map(str, steps))}")
+    return guide_cfg
+
+
+def _path_text(path_cfg: ml_collections.ConfigDict) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(path_cfg.items())
+                      if k != "name" and v is not None)
+    return path_cfg.name + (f" ({extra})" if extra else "")
 
 
 def check_devices(config: ml_collections.ConfigDict, device_count: int,

@@ -146,6 +146,12 @@ def default_config() -> ConfigDict:
         "ema_decay": 0.999,
         # EMA decay min(ema_decay, (1 + step) / (10 + step)): early EMA tracks the weights.
         "ema_warmup": True,
+        # "classic" (the EMA above) | "power": also keep EDM2's power-function EMAs of these
+        # lengths and snapshot them every ema_snapshot_every steps (and at the last step) for
+        # python -m diffjax.ema (post-hoc EMA; disk: diffjax.training.power_ema).
+        "ema": "classic",
+        "ema_sigma_rels": (0.05, 0.10),
+        "ema_snapshot_every": 1_000,
         "nonfinite": "skip",           # skip | stop
         # Under "skip": stop (NonFiniteError) after this many skipped steps in a row; 0 = never.
         "max_consecutive_nonfinite": 50,
@@ -163,6 +169,15 @@ def default_config() -> ConfigDict:
         "prompt": _optional(str),
         "prompts_file": _optional(str),
         "samples_per_prompt": 8,
+        # Which EMA to sample: "" = the run's EMA; "sigma_rel:<s>" = the post-hoc EMA that
+        # python -m diffjax.ema reconstructed at length s (training.ema="power" runs).
+        "ema": "",
+        # Autoguidance (Karras et al. 2024): guide with another run's EMA (or an earlier
+        # checkpoint of this one, guide_step; None = its newest) at guidance_scale.
+        "guide_workdir": _optional(str),
+        "guide_step": _optional(int),
+        # (sigma_lo, sigma_hi) in sigma/alpha: guide only there (Kynkaanniemi et al. 2024).
+        "guidance_interval": _optional(tuple),
         # Sampler options (diffjax.sample's table); None = the sampler's default. Setting
         # one the chosen sampler does not take is a config error.
         **{name: _optional(kind) for name, kind in SAMPLER_OPTIONS.items()},

@@ -21,7 +21,7 @@ target that is itself a snapshot is recovered exactly.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -92,5 +92,25 @@ def combine(params: Sequence[Any], coefficients: np.ndarray) -> Any:
                                 np.asarray(leaves[0]).dtype), *params)
 
 
+def parse_spec(spec: str) -> Optional[float]:
+    """``config.sampling.ema``: ``""`` (the run's own EMA: None) or ``"sigma_rel:<s>"``.
+
+    Raises:
+      ValueError: another form, or ``s`` outside ``(0, MAX_SIGMA_REL]``.
+    """
+    if not spec:
+        return None
+    kind, _, value = str(spec).partition(":")
+    try:
+        sigma_rel = float(value) if kind == "sigma_rel" else None
+    except ValueError:
+        sigma_rel = None
+    if sigma_rel is None or not 0 < sigma_rel <= MAX_SIGMA_REL:
+        raise ValueError(f"config.sampling.ema={spec!r} is not valid; valid choices: '' (the "
+                         f"run's EMA) or 'sigma_rel:<s>' with s in (0, "
+                         f"{MAX_SIGMA_REL:.4f}]")
+    return sigma_rel
+
+
 __all__ = ["DEFAULT_SIGMA_RELS", "MAX_SIGMA_REL", "beta", "combine", "gamma_to_sigma_rel",
-           "sigma_rel_to_gamma", "solve", "weights"]
+           "parse_spec", "sigma_rel_to_gamma", "solve", "weights"]

@@ -73,6 +73,16 @@ def tiny_config(data_dir: str, **changes: Any) -> ml_collections.ConfigDict:
     return config
 
 
+def power_ema_config(data_dir: str, **changes: Any) -> ml_collections.ConfigDict:
+    """:func:`tiny_config` with EDM2's power-function EMAs (snapshots every 3 steps), 24
+    steps, checkpoints at 12 and 24; tests of post-hoc EMA and autoguidance share it (and so
+    its compiled step, through the ``xla_cache`` fixture)."""
+    return tiny_config(data_dir, **{
+        "training.num_steps": 24, "training.checkpoint_every": 12, "training.ema": "power",
+        "training.ema_snapshot_every": 3, "training.log_every": 24,
+        "optim.schedule": "constant", "optim.lr": 1e-2, **changes})
+
+
 def losses(workdir: str) -> np.ndarray:
     """The logged training losses of a run, in step order (``[num_logged]``)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -10,6 +10,8 @@ module             job
 ``tasks``          what the step minimises: ``loss(params, batch, key, frozen)``; registry
                    :data:`TASKS` keyed by ``config.task`` (``denoise``, ...)
 ``frozen``         other runs' parameters a task reads, by reference, checked on resume
+``power_ema``      EDM2's power-function EMAs in the state and their snapshots on disk
+``guide``          the autoguidance guide (another run, or an earlier checkpoint) for sampling
 ``step``           the one train step over any task (gradient accumulation, non-finite skip,
                    EMA)
 ``backends``       that step compiled with ``jax.jit`` over the mesh or with ``jax.pmap``

@@ -21,6 +21,7 @@ import numpy as np
 from diffjax import configs, parallel, reporting
 from diffjax.choices import DEFAULT_METRICS, metric_names  # noqa: F401  (re-exported)
 from diffjax import data as data_lib
+from diffjax.training import guide as guide_lib
 from diffjax.training.setup import Setup
 
 Array = jax.Array
@@ -34,7 +35,10 @@ class Sampler:
     dict of ``[batch_size, ...]`` numpy arrays, or ``[batch_size]`` labels, or None)
     conditions the model, guided with ``sampling_cfg.guidance_scale`` towards it from the
     null condition of each kind (:attr:`Setup.nulls`); the sampler options set in
-    ``sampling_cfg`` (:data:`diffjax.configs.SAMPLER_OPTIONS`) are passed on.
+    ``sampling_cfg`` (:data:`diffjax.configs.SAMPLER_OPTIONS`) are passed on. With
+    ``sampling_cfg.guide_workdir`` the model is autoguided by that run
+    (:mod:`diffjax.training.guide`, loaded here once; its parameters are traced too), and
+    ``guidance_interval`` limits guidance to a noise range.
     """
 
     def __init__(self, setup: Setup, sampling_cfg: ml_collections.ConfigDict, batch_size: int,
@@ -45,10 +49,12 @@ class Sampler:
         self.batch_size = math.ceil(batch_size / n) * n
         self.rows = parallel.batch_sharding(self.mesh)
         self.traces = 0  # how often the sampler was traced (compiled): once per run
-        self._fn = jax.jit(self._sample, in_shardings=(None, None, self.rows),
+        self.guide = guide_lib.load(sampling_cfg, setup.config.path, setup.data_info) \
+            if setup.config is not None else None
+        self._fn = jax.jit(self._sample, in_shardings=(None, None, self.rows, None),
                            out_shardings=self.rows)
 
-    def _sample(self, params, key, cond):
+    def _sample(self, params, key, cond, guide_params):
         from diffjax import sample  # deferred: the samplers are not needed to train
 
         self.traces += 1
@@ -58,6 +64,11 @@ class Sampler:
             options["grid"] = cfg.grid
         if cond:
             options.update(cond=cond, guidance_scale=cfg.guidance_scale, nulls=setup.nulls)
+        if self.guide is not None:
+            options.update(guidance_scale=cfg.guidance_scale, guide_fn=self.guide.fn,
+                           guide_params=guide_params, guide_target=self.guide.target)
+        if cfg.get("guidance_interval") is not None:
+            options["guidance_interval"] = tuple(cfg.guidance_interval)
         shape = (self.batch_size, *setup.data_info.shape)
         # Parameters are traced arguments of the network function (never constants of the
         # program): one compiled sampler serves every evaluation of the run.
@@ -72,7 +83,8 @@ class Sampler:
             cond = {k: jax.make_array_from_callback(np.shape(v), self.rows,
                                                     lambda index, v=np.asarray(v): v[index])
                     for k, v in cond.items()}
-        return self._fn(params, key, cond or None)
+        return self._fn(params, key, cond or None,
+                        None if self.guide is None else self.guide.params)
 
 
 def eval_conditions(setup: Setup, start: int, size: int,

@@ -15,13 +15,14 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
 
 from diffjax import checkpoint as ckpt_lib
 from diffjax import parallel
+from diffjax.training import power_ema
 from diffjax.training.setup import Setup, build
 from diffjax.training.state import setup_state
 
@@ -62,15 +63,20 @@ def register_scheme(scheme: str, loader: Callable[[str, str], Reference]) -> Non
     SCHEMES[scheme] = loader
 
 
-def restore_newest(config, workdir: str):
+def restore_newest(config, workdir: str, step: Optional[int] = None):
     """``(setup, state, step)`` of the newest valid checkpoint of the run in ``workdir``
-    (``state`` and ``step`` None when it has none); read-only. Shared by frozen references
-    and by sampling/evaluation of a trained run."""
+    (``state`` and ``step`` None when it has none), or of checkpoint ``step``; read-only.
+    Shared by frozen references, guides and sampling/evaluation of a trained run. The
+    run's stored EMA keys decide the state's layout (a power-EMA run holds more EMAs)."""
+    config = power_ema.with_stored_ema(config, ckpt_lib.load_config(workdir))
     setup = build(config)
     abstract, _ = setup_state(setup, config, parallel.make_mesh())
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
     try:
-        state, step = checkpointer.restore_latest(abstract)
+        if step is None:
+            state, step = checkpointer.restore_latest(abstract)
+        else:
+            state = checkpointer.restore(step, abstract)
     finally:
         checkpointer.close()
     return setup, state, step

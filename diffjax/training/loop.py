@@ -19,7 +19,7 @@ import numpy as np
 from diffjax import checkpoint as ckpt_lib
 from diffjax import data as data_lib
 from diffjax import parallel, reporting
-from diffjax.training import backends, frozen, tasks
+from diffjax.training import backends, frozen, power_ema, tasks
 from diffjax.training.evaluation import Evaluator, headline
 from diffjax.training.setup import Setup, build
 from diffjax.training.state import NonFiniteError, TrainState, init_state, setup_state
@@ -150,6 +150,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             frozen.check_unchanged(workdir, references)
             if parallel.is_main_process():
                 print(f"resuming from step {step} ({checkpointer.directory}/{step})", flush=True)
+        if setup.power_gammas:  # later snapshots are of a run that did not reach its checkpoint
+            power_ema.set_aside_after(workdir, step)
         ckpt_lib.write_config(workdir, config)
         # Records after the restored step (all of them on a fresh start) were written by an
         # interrupted run after its last checkpoint; they are dropped and logged again.
@@ -178,7 +180,9 @@ def _check_accumulation(batch_size: int, k: int) -> None:
 
 def restore_for_inference(config: ml_collections.ConfigDict,
                           workdir: str) -> tuple[Setup, TrainState, int]:
-    """``(setup, state, step)`` of the newest valid checkpoint in ``workdir``.
+    """``(setup, state, step)`` of the newest valid checkpoint in ``workdir``; with
+    ``config.sampling.ema = "sigma_rel:<s>"`` its ``ema_params`` are the newest post-hoc EMA
+    of that length (:mod:`diffjax.ema`) and ``step`` that EMA's step.
 
     Raises:
       diffjax.checkpoint.WorkdirError: no checkpoint to read.
@@ -187,6 +191,10 @@ def restore_for_inference(config: ml_collections.ConfigDict,
     if state is None:
         raise ckpt_lib.WorkdirError(f"--workdir={workdir} has no checkpoint to sample from; "
                                     "train first (--mode=train)")
+    if config.sampling.get("ema"):  # a post-hoc EMA (python -m diffjax.ema) instead
+        params, step = power_ema.load_reconstruction(workdir, config.sampling.ema,
+                                                     state.ema_params)
+        state = state.replace(ema_params=params)
     return setup, state, step
 
 
@@ -231,6 +239,9 @@ def _loop(config, workdir, setup, task, references, mesh, shardings, state, step
                 if step % tcfg.checkpoint_every == 0 or last:
                     checkpointer.save(step, compiled.get_state(device_state), iterator)
                     saved = step
+                if setup.power_gammas and (step % tcfg.ema_snapshot_every == 0 or last):
+                    power_ema.save_snapshot(workdir, step, compiled.get_state(device_state),
+                                            tcfg.ema_sigma_rels)
                 # In multi-process runs every process must agree, which costs a collective:
                 # poll at log steps only.
                 if (not multi or step % tcfg.log_every == 0) and parallel.any_process(flag["stop"]):

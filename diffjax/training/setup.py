@@ -20,7 +20,7 @@ from diffjax import data as data_lib
 from diffjax.denoiser import Denoiser
 from diffjax.text import conditioning
 from diffjax.text import network as text_network
-from diffjax.training import optim
+from diffjax.training import optim, power_ema
 
 Array = jax.Array
 
@@ -45,6 +45,8 @@ class Setup:
       ema_decay, ema_warmup: the EMA of the parameters (``config.training``).
       grad_accum_steps: micro-batches per update (``config.optim.grad_accum_steps``).
       task: the name of the training task (``config.task``, :mod:`diffjax.training.tasks`).
+      power_gammas: the exponents of the power-function EMAs the state keeps
+        (``training.ema = "power"``, one per ``training.ema_sigma_rels``); empty otherwise.
       config: the config it was built from (tasks read their own group from it).
     """
 
@@ -59,6 +61,7 @@ class Setup:
     ema_warmup: bool
     grad_accum_steps: int = 1
     task: str = "denoise"
+    power_gammas: tuple[float, ...] = ()
     # The config it was built from: tasks read their own group (e.g. config.distill).
     config: Any = dataclasses.field(default=None, compare=False, repr=False)
     # The text encoder (diffjax.text.conditioning) of a text-conditioned run, else None.
@@ -114,7 +117,8 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     kinds = (("label",) if conditional else ()) + (text.keys if text is not None else ())
     return Setup(net, denoiser, objective, optimizer, schedule, data_info, kinds,
                  float(config.training.ema_decay), bool(config.training.ema_warmup), accum,
-                 str(config.get("task", "denoise")), config, text)
+                 str(config.get("task", "denoise")),
+                 power_gammas=power_ema.gammas(config.training), config=config, text=text)
 
 
 def example_cond(setup: Setup, batch: int = 1) -> dict[str, Array]:

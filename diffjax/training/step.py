@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from diffjax.training import power_ema
 from diffjax.training import tasks as tasks_lib
 from diffjax.training.setup import Setup
 from diffjax.training.state import TrainState
@@ -54,18 +55,23 @@ def apply_gradients(setup: Setup, state: TrainState, loss: Array, grads: Any,
     ok = jnp.isfinite(loss) & jnp.all(grad_finite)
     decay = ema_decay(setup, state.step)
 
+    # Applied updates including this one: the power EMAs' step count (skipped steps excluded).
+    count = state.step - state.nonfinite_count + 1
+
     def update(operands):
-        params, ema_params, opt_state = operands
+        params, ema_params, opt_state, power = operands
         updates, opt_state = setup.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, _ema(ema_params, params, decay), opt_state
+        if power is not None:
+            power = power_ema.update(power, params, setup.power_gammas, count)
+        return params, _ema(ema_params, params, decay), opt_state, power
 
-    params, ema_params, opt_state = lax.cond(
+    params, ema_params, opt_state, power = lax.cond(
         ok, update, lambda operands: operands,
-        (state.params, state.ema_params, state.opt_state))
+        (state.params, state.ema_params, state.opt_state, state.power_ema))
     new_state = state.replace(
         step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
-        nonfinite_count=state.nonfinite_count + (~ok).astype(jnp.int32))
+        nonfinite_count=state.nonfinite_count + (~ok).astype(jnp.int32), power_ema=power)
     metrics = {"loss": loss, **(aux or {}), "grad_norm": optax.tree.norm(grads),
                "lr": setup.lr_schedule(state.step - state.nonfinite_count),
                "skipped": (~ok).astype(jnp.float32), "nonfinite_count": new_state.nonfinite_count,
