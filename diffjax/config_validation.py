@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional
 import ml_collections
 
 from diffjax import choices, configs, objectives, paths, targets
+from diffjax.autoencoder import spec as latent_spec
 from diffjax.denoiser import PRECONDITIONINGS
 from diffjax.errors import ConfigError  # noqa: F401  (re-exported: its old home)
 
@@ -235,7 +236,8 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, *, process_count: int = 1):
-    """Checks everything that can be checked without devices; returns the data's DataInfo.
+    """Checks everything that can be checked without devices; returns the data's DataInfo
+    (the data set's, also when ``config.latent.autoencoder`` makes the network see latents).
 
     Some checks run small JAX computations (a sampler's time grid): in a multi-process run
     call it after :func:`diffjax.parallel.initialize`.
@@ -252,8 +254,10 @@ def validate(config: ml_collections.ConfigDict, *, process_count: int = 1):
         message = str(e)
         raise ConfigError(message if message.startswith("config.") else
                           f"config.data: {message}") from None
-    _check_recipe(config, data_info)
-    _check_metrics(config, data_info)
+    latent_spec.check(config, data_info)
+    _check_recipe(config, latent_spec.data_info(config, data_info))
+    if config.task != "autoencoder":  # an autoencoder run reports its own metrics
+        _check_metrics(config, data_info)
     return data_info
 
 

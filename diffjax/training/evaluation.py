@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -24,6 +24,9 @@ from diffjax import data as data_lib
 from diffjax.training.setup import Setup
 
 Array = jax.Array
+# config -> None, or decode(samples) -> samples in the data set's space, applied to every batch
+# a Sampler returns (diffjax.autoencoder.latent decodes an autoencoder's latents).
+DECODERS: list[Callable[[ml_collections.ConfigDict], Optional[Callable[[Array], Array]]]] = []
 
 
 class Sampler:
@@ -46,6 +49,8 @@ class Sampler:
         self.traces = 0  # how often the sampler was traced (compiled): once per run
         self._fn = jax.jit(self._sample, in_shardings=(None, None, self.rows),
                            out_shardings=self.rows)
+        self.decode = None if setup.config is None else next(
+            (d for d in (f(setup.config) for f in DECODERS) if d is not None), None)
 
     def _sample(self, params, key, labels):
         from diffjax import sample  # deferred: the samplers are not needed to train
@@ -70,7 +75,8 @@ class Sampler:
             labels = np.asarray(labels, np.int32)
             labels = jax.make_array_from_callback(labels.shape, self.rows,
                                                   lambda index: labels[index])
-        return self._fn(params, key, labels)
+        x = self._fn(params, key, labels)
+        return x if self.decode is None else self.decode(x)
 
 
 def generate(setup: Setup, params: Any, sampling_cfg: ml_collections.ConfigDict,
@@ -147,10 +153,19 @@ class Evaluator:
         return {k: float(v) for k, v in dict(results).items()}
 
 
+def evaluator_for(setup: Setup, config: ml_collections.ConfigDict,
+                  mesh: Optional[jax.sharding.Mesh] = None, progress: bool = False):
+    """The task's own evaluator (``TaskSpec.evaluator``), else an :class:`Evaluator`."""
+    from diffjax.training import tasks  # deferred: the registry is filled by diffjax.train
+
+    factory = tasks.get(setup.task).evaluator or Evaluator
+    return factory(setup, config, mesh, progress=progress)
+
+
 def evaluate(setup: Setup, params: Any, config: ml_collections.ConfigDict, workdir: str,
              name: str) -> dict[str, float]:
     """One evaluation (see :class:`Evaluator`), for ``--mode=eval``."""
-    return Evaluator(setup, config, progress=True)(params, workdir, name)
+    return evaluator_for(setup, config, progress=True)(params, workdir, name)
 
 
 def likelihood_metrics(setup: Setup, params: Any, config: ml_collections.ConfigDict,
