@@ -172,7 +172,20 @@ def test_a_latent_config_that_does_not_fit_fails_before_compute(ae_dir, data_dir
     with pytest.raises(config_validation.ConfigError, match="config.task='denoise' with config.model.arch='autoencoder'"):
         config_validation.validate(config)
     config = ae_config(data_dir)
+    config.autoencoder.gradient_weight = -1.0
+    with pytest.raises(config_validation.ConfigError, match="config.autoencoder.gradient_weight=-1.0"):
+        config_validation.validate(config)
+    config = ae_config(data_dir)
     config.eval.metrics = "fd_shapes_recon"
     with pytest.raises(config_validation.ConfigError, match="'fd_shapes_recon' needs shapes data"):
         config_validation.validate(config)
     assert latent.reference_value(latent_config(data_dir, ae_dir, 2)) == os.path.abspath(ae_dir)
+
+
+def test_gradient_error_is_the_mean_absolute_finite_difference_of_the_error():
+    err = np.random.default_rng(0).standard_normal((2, 5, 4, 3)).astype(np.float32)
+    expected = sum(np.abs(np.diff(err, axis=a)).mean() for a in (1, 2))
+    np.testing.assert_allclose(ae_task.image_gradient_error(jnp.asarray(err)), expected,
+                               rtol=1e-6)
+    # a constant error (a global colour shift) has no edges
+    assert float(ae_task.image_gradient_error(jnp.full((1, 4, 4, 3), 0.3))) == 0.0

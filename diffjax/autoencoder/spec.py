@@ -46,6 +46,8 @@ def autoencoder_config() -> ml_collections.ConfigDict:
         "reconstruction": "l1",        # l1 | l2, per pixel
         # KL(q(z|x) || N(0, I)) in nats per image, over the pixel count (SD: 1e-6).
         "kl_weight": 1e-6,
+        # weight of the error of the image gradients (edges; Mathieu et al. 2016); 0 = off
+        "gradient_weight": 0.0,
         # Train examples whose latents give the stored shift and scale.
         "stats_examples": 2048,
     })
@@ -147,8 +149,9 @@ def check(config: ml_collections.ConfigDict, info: Any) -> None:
     if group.get("reconstruction") not in RECONSTRUCTIONS:
         raise ConfigError(f"config.autoencoder.reconstruction={group.get('reconstruction')!r} "
                           f"is not valid; valid choices: {', '.join(RECONSTRUCTIONS)}")
-    if not group.get("kl_weight", 0.0) >= 0:
-        raise ConfigError(f"config.autoencoder.kl_weight={group.get('kl_weight')!r} must be >= 0")
+    for key in ("kl_weight", "gradient_weight"):
+        if not group.get(key, 0.0) >= 0:
+            raise ConfigError(f"config.autoencoder.{key}={group.get(key)!r} must be >= 0")
     n = group.get("stats_examples")
     if not isinstance(n, int) or n < 2:
         raise ConfigError(f"config.autoencoder.stats_examples={n!r} must be an int >= 2")

@@ -3,7 +3,9 @@
 Loss (Rombach et al. 2022, the KL-regularised first stage, without the perceptual and
 adversarial terms): ``mean |x - D(z)|`` (or squared) with ``z ~ q(z|x) = N(mean, exp(logvar))``,
 plus ``kl_weight * KL(q(z|x) || N(0, I)) / (H W C)``. LDM sums both terms over the pixels;
-dividing both by the pixel count keeps SD's ``kl_weight = 1e-6`` meaning the same.
+dividing both by the pixel count keeps SD's ``kl_weight = 1e-6`` meaning the same. Optionally
+``gradient_weight`` times the error of the image's finite differences (sharper edges, which
+the shapes detector's features, hence ``fd_shapes_recon``, are very sensitive to).
 
 Evaluation (``eval_every``, and ``--mode=eval``), on the EMA parameters:
 
@@ -48,6 +50,14 @@ def kl_divergence(mean: Array, logvar: Array) -> Array:
     return jnp.sum(terms.reshape(terms.shape[0], -1), axis=-1)
 
 
+def image_gradient_error(err: Array) -> Array:
+    """``mean |d(x_hat - x)/dh| + |d(x_hat - x)/dw|`` (finite differences): the gradient
+    difference loss of Mathieu et al. 2016, which penalises blurred edges that a per-pixel
+    loss forgives. ``err: [B, H, W, C]``."""
+    return (jnp.mean(jnp.abs(err[:, 1:] - err[:, :-1])) +
+            jnp.mean(jnp.abs(err[:, :, 1:] - err[:, :, :-1])))
+
+
 @dataclasses.dataclass(frozen=True)
 class Autoencode:
     """Reconstruction + KL of :class:`AutoencoderKL` (see the module docstring)."""
@@ -55,6 +65,7 @@ class Autoencode:
     setup: Setup
     reconstruction: str = "l1"
     kl_weight: float = 1e-6
+    gradient_weight: float = 0.0
 
     def loss(self, params, batch, key, frozen, rows=None):
         del frozen  # reads no other run
@@ -67,13 +78,16 @@ class Autoencode:
         err = net.apply({"params": params}, z, method=AutoencoderKL.decode) - x
         rec = jnp.mean(jnp.abs(err)) if self.reconstruction == "l1" else jnp.mean(err ** 2)
         kl = jnp.mean(kl_divergence(mean, logvar))
-        loss = rec + self.kl_weight * kl / np.prod(x.shape[1:])
-        return loss, {"reconstruction": rec, "kl": kl, "mse": jnp.mean(err ** 2)}
+        edges = image_gradient_error(err)
+        loss = rec + self.kl_weight * kl / np.prod(x.shape[1:]) + self.gradient_weight * edges
+        return loss, {"reconstruction": rec, "kl": kl, "mse": jnp.mean(err ** 2),
+                      "gradient_error": edges}
 
 
 def build(setup: Setup, references) -> Autoencode:
     group = _group(setup)
-    return Autoencode(setup, str(group.reconstruction), float(group.kl_weight))
+    return Autoencode(setup, str(group.reconstruction), float(group.kl_weight),
+                      float(group.get("gradient_weight", 0.0)))
 
 
 # ----------------------------------------------------------------------------- evaluation
