@@ -10,7 +10,8 @@ the sampler).
 Groups: ``data``, ``path`` (``name`` + the path's keyword arguments), ``model`` (``arch``,
 the recipe keys ``target``/``preconditioning``/``sigma_data``, the arch's keys), ``loss``
 (the :class:`diffjax.objectives.Objective` fields), ``optim``, ``training``, ``sampling``,
-``eval``, ``parallel`` and the top-level ``seed``.
+``eval``, ``latent`` (:mod:`diffjax.autoencoder.spec`), ``parallel`` and the top-level ``seed``;
+``distill`` and ``autoencoder`` belong to their tasks' config files.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import ml_collections
 from diffjax import data as data_lib
 from diffjax import models
 from diffjax import paths as paths_lib
+from diffjax.autoencoder import spec as latent_spec
 from diffjax.text import conditioning as text_conditioning
 
 ConfigDict = ml_collections.ConfigDict
@@ -198,6 +200,8 @@ def default_config() -> ConfigDict:
         "likelihood_examples": 256,
         "likelihood_divergence": "auto",
     })
+    # Diffusion in an autoencoder's latent space (diffjax.autoencoder.spec.latent_config).
+    config.latent = latent_spec.latent_config()
     config.parallel = ConfigDict({
         "backend": "jit",              # jit | pmap
         "param_sharding": "replicated",  # replicated | fsdp
@@ -213,6 +217,7 @@ def reference_config() -> ConfigDict:
         from diffjax.distill import settings as distill_settings
 
         config.distill = distill_settings.default_config()
+        config.autoencoder = latent_spec.autoencoder_config()
         for arch in models.ARCHS:
             for key, value in default_model_config(arch).items():
                 if key not in config.model:

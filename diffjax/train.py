@@ -14,6 +14,8 @@ from diffjax.training.step import apply_gradients, describe_nonfinite, make_trai
 from diffjax.training.tasks import TASKS
 
 import diffjax.distill  # noqa: E402,F401  (registers the few-step tasks: progressive, ...)
+import diffjax.autoencoder.task  # noqa: E402,F401  (registers the autoencoder task)
+import diffjax.autoencoder.latent  # noqa: E402,F401  (config.latent.autoencoder)
 
 from diffjax.choices import NONFINITE_MODES
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from diffjax.autoencoder.model import AutoencoderKL, check_autoencoder
 from diffjax.models.dit import DiT, check_dit
 from diffjax.models.mlp import MLP, check_mlp
 from diffjax.models.mmdit import MMDiT, check_mmdit
@@ -85,6 +86,16 @@ def default_mmdit_config() -> ml_collections.ConfigDict:
         "dtype": "float32"})
 
 
+def default_autoencoder_config() -> ml_collections.ConfigDict:
+    """The KL autoencoder of ``task = "autoencoder"`` (SD's AutoencoderKL design), f = 4 on
+    32x32 shapes: 8x8x4 latents (:mod:`diffjax.autoencoder.model`)."""
+    return ml_collections.ConfigDict({
+        "arch": "autoencoder", "block_out_channels": (32, 64, 64), "layers_per_block": 1,
+        "latent_channels": 4, "norm_num_groups": 16, "mid_attention": True,
+        "use_quant_conv": True, "use_post_quant_conv": True, "image_channels": 3,
+        "class_conditional": False, "dtype": "float32"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Arch:
     """A registered network: its module, its check ``check(data_shape, **fields)`` (raises
@@ -106,6 +117,8 @@ ARCHS: dict[str, Arch] = {
     "mlp": Arch(MLP, check_mlp, default_mlp_config, "vectors (D,)"),
     "dit": Arch(DiT, check_dit, default_dit_config, "images or latents (H, W, C)"),
     "mmdit": Arch(MMDiT, check_mmdit, default_mmdit_config, "images or latents (H, W, C)"),
+    "autoencoder": Arch(AutoencoderKL, check_autoencoder, default_autoencoder_config,
+                        "images (H, W, C)"),
 }
 
 

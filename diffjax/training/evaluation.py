@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -25,6 +25,9 @@ from diffjax.training import guide as guide_lib
 from diffjax.training.setup import Setup
 
 Array = jax.Array
+# config -> None, or decode(samples) -> samples in the data set's space, applied to every batch
+# a Sampler returns (diffjax.autoencoder.latent decodes an autoencoder's latents).
+DECODERS: list[Callable[[ml_collections.ConfigDict], Optional[Callable[[Array], Array]]]] = []
 
 
 class Sampler:
@@ -53,6 +56,8 @@ class Sampler:
             if setup.config is not None else None
         self._fn = jax.jit(self._sample, in_shardings=(None, None, self.rows, None),
                            out_shardings=self.rows)
+        self.decode = None if setup.config is None else next(
+            (d for d in (f(setup.config) for f in DECODERS) if d is not None), None)
 
     def _sample(self, params, key, cond, guide_params):
         from diffjax import sample  # deferred: the samplers are not needed to train
@@ -83,8 +88,9 @@ class Sampler:
             cond = {k: jax.make_array_from_callback(np.shape(v), self.rows,
                                                     lambda index, v=np.asarray(v): v[index])
                     for k, v in cond.items()}
-        return self._fn(params, key, cond or None,
-                        None if self.guide is None else self.guide.params)
+        x = self._fn(params, key, cond or None,
+                     None if self.guide is None else self.guide.params)
+        return x if self.decode is None else self.decode(x)
 
 
 def eval_conditions(setup: Setup, start: int, size: int,
@@ -203,10 +209,19 @@ class Evaluator:
         return {k: float(v) for k, v in dict(results).items()}
 
 
+def evaluator_for(setup: Setup, config: ml_collections.ConfigDict,
+                  mesh: Optional[jax.sharding.Mesh] = None, progress: bool = False):
+    """The task's own evaluator (``TaskSpec.evaluator``), else an :class:`Evaluator`."""
+    from diffjax.training import tasks  # deferred: the registry is filled by diffjax.train
+
+    factory = tasks.get(setup.task).evaluator or Evaluator
+    return factory(setup, config, mesh, progress=progress)
+
+
 def evaluate(setup: Setup, params: Any, config: ml_collections.ConfigDict, workdir: str,
              name: str) -> dict[str, float]:
     """One evaluation (see :class:`Evaluator`), for ``--mode=eval``."""
-    return Evaluator(setup, config, progress=True)(params, workdir, name)
+    return evaluator_for(setup, config, progress=True)(params, workdir, name)
 
 
 def likelihood_metrics(setup: Setup, params: Any, config: ml_collections.ConfigDict,

@@ -7,7 +7,7 @@ names that run and ``sampling.guide_step`` its checkpoint (None: the newest); it
 parameters are the guide (:func:`diffjax.sample`'s ``guide_fn``/``guide_params``). The guide
 may have another network, target or preconditioning, but must model the same data on the
 same path (its denoiser is mixed with the main one in ``(x0_hat, eps_hat)`` at the same
-``x_t``): :func:`diffjax.config_validation.check_guide` refuses anything else before
+``x_t``): :func:`diffjax.guide_checks.check_guide` refuses anything else before
 any compute.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import ml_collections
 
-from diffjax import config_validation
+from diffjax import guide_checks
 from diffjax.training import frozen
 
 
@@ -39,11 +39,11 @@ class Guide:
 def load(sampling: ml_collections.ConfigDict, path_cfg: ml_collections.ConfigDict,
          data_info: Any) -> Optional[Guide]:
     """The guide that ``sampling`` names (None without ``guide_workdir``), checked
-    (:func:`diffjax.config_validation.check_guide`) before anything is read."""
-    guide_cfg = config_validation.check_guide(sampling, path_cfg, data_info)
+    (:func:`diffjax.guide_checks.check_guide`) before anything is read."""
+    guide_cfg = guide_checks.check_guide(sampling, path_cfg, data_info)
     if guide_cfg is None:
         return None
-    setup, state, step = frozen.restore_newest(guide_cfg, config_validation.guide_dir(sampling),
+    setup, state, step = frozen.restore_newest(guide_cfg, guide_checks.guide_dir(sampling),
                                                sampling.get("guide_step"))
     kinds, fn = setup.cond_kinds, setup.denoiser.fn
 
@@ -51,4 +51,4 @@ def load(sampling: ml_collections.ConfigDict, path_cfg: ml_collections.ConfigDic
         return fn(params, x, t, {k: v for k, v in (cond or {}).items() if k in kinds})
 
     return Guide(guide_fn, state.ema_params, setup.denoiser.target, int(step),
-                 config_validation.guide_dir(sampling))
+                 guide_checks.guide_dir(sampling))

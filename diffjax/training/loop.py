@@ -20,7 +20,7 @@ from diffjax import checkpoint as ckpt_lib
 from diffjax import data as data_lib
 from diffjax import parallel, reporting
 from diffjax.training import backends, frozen, power_ema, tasks
-from diffjax.training.evaluation import Evaluator, headline
+from diffjax.training.evaluation import evaluator_for, headline
 from diffjax.training.setup import Setup, build
 from diffjax.training.state import NonFiniteError, TrainState, init_state, setup_state
 from diffjax.training.step import describe_nonfinite, make_train_step
@@ -109,7 +109,7 @@ class _Logger:
 
 
 def _references(config: ml_collections.ConfigDict) -> dict[str, frozen.Reference]:
-    return frozen.load_all(tasks.get(config.get("task", "denoise")).references(config))
+    return frozen.load_all(tasks.for_config(config).references(config))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
@@ -131,7 +131,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     ckpt_lib.check_workdir(workdir)
     ckpt_lib.check_compatible(workdir, config)
     setup = build(config)
-    spec = tasks.get(setup.task)
+    spec = tasks.for_config(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.data.batch_size)
     _check_accumulation(config.data.batch_size, setup.grad_accum_steps)
@@ -214,7 +214,7 @@ def _loop(config, workdir, setup, task, references, mesh, shardings, state, step
                 disable=not (main and tcfg.progress_bar))
     logger = _Logger(writer, config.data.batch_size, pbar,
                      int(tcfg.get("max_consecutive_nonfinite", 0)), step)
-    evaluator = Evaluator(setup, config, mesh, progress=main and tcfg.progress_bar)
+    evaluator = evaluator_for(setup, config, mesh, progress=main and tcfg.progress_bar)
     results: dict[str, float] = {}
     multi = jax.process_count() > 1
     device_state = compiled.put_state(state)

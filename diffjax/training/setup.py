@@ -17,6 +17,7 @@ import optax
 
 from diffjax import conditions, configs, models, objectives, paths
 from diffjax import data as data_lib
+from diffjax.autoencoder import spec as latent_spec
 from diffjax.denoiser import Denoiser
 from diffjax.text import conditioning
 from diffjax.text import network as text_network
@@ -38,7 +39,8 @@ class Setup:
       denoiser: ``net`` read as a model in the recipe's target space.
       objective: the denoising loss (:class:`diffjax.objectives.Objective`).
       optimizer, lr_schedule: from :mod:`diffjax.training.optim`.
-      data_info: the data set's shape, kind and number of classes.
+      data_info: the shape, kind and number of classes of what the network models: the
+        data set's, or its latents' under ``config.latent.autoencoder``.
       cond_kinds: the condition keys the network reads (``("label",)``, a text encoder's
         ``("context", "context_mask")`` or ``("text", "text_mask")``, or ``()``); the
         trainer passes exactly these keys of the batch's ``cond`` on.
@@ -78,7 +80,8 @@ class Setup:
 
 
 def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) -> Setup:
-    """Builds network, denoiser, objective and optimizer from a (validated) config.
+    """Builds network, denoiser, objective and optimizer from a (validated) config;
+    ``data_info`` is the data set's (read from the config when None).
 
     ``model.sigma_data`` is the one data scale: EDM preconditioning and the ``edm``
     weighting both read it.
@@ -88,6 +91,8 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     """
     if data_info is None:
         data_info = data_lib.info(config.data.dataset, config.data.get("data_dir"))
+    # With config.latent.autoencoder the network models latents, not the data set's images.
+    data_info = latent_spec.data_info(config, data_info)
     accum = int(config.optim.get("grad_accum_steps", 1))
     if accum < 1:
         raise ValueError(f"config.optim.grad_accum_steps={accum} must be >= 1")

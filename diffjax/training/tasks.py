@@ -65,9 +65,15 @@ class TaskSpec:
     references: Callable[[ml_collections.ConfigDict], dict[str, str]] = lambda config: {}
     # (fresh state, references) -> state: e.g. a distillation student starts as its teacher.
     initialize: Callable[[Any, Mapping[str, Any]], Any] = lambda state, references: state
+    # (setup, config, mesh, progress) -> evaluate(params, workdir, name) -> metrics, for a
+    # task whose model is not sampled (the autoencoder); None: sample and score.
+    evaluator: Optional[Callable[..., Any]] = None
 
 
 TASKS: dict[str, TaskSpec] = {}
+# (config, spec) -> spec: a task as a config changes it (diffjax.autoencoder.latent trains
+# any task on an autoencoder's latents when config.latent.autoencoder is set).
+WRAPPERS: list[Callable[[ml_collections.ConfigDict, TaskSpec], TaskSpec]] = []
 
 
 def register(name: str, spec: TaskSpec) -> None:
@@ -80,6 +86,14 @@ def get(name: str) -> TaskSpec:
     if name not in TASKS:
         raise ValueError(f"Unknown config.task {name!r}; valid choices: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def for_config(config: ml_collections.ConfigDict) -> TaskSpec:
+    """The spec of ``config.task`` with every :data:`WRAPPERS` entry applied."""
+    spec = get(str(config.get("task", "denoise")))
+    for wrap in WRAPPERS:
+        spec = wrap(config, spec)
+    return spec
 
 
 def condition(setup: Setup, batch: Mapping[str, Any]) -> dict[str, Array]:

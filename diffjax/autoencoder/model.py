@@ -1,0 +1,252 @@
+"""A KL-regularised convolutional autoencoder in the design of Stable Diffusion's AutoencoderKL
+(Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models"; the
+layout of diffusers' ``AutoencoderKL``).
+
+Encoder: ``conv_in``, one down block per entry of ``block_out_channels`` (``layers_per_block``
+residual blocks, then a stride-2 convolution except after the last), a middle block (residual,
+single-head self-attention, residual), GroupNorm-SiLU-``conv_out`` to ``2 * latent_channels``
+(mean and log-variance), a 1x1 ``quant_conv``. Decoder: 1x1 ``post_quant_conv``, ``conv_in``,
+the middle block, up blocks in reverse (``layers_per_block + 1`` residual blocks, nearest x2
+upsampling and a convolution except after the last), GroupNorm-SiLU-``conv_out``. The
+downsampling factor is ``f = 2 ** (len(block_out_channels) - 1)``.
+
+Module and parameter names follow diffusers' state-dict keys (``down_blocks_0/resnets_1/conv1``
+is ``down_blocks.0.resnets.1.conv1``), which is what :mod:`diffjax.autoencoder.diffusers`
+relies on. Images are NHWC in [-1, 1].
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+# diffusers clamps the log-variance of its DiagonalGaussianDistribution to this range.
+LOGVAR_RANGE = (-30.0, 20.0)
+
+
+def _norm(groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, use_fast_variance=False,
+                        name=name)
+
+
+def _conv(features: int, dtype: Dtype, name: str | None, kernel: int = 3, stride: int = 1,
+          padding: Any = "SAME") -> nn.Conv:
+    return nn.Conv(features, (kernel, kernel), (stride, stride),
+                   padding=padding if kernel > 1 else "VALID", dtype=dtype, name=name)
+
+
+class ResnetBlock(nn.Module):
+    """GN-SiLU-conv twice, plus the input (1x1 ``conv_shortcut`` when the width changes)."""
+    out_channels: int
+    groups: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = _conv(self.out_channels, self.dtype, "conv1")(
+            nn.silu(_norm(self.groups, self.dtype, "norm1")(x)))
+        h = _conv(self.out_channels, self.dtype, "conv2")(
+            nn.silu(_norm(self.groups, self.dtype, "norm2")(h)))
+        if x.shape[-1] != self.out_channels:
+            x = _conv(self.out_channels, self.dtype, "conv_shortcut", kernel=1)(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions, GroupNorm first, residual."""
+    groups: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, hh, ww, c = x.shape
+        h = _norm(self.groups, self.dtype, "group_norm")(x).reshape(b, hh * ww, c)
+        q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(h) for n in ("to_q", "to_k", "to_v"))
+        weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) / jnp.sqrt(c).astype(q.dtype),
+                                 axis=-1)
+        out = nn.Dense(c, dtype=self.dtype, name="to_out_0")(jnp.einsum("bqk,bkc->bqc", weights, v))
+        return x + out.reshape(b, hh, ww, c)
+
+
+class MidBlock(nn.Module):
+    channels: int
+    groups: int
+    attention: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = ResnetBlock(self.channels, self.groups, self.dtype, name="resnets_0")(x)
+        if self.attention:
+            x = AttnBlock(self.groups, self.dtype, name="attentions_0")(x)
+        return ResnetBlock(self.channels, self.groups, self.dtype, name="resnets_1")(x)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 convolution after padding one row/column at the bottom/right (as SD)."""
+    channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return _conv(self.channels, self.dtype, "conv", stride=2, padding="VALID")(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 convolution."""
+    channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return _conv(self.channels, self.dtype, "conv")(x)
+
+
+class Stage(nn.Module):
+    """``num_resnets`` residual blocks of width ``channels``, then ``resample`` (or none)."""
+    channels: int
+    num_resnets: int
+    groups: int
+    resample: str | None = None  # "down" | "up" | None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for j in range(self.num_resnets):
+            x = ResnetBlock(self.channels, self.groups, self.dtype, name=f"resnets_{j}")(x)
+        if self.resample == "down":
+            x = Downsample(self.channels, self.dtype, name="downsamplers_0")(x)
+        elif self.resample == "up":
+            x = Upsample(self.channels, self.dtype, name="upsamplers_0")(x)
+        return x
+
+
+class Encoder(nn.Module):
+    block_out_channels: Sequence[int]
+    layers_per_block: int
+    latent_channels: int
+    groups: int
+    mid_attention: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        chs = tuple(self.block_out_channels)
+        x = _conv(chs[0], self.dtype, "conv_in")(x)
+        for i, ch in enumerate(chs):
+            x = Stage(ch, self.layers_per_block, self.groups,
+                      "down" if i < len(chs) - 1 else None, self.dtype, name=f"down_blocks_{i}")(x)
+        x = MidBlock(chs[-1], self.groups, self.mid_attention, self.dtype, name="mid_block")(x)
+        x = nn.silu(_norm(self.groups, self.dtype, "conv_norm_out")(x))
+        return _conv(2 * self.latent_channels, self.dtype, "conv_out")(x)
+
+
+class Decoder(nn.Module):
+    block_out_channels: Sequence[int]
+    layers_per_block: int
+    out_channels: int
+    groups: int
+    mid_attention: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        chs = tuple(reversed(tuple(self.block_out_channels)))
+        x = _conv(chs[0], self.dtype, "conv_in")(z)
+        x = MidBlock(chs[0], self.groups, self.mid_attention, self.dtype, name="mid_block")(x)
+        for i, ch in enumerate(chs):
+            x = Stage(ch, self.layers_per_block + 1, self.groups,
+                      "up" if i < len(chs) - 1 else None, self.dtype, name=f"up_blocks_{i}")(x)
+        x = nn.silu(_norm(self.groups, self.dtype, "conv_norm_out")(x))
+        return _conv(self.out_channels, self.dtype, "conv_out")(x)
+
+
+class AutoencoderKL(nn.Module):
+    """The autoencoder: ``encode(x) -> (mean, logvar)``, ``decode(z) -> x``.
+
+    ``x: [B, H, W, image_channels]`` in [-1, 1]; ``mean, logvar, z: [B, H/f, W/f,
+    latent_channels]`` with ``f = 2 ** (len(block_out_channels) - 1)``. ``__call__(x, ...)``
+    reconstructs from the posterior mean (it takes the networks' ``(x, noise_cond, cond)``
+    call so the trainer can initialise it like any network; ``noise_cond``/``cond`` are
+    ignored). ``num_classes`` is unused (every network of the registry receives it).
+    """
+    block_out_channels: Sequence[int] = (64, 128, 128)
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    mid_attention: bool = True
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+    image_channels: int = 3
+    num_classes: int = 0
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.encoder = Encoder(self.block_out_channels, self.layers_per_block,
+                               self.latent_channels, self.norm_num_groups, self.mid_attention,
+                               self.dtype)
+        self.decoder = Decoder(self.block_out_channels, self.layers_per_block,
+                               self.image_channels, self.norm_num_groups, self.mid_attention,
+                               self.dtype)
+        if self.use_quant_conv:
+            self.quant_conv = _conv(2 * self.latent_channels, self.dtype, None, kernel=1)
+        if self.use_post_quant_conv:
+            self.post_quant_conv = _conv(self.latent_channels, self.dtype, None, kernel=1)
+
+    def encode(self, x: Array) -> tuple[Array, Array]:
+        h = self.encoder(x)
+        if self.use_quant_conv:
+            h = self.quant_conv(h)
+        mean, logvar = jnp.split(h.astype(jnp.float32), 2, axis=-1)
+        return mean, jnp.clip(logvar, *LOGVAR_RANGE)
+
+    def decode(self, z: Array) -> Array:
+        if self.use_post_quant_conv:
+            z = self.post_quant_conv(z)
+        return self.decoder(z).astype(jnp.float32)
+
+    def __call__(self, x: Array, noise_cond: Any = None, cond: Any = None,
+                 train: bool = False) -> Array:
+        del noise_cond, cond, train
+        return self.decode(self.encode(x)[0])
+
+
+def factor(block_out_channels: Sequence[int]) -> int:
+    """The downsampling factor ``f`` of an autoencoder with these blocks."""
+    return 2 ** (len(tuple(block_out_channels)) - 1)
+
+
+def check_autoencoder(data_shape: Sequence[int], *, block_out_channels: Sequence[int],
+                      layers_per_block: int, latent_channels: int, norm_num_groups: int,
+                      image_channels: int) -> None:
+    """Raises ValueError naming the offending ``model.*`` key."""
+    chs = tuple(block_out_channels)
+    if not chs or any(not isinstance(c, int) or c < 1 for c in chs):
+        raise ValueError(f"model.block_out_channels={chs!r} must be a non-empty tuple of "
+                         "positive ints (one per resolution)")
+    for key, value in (("layers_per_block", layers_per_block),
+                       ("latent_channels", latent_channels),
+                       ("norm_num_groups", norm_num_groups)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.{key}={value!r} must be a positive int")
+    bad = [c for c in chs if c % norm_num_groups]
+    if bad:
+        raise ValueError(f"model.norm_num_groups={norm_num_groups} must divide every entry of "
+                         f"model.block_out_channels={chs} (not {bad[0]})")
+    if len(data_shape) != 3:
+        raise ValueError(f"model.arch='autoencoder' needs images (H, W, C), not data of shape "
+                         f"{tuple(data_shape)}")
+    h, w, c = data_shape
+    if c != image_channels:
+        raise ValueError(f"model.image_channels={image_channels} but the data has {c} "
+                         f"channels; set model.image_channels={c}")
+    f = factor(chs)
+    if h % f or w % f:
+        raise ValueError(f"model.block_out_channels={chs} downsamples by f={f}, which does not "
+                         f"divide the data's {h}x{w} images; use fewer blocks")

@@ -1,0 +1,71 @@
+"""configs/imagenet256_dit.py holds DiT's paper settings and takes one train step in the
+latents of a diffusers-format VAE on tfds mock ImageNet (the model shrunk by overrides)."""
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from test_autoencoder_diffusers import random_state, write_folder
+
+from diffjax import config_loading, train
+from diffjax.data import DataInfo
+from diffjax.models.dit import dit_dims
+from diffjax.training import frozen, tasks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "imagenet256_dit.py")
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.mark.parametrize("size, dims", [("XL/2", (28, 1152, 16, 2)), ("B/4", (12, 768, 12, 4))])
+def test_imagenet256_dit_has_the_papers_settings(size, dims):
+    config = config_loading.load(f"{CONFIG}:{size}")
+    d = dit_dims(config.model.size)
+    assert (d["depth"], d["hidden"], d["num_heads"], d["patch_size"]) == dims
+    assert (config.data.batch_size, config.optim.lr, config.optim.weight_decay,
+            config.optim.schedule, config.training.ema_decay) == (256, 1e-4, 0.0, "constant",
+                                                                  0.9999)
+    assert (config.path.name, config.model.target, config.loss.label_dropout) == ("ddpm", "eps",
+                                                                                  0.1)
+    assert (config.sampling.sampler, config.sampling.num_steps,
+            config.sampling.guidance_scale) == ("ddpm", 250, 1.5)
+
+
+def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """ADM's center crop of the largest square, then nearest-neighbour resizing."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = image[top:top + s, left:left + s]
+    index = (np.arange(size) * s) // size
+    return square[index][:, index]
+
+
+def test_imagenet256_dit_takes_a_step_on_mock_imagenet_latents(tmp_path):
+    vae = write_folder(tmp_path / "vae", random_state())  # f = 2, scaling_factor 0.5
+    config = config_loading.load(f"{CONFIG}:B/4", {
+        "latent.autoencoder": vae, "model.depth": 1, "model.hidden": 16, "model.num_heads": 1,
+        "model.patch_size": 2, "data.batch_size": 2})
+    with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
+        builder = tfds.builder("imagenet2012", data_dir=str(tmp_path / "data"))
+        source = builder.as_data_source(split="train")
+        records = [source[i] for i in range(2)]
+    images = np.stack([_center_crop(r["image"], 32) for r in records]).astype(np.float32)
+    batch = {"x": images / 127.5 - 1.0,
+             "cond": {"label": np.asarray([r["label"] for r in records], np.int32)}}
+    # 32x32 crops stand in for 256x256 (the pipeline has no crop yet; see the config).
+    info = DataInfo("imagenet2012", "image", (32, 32, 3), 1000, None, None)
+    setup = train.build(config, info)
+    assert setup.data_info.shape == (16, 16, 4)
+    spec = tasks.for_config(config)
+    references = frozen.load_all(spec.references(config))
+    task = spec.build(setup, references)
+    assert task.latents.scale == 0.5 and task.latents.shift == 0.25  # the folder's config.json
+    state = jax.jit(lambda: train.init_state(setup, config.seed))()
+    step = jax.jit(train.make_train_step(setup, task=task))
+    new, metrics = step(state, batch, frozen.frozen_tree(references))
+    assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
+    assert float(metrics["skipped"]) == 0.0
