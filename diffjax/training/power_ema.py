@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
