@@ -1,6 +1,6 @@
 """One-command GPU benchmark: MFU, memory, sampling and DiT, one markdown table.
 
-    python experiments/benchmarks/gpu.py OUT.md [--budget=240] [--cpu-smoke]
+    python experiments/benchmarks/gpu.py OUT.md [--budget=210] [--cpu-smoke]
     sh experiments/benchmarks/gpu.sh OUT.md          # checks for a GPU first
 
 Needs only jax (with CUDA), flax, optax and ml_collections: diffjax's networks, paths and
@@ -247,7 +247,7 @@ def write_table(rows: list[dict], path: str, header: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="markdown file to write the table to")
-    parser.add_argument("--budget", type=float, default=300.0,
+    parser.add_argument("--budget", type=float, default=210.0,
                         help="seconds after which the remaining parts are skipped")
     parser.add_argument("--parts", default="",
                         help="comma-separated part names to run (default: all)")

@@ -6,7 +6,7 @@
 set -u
 OUT="${1:?usage: sh experiments/benchmarks/gpu.sh OUT.md [--budget=SECONDS]}"
 shift
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 cd "$(dirname "$0")/../.." || exit 1
 if ! "$PY" -c 'import jax; jax.devices("gpu")' >/dev/null 2>&1; then
   echo "gpu.sh: no GPU visible to JAX ($PY -c 'import jax; jax.devices(\"gpu\")' failed)." >&2
