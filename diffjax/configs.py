@@ -163,6 +163,16 @@ def default_config() -> ConfigDict:
         "prompt": _optional(str),
         "prompts_file": _optional(str),
         "samples_per_prompt": 8,
+        # --mode=sample, editing and control (diffjax.controlnet.editing): a control map image
+        # of the ControlNet's kind, or an image to extract it from; the residuals' scale;
+        # image-to-image (SDEdit) from init_image at strength in (0, 1]; inpainting of
+        # init_image where the mask image is black (white = keep).
+        "control": _optional(str),
+        "control_from": _optional(str),
+        "control_scale": 1.0,
+        "init_image": _optional(str),
+        "strength": 0.6,
+        "mask": _optional(str),
         # Sampler options (diffjax.sample's table); None = the sampler's default. Setting
         # one the chosen sampler does not take is a config error.
         **{name: _optional(kind) for name, kind in SAMPLER_OPTIONS.items()},
@@ -195,9 +205,11 @@ def reference_config() -> ConfigDict:
     """The default config with the keys of every arch in ``model``: the set of valid keys."""
     config = default_config()
     with config.unlocked():
+        from diffjax.controlnet import settings as controlnet_settings
         from diffjax.distill import settings as distill_settings
 
         config.distill = distill_settings.default_config()
+        config.controlnet = controlnet_settings.default_config()
         for arch in models.ARCHS:
             for key, value in default_model_config(arch).items():
                 if key not in config.model:

@@ -14,6 +14,7 @@ from diffjax.training.step import apply_gradients, describe_nonfinite, make_trai
 from diffjax.training.tasks import TASKS
 
 import diffjax.distill  # noqa: E402,F401  (registers the few-step tasks: progressive, ...)
+import diffjax.controlnet.task  # noqa: E402,F401  (registers the controlnet task)
 
 from diffjax.choices import NONFINITE_MODES
 
