@@ -137,6 +137,29 @@ def test_resume_rereads_the_base_and_refuses_a_changed_one(runs):
         train.train(config, runs["cn_dir"])
 
 
+def test_sample_mode_with_control_and_inpainting_keeps_the_known_pixels(runs, tmp_path):
+    from PIL import Image
+
+    from diffjax.controlnet import cli
+
+    images, _ = data.load_arrays("digits", "test", runs["config"].data.data_dir, limit=1)
+    pixels = np.rint((images[0, ..., 0] + 1) * 127.5).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "digit.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, :4] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    config = runs["config"].copy_and_resolve_references()
+    config.sampling.update(control_from=str(tmp_path / "digit.png"), samples_per_prompt=2,
+                           init_image=str(tmp_path / "digit.png"), mask=str(tmp_path / "mask.png"))
+    cli.run(config, str(tmp_path), runs["cn_dir"], None)
+    out = np.load(next((tmp_path / "samples").glob("edit_*.npz")))
+    known = pixels / 127.5 - 1.0
+    np.testing.assert_array_equal(out["x"][:, :, :4, 0], np.broadcast_to(known[:, :4], (2, 8, 4)))
+    np.testing.assert_array_equal(out["control"], maps.from_images("edges", known[None, ..., None])[0])
+    assert (tmp_path / "samples" / os.path.basename(
+        str(next((tmp_path / "samples").glob("edit_*.png"))))).exists()
+
+
 def test_a_base_of_another_architecture_or_resolution_is_refused(runs):
     config = runs["config"].copy_and_resolve_references()
     config.model.ch = 16

@@ -42,7 +42,8 @@ def test_inpainting_keeps_the_known_pixels_exactly(sampler, inputs):
     init, mask = inputs
     path = paths.get("vp_linear")
     x = editing.edit_samples(_fn, path, SHAPE, jax.random.PRNGKey(0), params={"w": -0.5},
-                             target="eps", sampler=sampler, num_steps=4, init=init, mask=mask)
+                             target="eps", sampler=sampler, num_steps=6, init=init, mask=mask,
+                             **({"steps_per_level": 2} if sampler == "langevin" else {}))
     x = np.asarray(x)
     known = np.broadcast_to(mask, SHAPE) > 0
     np.testing.assert_array_equal(x[known], np.broadcast_to(init, SHAPE)[known])

@@ -33,10 +33,14 @@ def model_and_params(config, source: str, recipe, ema_params):
 
 
 def conditions(recipe, prompts: Optional[Sequence[str]], per: int, control) -> dict:
+    """The condition of ``per`` samples per prompt (a text model without prompts: the empty
+    prompt) with ``control`` [H, W, 1] (or None) for every row."""
     cond = {}
     if prompts is not None:
         encoded = recipe.text.encode(list(prompts))
         cond = {k: np.repeat(np.asarray(v), per, axis=0) for k, v in encoded.items()}
+    elif recipe.text is not None:
+        cond = {k: np.asarray(v) for k, v in recipe.text.example(per).items()}
     if control is not None:
         rows = per * (1 if prompts is None else len(prompts))
         cond["control"] = np.broadcast_to(control, (rows, *control.shape)).copy()
