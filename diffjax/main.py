@@ -146,7 +146,7 @@ def _sample(config, workdir: str, source: str) -> None:
             raise ConfigError(f"config.sampling.samples_per_prompt={per} must be >= 1")
     from diffjax.controlnet import editing
 
-    if editing.requested(config.sampling):  # control, image-to-image, inpainting
+    if editing.requested(config):  # control, image-to-image, inpainting, a ControlNet run
         from diffjax.controlnet import cli
         return cli.run(config, workdir, source, prompts)
     recipe, state, step = train.restore_for_inference(config, source)

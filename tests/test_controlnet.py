@@ -130,11 +130,15 @@ def test_resume_rereads_the_base_and_refuses_a_changed_one(runs):
     finally:
         os.rename(base_dir + "_moved", base_dir)
     # A modified base (its config edited in place): its identity changed, refused.
-    base_config = checkpoint.load_config(base_dir)
-    base_config.sampling.num_steps = 7
-    checkpoint.write_config(base_dir, base_config)
-    with pytest.raises(frozen.ReferenceChangedError, match=base_dir):
-        train.train(config, runs["cn_dir"])
+    original = checkpoint.load_config(base_dir)
+    edited = original.copy_and_resolve_references()
+    edited.sampling.num_steps = 7
+    checkpoint.write_config(base_dir, edited)
+    try:
+        with pytest.raises(frozen.ReferenceChangedError, match=base_dir):
+            train.train(config, runs["cn_dir"])
+    finally:
+        checkpoint.write_config(base_dir, original)
 
 
 def test_sample_mode_with_control_and_inpainting_keeps_the_known_pixels(runs, tmp_path):

@@ -24,9 +24,10 @@ from diffjax.errors import ConfigError
 INPUTS = ("control", "control_from", "init_image", "mask")
 
 
-def requested(sampling) -> bool:
-    """Whether ``config.sampling`` asks for editing or control."""
-    return any(sampling.get(k) for k in INPUTS)
+def requested(config) -> bool:
+    """Whether ``config.sampling`` asks for editing or control, or the run is a ControlNet
+    (whose samples need its base: :func:`diffjax.controlnet.cli.run`)."""
+    return config.get("task") == "controlnet" or any(config.sampling.get(k) for k in INPUTS)
 
 
 def read_image(key: str, path: str, shape: tuple) -> np.ndarray:

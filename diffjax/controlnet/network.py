@@ -1,10 +1,13 @@
-"""The ControlNet network: a trainable copy of the base U-Net's encoder beside the frozen base.
+"""The ControlNet network: a trainable copy of the base's encoder beside the frozen base.
 
 Zhang, Rao & Agrawala 2023, "Adding Conditional Control to Text-to-Image Diffusion Models".
 The copy reads ``x + zero_conv(control)`` (its own copy of the noise embedding, down path and
 middle, initialised from the base's parameters); one zero-initialised 1x1 convolution per skip
 connection (and one for the middle) maps its activations to residuals that the base adds to
-its own before the up path (:class:`diffjax.models.unet.UNet`'s ``skip_residuals``). Every
+its own before the up path (:class:`diffjax.models.unet.UNet`'s ``skip_residuals``). A DiT
+base's copy is its first ``blocks`` transformer blocks, whose tokens are added through zero
+linear layers after the base's same blocks (:class:`diffjax.models.dit.DiT`'s
+``block_residuals``). Every
 zero convolution starts at exactly 0, so at initialisation the model *is* the base, bit for bit.
 
 Parameters: ``params["base"]`` is the frozen base (another run's, supplied by reference and
@@ -22,9 +25,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.dit import DiT
 from diffjax.models.unet import UNet
 
 BASE = "base"
+
+
+def _unet_copy(blocks: int) -> dict:
+    del blocks  # the whole down path and the middle
+    return {"encoder_only": True}
+
+
+# base class -> (kwargs that make the copy return its features, the base's residual argument)
+HOOKS = {UNet: (_unet_copy, "skip_residuals"),
+         DiT: (lambda blocks: {"encoder_blocks": blocks}, "block_residuals")}
 
 
 def _copy_of(module: nn.Module, name: str) -> nn.Module:
@@ -35,20 +49,23 @@ def _copy_of(module: nn.Module, name: str) -> nn.Module:
 
 
 class ControlNet(nn.Module):
-    """Base U-Net + trainable encoder copy + zero convolutions.
+    """Base network + trainable encoder copy + zero convolutions (1x1, i.e. per-pixel or
+    per-token linear maps).
 
     Call: ``apply({"params": {"base": ..., ...}}, x, noise_cond, cond, train=False)``;
     ``cond["control"]`` [B, H, W, control_channels] in [-1, 1] (absent: zeros, the null
     control); every other condition goes to both the base and the copy.
 
     Attributes:
-      base: the base network (a :class:`UNet`).
+      base: the base network (a :class:`UNet` or :class:`DiT`, :data:`HOOKS`).
       control_channels: channels of the control map.
+      blocks: a DiT base: how many of its blocks the copy holds.
       control_scale: multiplies the residuals (Zhang et al.'s control strength); 0 = the base.
     """
     base: Any
     control_channels: int = 1
     control_scale: float = 1.0
+    blocks: int = 0
 
     @nn.compact
     def __call__(self, x, noise_cond, cond: Optional[Mapping] = None, train: bool = False):
@@ -60,14 +77,15 @@ class ControlNet(nn.Module):
             raise ValueError(f"cond['control'] of shape {control.shape} does not match the "
                              f"images {x.shape}: a control map is [B, H, W, C] at their size")
         zeros = nn.initializers.zeros
-        hint = nn.Conv(x.shape[-1], (1, 1), kernel_init=zeros, name="control_in")(
+        copy_kwargs, residual_arg = HOOKS[type(self.base)]
+        hint = nn.Dense(x.shape[-1], kernel_init=zeros, name="control_in")(
             control.astype(x.dtype))
         features = _copy_of(self.base, "encoder")(x + hint, noise_cond, cond, train=train,
-                                                  encoder_only=True)
-        residuals = [self.control_scale * nn.Conv(f.shape[-1], (1, 1), kernel_init=zeros,
-                                                  name=f"zero_{i}")(f)
+                                                  **copy_kwargs(self.blocks))
+        residuals = [self.control_scale * nn.Dense(f.shape[-1], kernel_init=zeros,
+                                                   name=f"zero_{i}")(f)
                      for i, f in enumerate(features)]
-        return self.base(x, noise_cond, cond, train=train, skip_residuals=residuals)
+        return self.base(x, noise_cond, cond, train=train, **{residual_arg: residuals})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,16 +144,22 @@ def initial_params(params: Mapping, base_params: Mapping) -> dict:
     return {**dict(params), "encoder": copied}
 
 
-def wrap(net: Any, control_channels: int) -> Controlled:
-    """A run's network ``net`` (the base's architecture) as a ControlNet.
+def wrap(net: Any, control_channels: int, blocks: int = 0) -> Controlled:
+    """A run's network ``net`` (the base's architecture) as a ControlNet; ``blocks``: how many
+    of a DiT's blocks the copy holds (0: half of them).
 
     Raises:
-      ValueError: ``net`` is not a U-Net (a DiT base, a learned-text-encoder wrapper).
+      ValueError: ``net`` is neither a U-Net nor a DiT (e.g. a learned-text-encoder wrapper).
     """
-    if not isinstance(net, UNet):
-        raise ValueError(f"config.task='controlnet' needs a U-Net base (config.model.arch="
-                         f"'unet' with a frozen text encoder); got {type(net).__name__}")
-    return Controlled(ControlNet(net, int(control_channels)))
+    if type(net) not in HOOKS:
+        raise ValueError(f"config.task='controlnet' needs a U-Net or DiT base (config.model."
+                         f"arch 'unet' or 'dit', with a frozen text encoder); got "
+                         f"{type(net).__name__}")
+    if isinstance(net, DiT) and not blocks:
+        from diffjax.models.dit import dit_dims
+        blocks = dit_dims(net.size, net.depth, net.hidden, net.num_heads,
+                          net.patch_size)["depth"] // 2
+    return Controlled(ControlNet(net, int(control_channels), blocks=int(blocks)))
 
 
 __all__ = ["BASE", "ControlNet", "Controlled", "initial_params", "own", "with_base", "wrap"]

@@ -16,6 +16,8 @@ def default_config() -> ml_collections.ConfigDict:
         # Probability that an example's control is replaced by zeros (the null control), for
         # guidance on the control; the text is dropped independently by loss.label_dropout.
         "control_dropout": 0.1,
+        # A DiT base: how many of its first blocks the trainable copy holds (0 = half).
+        "dit_blocks": 0,
     })
 
 
@@ -30,6 +32,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= float(group.control_dropout) < 1.0:
         raise ValueError(f"config.controlnet.control_dropout={group.control_dropout!r} must be "
                          "in [0, 1)")
+    if int(group.get("dit_blocks", 0)) < 0:
+        raise ValueError(f"config.controlnet.dit_blocks={group.dit_blocks!r} must be >= 0")
     if config.get("task") == "controlnet" and not group.base:
         raise ValueError("config.task='controlnet' needs config.controlnet.base: the workdir "
                          "of a trained text-to-image (U-Net) run")

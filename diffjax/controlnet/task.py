@@ -117,7 +117,7 @@ def _build(setup: Setup, references: Mapping[str, frozen.Reference]) -> ControlN
 
 def _network(net: Any, config: ml_collections.ConfigDict) -> network.Controlled:
     maps.check_kind(str(config.controlnet.kind))
-    return network.wrap(net, 1)
+    return network.wrap(net, 1, int(config.controlnet.get("dit_blocks", 0)))
 
 
 setup_lib.NETWORKS[TASK] = _network
