@@ -157,7 +157,7 @@ def test_sample_mode_with_control_and_inpainting_keeps_the_known_pixels(runs, tm
                            init_image=str(tmp_path / "digit.png"), mask=str(tmp_path / "mask.png"))
     cli.run(config, str(tmp_path), runs["cn_dir"], None)
     out = np.load(next((tmp_path / "samples").glob("edit_*.npz")))
-    known = pixels / 127.5 - 1.0
+    known = pixels.astype(np.float32) / 127.5 - 1.0  # as read_image reads the PNG
     np.testing.assert_array_equal(out["x"][:, :, :4, 0], np.broadcast_to(known[:, :4], (2, 8, 4)))
     np.testing.assert_array_equal(out["control"], maps.from_images("edges", known[None, ..., None])[0])
     assert (tmp_path / "samples" / os.path.basename(
