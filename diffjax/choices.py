@@ -13,7 +13,7 @@ MODES = ("train", "sample", "eval")
 # config.task: what the one train step minimises (diffjax.training.tasks registers each name;
 # tests/test_structure.py checks that the two lists agree)
 TASKS = ("denoise", "consistency_distillation", "consistency_training", "shortcut", "meanflow",
-         "progressive", "reflow", "autoencoder")
+         "progressive", "reflow", "autoencoder", "controlnet")
 # config.training.nonfinite: drop the update of a non-finite step, or stop the run there
 NONFINITE_MODES = ("skip", "stop")
 # config.training.ema: the classic EMA only, or also EDM2's power-function EMAs (post hoc)

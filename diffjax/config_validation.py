@@ -307,6 +307,31 @@ def validate_static(config: ml_collections.ConfigDict) -> None:
     check_keys(config)
     _check_numbers(config)
     _check_names(config)
+    _check_controlnet(config)
+
+
+def _check_controlnet(config: ml_collections.ConfigDict) -> None:
+    """``config.controlnet`` and the editing/control keys of ``config.sampling``."""
+    from diffjax.controlnet import settings
+
+    try:
+        settings.check(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    sampling = config.sampling
+    strength = sampling.get("strength", 0.6)
+    if not 0.0 < float(strength) <= 1.0:
+        raise ConfigError(f"config.sampling.strength={strength!r} must be in (0, 1] (1 = "
+                          "start from pure noise)")
+    if float(sampling.get("control_scale", 1.0)) < 0:
+        raise ConfigError(f"config.sampling.control_scale={sampling.control_scale!r} must be "
+                          ">= 0")
+    if sampling.get("control") and sampling.get("control_from"):
+        raise ConfigError("config.sampling.control and config.sampling.control_from are "
+                          "exclusive: give the control map or the image to extract it from")
+    if sampling.get("mask") and not sampling.get("init_image"):
+        raise ConfigError(f"config.sampling.mask={sampling.mask!r} needs "
+                          "config.sampling.init_image (the image to inpaint)")
 
 
 def validate(config: ml_collections.ConfigDict, *, process_count: int = 1):

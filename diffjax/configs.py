@@ -180,6 +180,16 @@ def default_config() -> ConfigDict:
         "guide_step": _optional(int),
         # (sigma_lo, sigma_hi) in sigma/alpha: guide only there (Kynkaanniemi et al. 2024).
         "guidance_interval": _optional(tuple),
+        # --mode=sample, editing and control (diffjax.controlnet.editing): a control map image
+        # of the ControlNet's kind, or an image to extract it from; the residuals' scale;
+        # image-to-image (SDEdit) from init_image at strength in (0, 1]; inpainting of
+        # init_image where the mask image is black (white = keep).
+        "control": _optional(str),
+        "control_from": _optional(str),
+        "control_scale": 1.0,
+        "init_image": _optional(str),
+        "strength": 0.6,
+        "mask": _optional(str),
         # Sampler options (diffjax.sample's table); None = the sampler's default. Setting
         # one the chosen sampler does not take is a config error.
         **{name: _optional(kind) for name, kind in SAMPLER_OPTIONS.items()},
@@ -192,11 +202,11 @@ def default_config() -> ConfigDict:
         "batch_size": 500,
         "cache_dir": _optional(str),   # None = ~/.cache/diffjax/eval
         "inception_weights": _optional(str),  # local .npz, for fid_inception
-        # nll / bits_per_dim (diffjax.likelihood on the test split): examples, and the
-        # divergence: exact | hutchinson | auto (exact up to 16 dimensions).
         # Text models: the prompts of the evaluation samples: the test captions ("test"),
         # or the same scenes in held-out wording ("reordered", "reworded"; shapes).
         "prompt_set": "test",
+        # nll / bits_per_dim (diffjax.likelihood on the test split): examples, and the
+        # divergence: exact | hutchinson | auto (exact up to 16 dimensions).
         "likelihood_examples": 256,
         "likelihood_divergence": "auto",
     })
@@ -214,10 +224,12 @@ def reference_config() -> ConfigDict:
     """The default config with the keys of every arch in ``model``: the set of valid keys."""
     config = default_config()
     with config.unlocked():
+        from diffjax.controlnet import settings as controlnet_settings
         from diffjax.distill import settings as distill_settings
 
         config.distill = distill_settings.default_config()
         config.autoencoder = latent_spec.autoencoder_config()
+        config.controlnet = controlnet_settings.default_config()
         for arch in models.ARCHS:
             for key, value in default_model_config(arch).items():
                 if key not in config.model:

@@ -146,6 +146,11 @@ def _sample(config, workdir: str, source: str) -> None:
         per = int(config.sampling.samples_per_prompt)
         if per < 1:
             raise ConfigError(f"config.sampling.samples_per_prompt={per} must be >= 1")
+    from diffjax.controlnet import editing
+
+    if editing.requested(config):  # control, image-to-image, inpainting, a ControlNet run
+        from diffjax.controlnet import cli
+        return cli.run(config, workdir, source, prompts)
     recipe, state, step = train.restore_for_inference(config, source)
     if prompts is not None:
         expanded = np.repeat(np.asarray(prompts, dtype=object), per)

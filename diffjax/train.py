@@ -16,6 +16,7 @@ from diffjax.training.tasks import TASKS
 import diffjax.distill  # noqa: E402,F401  (registers the few-step tasks: progressive, ...)
 import diffjax.autoencoder.task  # noqa: E402,F401  (registers the autoencoder task)
 import diffjax.autoencoder.latent  # noqa: E402,F401  (config.latent.autoencoder)
+import diffjax.controlnet.task  # noqa: E402,F401  (registers the controlnet task)
 
 from diffjax.choices import NONFINITE_MODES
 

@@ -74,8 +74,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from diffjax.evaluate import classifier as classifier_lib
-from diffjax.evaluate import distances
-from diffjax.evaluate import frechet
+from diffjax.evaluate import control as control_lib, distances, frechet
 from diffjax.evaluate import inception as inception_lib
 from diffjax.evaluate import shapes_eval as shapes_eval_lib
 
@@ -274,7 +273,6 @@ def _fid_inception(ctx: _Context) -> dict[str, float]:
 
     return {"fid_inception": ctx.on_samples(fid, ctx.samples)}
 
-
 _FEATURE_REFUSAL = ("it embeds samples with an image network; for 2-D points use "
                     "sliced_wasserstein or mmd, which compare the points themselves")
 
@@ -295,6 +293,8 @@ METRICS: dict[str, Metric] = {
                           needs_prompts=True, datasets=shapes_eval_lib.DATASETS),
     "fd_shapes": Metric(("image",), _FEATURE_REFUSAL, shapes_eval_lib.fd_shapes_metric,
                         ("fd_shapes", "fd_shapes_floor"), datasets=shapes_eval_lib.DATASETS),
+    **{n: Metric(("image",), "it finds edges and objects in images", control_lib.metric_fn(n),
+                 control_lib.REPORTS[n]) for n in control_lib.REPORTS},  # control_f1, _iou
 }
 
 

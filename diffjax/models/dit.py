@@ -149,7 +149,12 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_cond: jax.Array,
-                 cond: Mapping[str, jax.Array] | None = None, train: bool = False) -> jax.Array:
+                 cond: Mapping[str, jax.Array] | None = None, train: bool = False,
+                 block_residuals: Sequence[jax.Array] | None = None,
+                 encoder_blocks: int | None = None):
+        """``block_residuals``: a ControlNet's residuals added to the tokens after the first
+        ``len(block_residuals)`` blocks; ``encoder_blocks = N``: return the tokens after
+        each of the first N blocks (a list) instead of the image (a ControlNet's copy)."""
         if x.ndim != 4:
             raise ValueError(f"DiT expects x of shape [B, H, W, C], got {x.shape}")
         if noise_cond.shape != x.shape[:1]:
@@ -177,9 +182,15 @@ class DiT(nn.Module):
                           **kw)(patchify(x.astype(self.dtype), p))
         tokens = tokens + sincos_2d(*grid, d).astype(self.dtype)
         block_cls = maybe_remat(DiTBlock, self.remat)
-        for i in range(dims["depth"]):
+        residuals, features = list(block_residuals or []), []
+        for i in range(encoder_blocks or dims["depth"]):
             tokens = block_cls(dims["num_heads"], self.mlp_ratio, self.attn_implementation,
                                name=f"block_{i}", **kw)(tokens, c, context, mask)
+            if i < len(residuals):
+                tokens = tokens + residuals[i].astype(tokens.dtype)
+            features.append(tokens)
+        if encoder_blocks:
+            return features
 
         shift, scale = AdaLNZero(d, 2, name="final_adaln", **kw)(c)
         tokens = modulate(layer_norm(**kw)(tokens), shift, scale)

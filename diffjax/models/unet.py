@@ -186,9 +186,13 @@ class UNet(nn.Module):
         cross-attention layers and the pooled embedding are skipped; a context whose tokens are
         all masked out gives exactly the same output (see :mod:`diffjax.models.blocks.attention`).
       train: enables dropout (then needs ``rngs={"dropout": key}``).
+      skip_residuals: a ControlNet's residuals (Zhang et al. 2023), added to the down path's
+        activations (one per skip, then one for the middle's output) before the up path.
+      encoder_only: return the down path's activations and the middle's output (a list, the
+        shapes ``skip_residuals`` takes) without building the up path.
 
     Returns:
-      [B, H, W, out_channels or C] float32.
+      [B, H, W, out_channels or C] float32 (the list above with ``encoder_only``).
 
     Attributes:
       ch: base channel count; level i has ``ch * ch_mult[i]`` channels.
@@ -238,7 +242,8 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, noise_cond: jnp.ndarray,
                  cond: Mapping[str, jnp.ndarray] | None = None,
-                 train: bool = False) -> jnp.ndarray:
+                 train: bool = False, skip_residuals: Sequence[jnp.ndarray] | None = None,
+                 encoder_only: bool = False):
         if x.ndim != 4:
             raise ValueError(f"UNet expects x of shape [B, H, W, C], got {x.shape}")
         if noise_cond.shape != x.shape[:1]:
@@ -296,6 +301,12 @@ class UNet(nn.Module):
         h = block(h.shape[-1], "mid_block_0")(h, temb, train)
         h = attend(h, "mid")
         h = block(h.shape[-1], "mid_block_1")(h, temb, train)
+        if encoder_only:  # a ControlNet's trainable copy (diffjax.controlnet): skips + middle
+            return skips + [h]
+        if skip_residuals is not None:  # a ControlNet's residuals, one per skip + the middle
+            *extra, h_extra = skip_residuals
+            skips = [s + r.astype(s.dtype) for s, r in zip(skips, extra, strict=True)]
+            h = h + h_extra.astype(h.dtype)
 
         for i, mult in reversed(list(enumerate(self.ch_mult))):
             for j in range(self.num_res_blocks + 1):

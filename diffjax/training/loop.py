@@ -37,6 +37,11 @@ def default_batches(config: ml_collections.ConfigDict, process_index: int,
     text = conditioning.from_config(config)
     table = None if text is None else text.data_table(
         config.data.dataset, "train", config.data.get("data_dir"))
+    if config.get("task") == "controlnet":  # each record's control map joins its text
+        from diffjax.controlnet import maps
+
+        table = maps.table(config.controlnet.kind, config.data.dataset, "train",
+                           config.data.get("data_dir"), other=table)
     return data_lib.make_iterator(config.data, split="train", seed=config.seed,
                                   process_index=process_index, process_count=process_count,
                                   cond_table=table)

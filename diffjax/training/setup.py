@@ -120,6 +120,7 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
                                        nulls=nulls)
     optimizer, schedule = optim.make_optimizer(config.optim, config.training.num_steps)
     kinds = (("label",) if conditional else ()) + (text.keys if text is not None else ())
+    kinds += tuple(getattr(net, "extra_cond_kinds", ()))  # e.g. a ControlNet's "control"
     return Setup(net, denoiser, objective, optimizer, schedule, data_info, kinds,
                  float(config.training.ema_decay), bool(config.training.ema_warmup), accum,
                  str(config.get("task", "denoise")),
