@@ -68,7 +68,7 @@ def main():
         results["wall_s"]["teacher"] = main_cli(
             f"--config={tconfig}", f"--workdir={teacher}",
             f"--config.training.num_steps={args.teacher_steps}",
-            f"--config.training.eval_every={args.teacher_steps}",
+            "--config.training.eval_every=0",       # evaluated below, like the students
             "--config.training.progress_bar=False")
         save()
     rows = {"teacher (flow, Heun)": {30: evaluate(tconfig, teacher, "heun", 30,
