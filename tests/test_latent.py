@@ -167,6 +167,10 @@ def test_a_latent_config_that_does_not_fit_fails_before_compute(ae_dir, data_dir
     config.data.dataset = "moons"
     with pytest.raises(config_validation.ConfigError, match="config.latent.autoencoder needs images"):
         config_validation.validate(config)
+    config = latent_config(data_dir, ae_dir, 2)
+    config.eval.metrics = "fd_classifier,nll"
+    with pytest.raises(config_validation.ConfigError, match="'nll' would be the likelihood of latents"):
+        config_validation.validate(config)
     config = ae_config(data_dir)
     config.task = "denoise"
     with pytest.raises(config_validation.ConfigError, match="config.task='denoise' with config.model.arch='autoencoder'"):

@@ -285,9 +285,9 @@ def test_default_configs_build_small_networks(make, shape):
 
 
 @pytest.mark.parametrize("arch,shape", [("unet", (8, 8, 1)), ("mlp", (2,)), ("dit", (8, 8, 4)),
-                                        ("mmdit", (8, 8, 4))])
+                                        ("mmdit", (8, 8, 4)), ("autoencoder", (8, 8, 3))])
 def test_every_registered_arch_builds_from_its_default_config_with_the_common_call(arch, shape):
-    assert set(models.ARCHS) == {"unet", "mlp", "dit", "mmdit"}
+    assert set(models.ARCHS) == {"unet", "mlp", "dit", "mmdit", "autoencoder"}
     cfg = models.default_config(arch)
     assert set(cfg) <= set(models.ARCHS[arch].config_keys())
     module = models.from_config(cfg, data_shape=shape, num_classes=0)

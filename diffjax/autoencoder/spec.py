@@ -143,6 +143,14 @@ def check(config: ml_collections.ConfigDict, info: Any) -> None:
         if value is not None and not (key == "shift" or value > 0):
             raise ConfigError(f"config.latent.{key}={value!r} must be > 0")
     data_info(config, info)
+    if latent_dir(config):
+        names = config.eval.metrics
+        names = names.split(",") if isinstance(names, str) else list(names)
+        model_metrics = [n.strip() for n in names if n.strip() in ("nll", "bits_per_dim")]
+        if model_metrics:
+            raise ConfigError(f"config.eval.metrics: {model_metrics[0]!r} would be the "
+                              f"likelihood of latents, not of config.data.dataset's images; "
+                              f"with config.{KEY} set use sample metrics (e.g. fd_shapes)")
     if not is_task:
         return
     group = config.get("autoencoder") or autoencoder_config()

@@ -13,7 +13,8 @@ both with latents encoded inside the step by the frozen encoder (what
 the sampling time per image at ``--nfe`` Euler steps, the decoder included. Weights are
 random: cost does not depend on them.
 
-Rows marked *extrapolated* are not run: their FLOPs are XLA's cost analysis of the lowered
+``--flops_only`` gives every row that way (nothing compiled or run). Rows marked
+*extrapolated* are not run: their FLOPs are XLA's cost analysis of the lowered
 (uncompiled) step at that resolution, and the ratio is read from the same formula,
 ``pixel step / latent step``.
 """
@@ -141,9 +142,10 @@ def measured_rows(backbone: str, res: int, args) -> dict:
                 lat_sample=lat_sample, dec=dec)
 
 
-def extrapolated_row(backbone: str, res: int, batch: int = 1) -> dict:
-    module, params = autoencoder(SD_VAE, res)
-    f = 2 ** (len(SD_VAE["block_out_channels"]) - 1)
+def extrapolated_row(backbone: str, res: int, ae: dict = SD_VAE, batch: int = 1) -> dict:
+    """FLOPs per example of the lowered (not compiled, not run) steps."""
+    module, params = autoencoder(ae, res)
+    f = 2 ** (len(ae["block_out_channels"]) - 1)
     _, pix = build(backbone, (res, res, 3))
     _, lat = build(backbone, (res // f, res // f, 4))
     pix_flops, _ = step_cost(pix, batch, (res, res, 3), compile_=False)
@@ -164,6 +166,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--nfe", type=int, default=30)
+    parser.add_argument("--flops_only", action="store_true",
+                        help="every row from the lowered step's cost analysis; nothing run")
     args = parser.parse_args()
     backbones = args.backbones.split(",")
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax "
@@ -176,6 +180,12 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for res in [int(r) for r in args.res.split(",") if r]:
         for b in backbones:
+            if args.flops_only:
+                r = extrapolated_row(b, res, SHAPES_AE)
+                print(f"| {b} | {res} | {r['f']} | {_g(r['pix'])} | {_g(r['enc'])} | "
+                      f"{_g(r['cached'])} | {r['pix'] / r['enc']:.2f} / "
+                      f"{r['pix'] / r['cached']:.1f} | not run | not run |", flush=True)
+                continue
             r = measured_rows(b, res, args)
             print(f"| {b} | {res} | {r['f']} | {_g(r['pix'])} | {_g(r['enc'])} | "
                   f"{_g(r['cached'])} | {r['pix'] / r['enc']:.2f} / {r['pix'] / r['cached']:.1f} | "
