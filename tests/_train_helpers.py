@@ -27,10 +27,12 @@ import numpy as np
 
 # Eight simulated CPU devices. Their collectives wait for all eight threads; on a loaded
 # 2-core machine (CI with two test workers) one thread can be starved past XLA's default
-# 40 s, which aborts the process: give the rendezvous ten minutes instead.
+# 40 s, which aborts the process: give the rendezvous three minutes instead.
 EIGHT_DEVICES = ("--xla_force_host_platform_device_count=8 "
-                 "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
-                 "--xla_cpu_collective_timeout_seconds=600")
+                 "--xla_cpu_collective_call_terminate_timeout_seconds=180 "
+                 "--xla_cpu_collective_timeout_seconds=180")
+# What XLA prints when it aborts a collective whose participants never all arrived.
+RENDEZVOUS_ABORT = "Termination timeout for"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,7 +100,16 @@ def test_eight_simulated_devices_and_pmap_give_the_one_device_loss_curve(data_di
     with_dropout = helpers.tiny_config(data_dir, **{"model.dropout": 0.2})
     train.train(with_dropout, str(tmp_path / "one_dropout"))
     train.train(helpers.tiny_config(data_dir), str(tmp_path / "one"))
-    _wait(devices)
+    _, err = devices.communicate(timeout=900)
+    if devices.returncode != 0 and helpers.RENDEZVOUS_ABORT in err:
+        # XLA:CPU's simulated devices can deadlock at a collective's rendezvous (7 of 8
+        # threads arrive; seen about once in a dozen helper runs on 2 loaded cores, see
+        # diffjax.training.backends.simulated_devices). That is the runtime, not these
+        # numbers: run the helper once more, from scratch; a second abort fails the test.
+        shutil.rmtree(out, ignore_errors=True)
+        devices = _start_helper("devices", out, data_dir, XLA_FLAGS=helpers.EIGHT_DEVICES)
+        _, err = devices.communicate(timeout=900)
+    assert devices.returncode == 0, err[-3000:]
     one, one_dropout = helpers.losses(str(tmp_path / "one")), helpers.losses(
         str(tmp_path / "one_dropout"))
     assert len(one) == helpers.NUM_STEPS

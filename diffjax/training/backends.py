@@ -94,26 +94,27 @@ def compile_step(make_step: Callable[[Optional[str]], StepFn], *, backend: str, 
     else:
         raise ValueError(f"Unknown parallel.backend {backend!r}; valid choices: "
                          f"{', '.join(parallel.BACKENDS)}")
-    if _simulated_devices():
+    if simulated_devices():
         compiled = dataclasses.replace(compiled, step=_one_at_a_time(compiled.step))
     return compiled
 
 
-def _simulated_devices() -> bool:
-    """Several XLA:CPU devices in one process (``--xla_force_host_platform_device_count``)."""
+def simulated_devices() -> bool:
+    """Several XLA:CPU devices in one process (``--xla_force_host_platform_device_count``).
+
+    Their parts of a multi-device program run as tasks of one shared thread pool, and an
+    8-device run of the test suite intermittently hung in a step's all-reduce (7 of 8 device
+    threads at the rendezvous) right after an asynchronous checkpoint was queued. The
+    trainer then keeps one thing in flight at a time: each step finishes before the next is
+    dispatched (:func:`_one_at_a_time`) and checkpoints are written synchronously (the loop's
+    ``Checkpointer(async_save=False)``). Real accelerators keep asynchronous dispatch and
+    saving.
+    """
     return jax.local_device_count() > 1 and jax.local_devices()[0].platform == "cpu"
 
 
 def _one_at_a_time(step: StepFn) -> StepFn:
-    """``step`` that returns only once its programs have finished.
-
-    Simulated CPU devices run their parts of a program as tasks of one shared thread
-    pool. Dispatched asynchronously, step ``n + 1``'s parts on the devices that finished
-    step ``n`` first can wait at their all-reduce on threads the last device needs to finish
-    step ``n``: an intermittent deadlock (7 of 8 devices at the rendezvous) seen on 2-core
-    machines. Finishing each step before dispatching the next rules the overlap out; real
-    accelerators keep asynchronous dispatch.
-    """
+    """``step`` that returns only once its programs have finished."""
     def run(*args):
         return jax.block_until_ready(step(*args))
 

@@ -143,7 +143,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     references = _references(config)
     abstract, shardings = setup_state(setup, config, mesh)
     iterator = batches_fn(config, jax.process_index(), jax.process_count())
-    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.training.keep_checkpoints)
+    # Simulated CPU devices save synchronously: see backends.simulated_devices.
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.training.keep_checkpoints,
+                                         async_save=not backends.simulated_devices())
     try:
         state, step = checkpointer.restore_latest(abstract, iterator)
         if step is None:
