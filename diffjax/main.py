@@ -161,6 +161,10 @@ def _sample(config, workdir: str, source: str) -> None:
                                        config.sampling.num_samples, config.eval.batch_size)
     if parallel.is_main_process():
         name = f"sample_{step:07d}"
+        if prompts is not None:  # one file per prompt set and scale: earlier grids stay
+            import hashlib
+            key = "\n".join(prompts) + f"|{config.sampling.guidance_scale}|{per}"
+            name += "_" + hashlib.sha256(key.encode()).hexdigest()[:8]
         npz = os.path.join(workdir, "samples", f"{name}.npz")
         if prompts is not None:
             os.makedirs(os.path.dirname(npz), exist_ok=True)

@@ -140,13 +140,15 @@ def test_the_learned_encoder_network_is_the_text_transformer_then_the_network():
     net = network.wrap(base, conditioner, text_cfg)
     cond = conditioner.encode(["a red circle", "two blue squares"])
     x, t = jnp.ones((2, 8, 8, 1)), jnp.array([0.3, 0.7])
-    params = net.init(jax.random.PRNGKey(0), x, t, cond)["params"]
+    # Jitted: flax's eager init/apply of even a tiny U-Net dispatch op by op (~20 s on CI).
+    params = jax.jit(net.init)(jax.random.PRNGKey(0), x, t, cond)["params"]
     params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # zero-init layers wake up
-    out = net.apply({"params": params}, x, t, cond)
+    out = jax.jit(net.apply)({"params": params}, x, t, cond)
     encoder = learned.TextTransformer(len(vocab), 16, 1, 2, 6)
-    states = encoder.apply({"params": params["text_encoder"]}, cond["text"], cond["text_mask"])
-    by_hand = base.apply({"params": params["net"]}, x, t,
-                         {"context": states, "context_mask": cond["text_mask"]})
+    states = jax.jit(encoder.apply)({"params": params["text_encoder"]}, cond["text"],
+                                    cond["text_mask"])
+    by_hand = jax.jit(base.apply)({"params": params["net"]}, x, t,
+                                  {"context": states, "context_mask": cond["text_mask"]})
     np.testing.assert_allclose(np.asarray(out), np.asarray(by_hand), rtol=1e-6, atol=1e-6)
     # The empty prompt is "<eos>" alone: the learned null of guidance.
     np.testing.assert_array_equal(conditioner.nulls().text, [learned.EOS, 0, 0, 0, 0, 0])
