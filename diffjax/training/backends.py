@@ -69,9 +69,8 @@ def _pmap(make_step, mesh: Mesh) -> Compiled:
         return replicate_fn(tree, np.zeros(n))
 
     def get_state(state):
-        # Finish the copy before the next step is dispatched: on XLA:CPU the devices share
-        # one thread pool, and a slice queued on device 0 between two collective steps can
-        # leave the other seven waiting at the all-reduce for a thread that never comes.
+        # Finish the copy before the next step is dispatched (one thing in flight at a
+        # time on simulated CPU devices; see simulated_devices).
         first = jax.block_until_ready(jax.tree_util.tree_map(lambda a: a[0], state))
         if multi:
             return multihost_utils.host_local_array_to_global_array(first, mesh, P())
