@@ -17,20 +17,14 @@ from diffjax.text.learned import TextTransformer
 
 class WithTextEncoder(nn.Module):
     net: Any
-    vocab_size: int
-    width: int = 128
-    depth: int = 2
-    num_heads: int = 4
-    max_length: int = 16
+    text_encoder: TextTransformer
 
     @nn.compact
     def __call__(self, x, noise_cond, cond: Optional[dict] = None, train: bool = False):
         cond = dict(cond or {})
         if "text" in cond:
             ids, mask = cond.pop("text"), cond.pop("text_mask")
-            encoder = TextTransformer(self.vocab_size, self.width, self.depth, self.num_heads,
-                                      self.max_length, name="text_encoder")
-            cond["context"], cond["context_mask"] = encoder(ids, mask), mask
+            cond["context"], cond["context_mask"] = self.text_encoder(ids, mask), mask
         return self.net(x, noise_cond, cond, train=train)
 
 
@@ -39,9 +33,6 @@ def wrap(net: Any, conditioner: Any, text_cfg: Any) -> Any:
     ``net`` itself otherwise (the frozen encoders' states come with the data)."""
     if getattr(conditioner, "name", "") != "learned":
         return net
-    return WithTextEncoder(net, len(conditioner.vocab), int(text_cfg.width),
-                           int(text_cfg.depth), int(text_cfg.num_heads),
-                           int(text_cfg.max_length))
-
-
-__all__ = ["WithTextEncoder", "wrap"]
+    encoder = TextTransformer(len(conditioner.vocab), int(text_cfg.width), int(text_cfg.depth),
+                              int(text_cfg.num_heads), int(text_cfg.max_length))
+    return WithTextEncoder(net, encoder)
