@@ -95,10 +95,11 @@ def _headline(results: dict[str, float]) -> list[str]:
     ``fd_classifier = 3.1 (floor 2.9: real data scores this)``."""
     lines = []
     for key, value in results.items():
-        if key.endswith(("_floor", "_real")):
+        if key.endswith(("_floor", "_real", "_uncontrolled")):
             continue
         line = f"  {key} = {value:.5g}"
-        for suffix, what in (("_floor", "floor"), ("_real", "real data")):
+        for suffix, what in (("_floor", "floor"), ("_real", "real data"),
+                             ("_uncontrolled", "base without control")):
             if key + suffix in results:
                 line += f"   ({what}: {results[key + suffix]:.5g})"
         lines.append(line)
@@ -191,15 +192,21 @@ def _eval(config, workdir: str, source: str) -> None:
     newest checkpoint in ``source``."""
     from diffjax import parallel, reporting, train
 
-    recipe, state, step = train.restore_for_inference(config, source)
-    results = train.evaluate(recipe, state.ema_params, config, workdir, f"eval_{step:07d}")
+    if config.get("task") == "controlnet":  # samples need the base, read by reference
+        from diffjax.controlnet import evaluate as controlnet_eval
+        results = controlnet_eval.score(config, source, num=int(config.eval.num_samples))
+        step, grid = results.pop("step"), []
+    else:
+        recipe, state, step = train.restore_for_inference(config, source)
+        results = train.evaluate(recipe, state.ema_params, config, workdir, f"eval_{step:07d}")
+        grid = [f"  grid:    {os.path.join(workdir, 'samples')}/eval_{step:07d}*.png"]
     writer = reporting.MetricsWriter(workdir, enabled=parallel.is_main_process())
     writer.write(step, {"mode": "eval", **results}, prefix="eval/")
     writer.close()
     if parallel.is_main_process():
         print("\n".join([f"evaluated step {step} of {source}:", *_headline(results),
                          f"  metrics: {os.path.join(workdir, reporting.METRICS_FILE)}",
-                         f"  grid:    {os.path.join(workdir, 'samples')}/eval_{step:07d}*.png"]),
+                         *grid]),
               flush=True)
 
 

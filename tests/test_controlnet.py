@@ -164,6 +164,36 @@ def test_sample_mode_with_control_and_inpainting_keeps_the_known_pixels(runs, tm
         str(next((tmp_path / "samples").glob("edit_*.png"))))).exists()
 
 
+def test_eval_mode_scores_control_against_the_real_ceiling_and_the_base_itself(runs, tmp_path):
+    """``--mode=eval`` of a ControlNet run reads its base: the uncontrolled floor equals
+    samples drawn from the base run on its own (same noise, same text), and real images
+    follow their own edge maps exactly (F1 1)."""
+    import json
+
+    from diffjax import main, sample
+    from diffjax.evaluate import control
+    from diffjax.training import evaluation
+
+    config = runs["config"].copy_and_resolve_references()
+    config.eval.num_samples = 8
+    main._eval(config, str(tmp_path), runs["cn_dir"])
+    with open(tmp_path / "metrics.jsonl") as f:
+        record = [json.loads(line) for line in f][-1]
+    assert record["control_f1_real"] == 1.0
+    assert 0.0 <= record["control_f1"] <= 1.0
+
+    base = frozen.load(cn_task.BASE_KEY, runs["base_dir"])
+    cond, _ = evaluation.eval_conditions(base.setup, 0, 8)
+    den = base.setup.denoiser
+    x_base = sample(den.fn, den.path, (8, 8, 8, 1), jax.random.PRNGKey(config.sampling.seed),
+                    params=base.params, target=den.target, sampler=config.sampling.sampler,
+                    num_steps=config.sampling.num_steps, cond=cond,
+                    guidance_scale=config.sampling.guidance_scale, nulls=base.setup.nulls)
+    controls = maps.records_maps("edges", "digits", "test", config.data.data_dir)[:8]
+    floor = control.evaluate_control("control_f1", np.asarray(x_base), controls)["control_f1"]
+    assert record["control_f1_uncontrolled"] == pytest.approx(floor, abs=1e-6)
+
+
 def test_a_base_of_another_architecture_or_resolution_is_refused(runs):
     config = runs["config"].copy_and_resolve_references()
     config.model.ch = 16
