@@ -2,6 +2,10 @@
 page itself in headless Chromium (Debian's ``chromium``; ``apt-get install -y chromium``).
 
 The page is built once in ``--fast`` mode with a digits classifier trained here (300 steps).
+The prompt panel needs a trained text-to-image run, which CI cannot afford to train: with
+``DIFFJAX_T2I_WORKDIR=runs/shapes_t2i`` (a run of ``configs/shapes_t2i.py``) the same tests
+build and drive the page with it, and its numbers are recomputed too (the experiments check,
+README of experiments/intuition); without it the prompt test is skipped.
 Numbers are recomputed from closed forms, from a second call of ``diffjax.sample`` scored by
 numpy/scipy formulas written here, or from autodiff of the exact log-density; never copied
 from the page's own output.
@@ -31,10 +35,14 @@ def classifier():
     return train_classifier(x, y, num_classes=10, steps=300)
 
 
+T2I_WORKDIR = os.environ.get("DIFFJAX_T2I_WORKDIR") or None
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, classifier):
     out = str(tmp_path_factory.mktemp("page"))
-    result = page.build(out, fast=True, classifier=classifier, verbose=False)
+    result = page.build(out, fast=True, classifier=classifier, verbose=False,
+                        t2i_workdir=T2I_WORKDIR)
     result["dir"] = out
     result["by_id"] = {p["id"]: p for p in result["panels"]}
     return result
@@ -59,7 +67,7 @@ def test_every_slider_position_has_a_frame_and_every_asset_is_a_local_file(built
     assert "http:" not in text and "https:" not in text and "//cdn" not in text
     for src in re.findall(r'(?:src|href)="([^"]*)"', text):
         assert not src.startswith(("/", "file:")) and ".." not in src, src
-    assert set(built["by_id"]) == set(page.PANELS)
+    assert set(built["by_id"]) == set(page.PANELS) | ({"prompt"} if T2I_WORKDIR else set())
     for p in built["panels"]:
         assert len(p["frames"]) == len(p["slider"]["values"]) == len(p["numbers"]) > 1
         for files in p["frames"]:
@@ -219,6 +227,40 @@ def test_opening_failure_confident_classifier_on_noise_far_from_the_digits(built
     _close(_shown_value(p, k, 0, "confidence"), conf.mean())
     _close(_shown_value(p, k, 0, "fd_classifier"), fd_ascent)
     _close(_shown_value(p, k, 1, "fd_classifier"), fd_diffusion)
+
+
+@pytest.mark.skipif(T2I_WORKDIR is None, reason="needs DIFFJAX_T2I_WORKDIR, a trained "
+                    "configs/shapes_t2i.py run (the experiments check)")
+def test_prompt_numbers_are_a_second_sampling_scored_here(built):
+    """Each checked frame sampled again through ``diffjax.sample`` itself (the prompt
+    encoded by the run's text encoder, the run's sampler settings, the same key); adherence
+    from the shapes detector, diversity sqrt(trace Cov) of its features written here."""
+    from diffjax import checkpoint, configs, train
+    from diffjax.evaluate import shapes_eval
+    from experiments.intuition import prompt_panel
+
+    p = built["by_id"]["prompt"]
+    config = checkpoint.load_config(T2I_WORKDIR)
+    setup, state, _ = train.restore_for_inference(config, T2I_WORKDIR)
+    prompt, n = prompt_panel.DEFAULT_PROMPT, 8
+    cond = {k: np.asarray(v) for k, v in setup.text.encode([prompt] * n).items()}
+    cfg = config.sampling
+    for w in (0.0, 3.0, 12.0):
+        i = guidance_panel.SCALES.index(w)
+        assert p["slider"]["values"][i] == f"{w:g}"
+        den = setup.denoiser
+        run = jax.jit(lambda params, key, cond, w=w: diffjax.sample(
+            den.fn, den.path, (n, *setup.data_info.shape), key, params=params,
+            target=den.target, sampler=cfg.sampler, num_steps=cfg.num_steps, cond=cond,
+            guidance_scale=w, nulls=setup.nulls, **configs.sampler_options(cfg)))
+        key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+        x = np.asarray(run(state.ema_params, key, cond))
+        ok = shapes_eval.adherence(x, [prompt] * n)
+        features = np.asarray(shapes_eval.evaluator().features(x), np.float64)
+        centred = features - features.mean(0)
+        diversity = math.sqrt(np.sum(centred ** 2) / (n - 1))
+        _close(_shown_value(p, i, 0, "adherence"), np.mean(ok))
+        _close(_shown_value(p, i, 0, "diversity"), diversity)
 
 
 # ---------------------------------------------------------------- the page in a browser
