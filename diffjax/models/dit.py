@@ -126,7 +126,8 @@ class DiT(nn.Module):
         needed only to initialise without a context.
       embedding, embedding_scale: the noise-level embedding (see :class:`NoiseEmbedding`).
       remat: recompute each block's activations in the backward pass (saves memory).
-      attn_implementation: None, "xla" or "cudnn" (fused GPU kernel).
+      attn_implementation: None (``"blocked"`` on CPU, JAX's choice elsewhere), "xla",
+        "cudnn" (the fused GPU kernel) or "blocked" (:mod:`diffjax.models.blocks.attention`).
       num_classes: 0 = no label; else labels in [0, num_classes], ``num_classes`` the null.
       out_channels: None → C (the paper's 2C "learned sigma" output is ``out_channels=2C``).
     """
