@@ -63,6 +63,22 @@ def test_sdedit_at_strength_one_is_sampling_from_noise_and_near_zero_the_input(i
     np.testing.assert_allclose(np.asarray(near), np.broadcast_to(init, SHAPE), atol=2e-3)
 
 
+def test_one_input_per_row_edits_each_row_from_its_own_image(inputs):
+    """A batch of inputs (experiments/editing.py): row i keeps the known pixels of image i,
+    and SDEdit near strength 0 returns each row's own image."""
+    _, mask = inputs
+    init = np.random.default_rng(1).uniform(-1, 1, SHAPE).astype(np.float32)
+    kw = dict(params={"w": -0.5}, target="eps", sampler="ddim", num_steps=4)
+    x = np.asarray(editing.edit_samples(_fn, paths.get("vp_linear"), SHAPE,
+                                        jax.random.PRNGKey(0), init=init, mask=mask, **kw))
+    known = np.broadcast_to(mask, SHAPE) > 0
+    np.testing.assert_array_equal(x[known], init[known])
+    near = editing.edit_samples(_fn, paths.get("rectified_flow"), SHAPE, jax.random.PRNGKey(3),
+                                init=init, strength=1e-4, params={"w": 0.3}, target="velocity",
+                                sampler="euler", num_steps=4)
+    np.testing.assert_allclose(np.asarray(near), init, atol=2e-3)
+
+
 def _png(path, array):
     Image.fromarray(np.asarray(array, np.uint8)).save(path)
     return str(path)

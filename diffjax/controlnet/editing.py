@@ -106,12 +106,14 @@ def read_inputs(config, data_shape: tuple) -> dict[str, Optional[np.ndarray]]:
 
 
 def edit_options(init: Optional[np.ndarray], mask: Optional[np.ndarray], strength: float,
-                 n: int) -> dict[str, Any]:
-    """``diffjax.sample`` options for ``n`` rows: inpainting (``known``, ``mask``), or SDEdit
-    (``x_init``, ``t_max = strength``; strength 1 is sampling from noise)."""
+                 shape: tuple) -> dict[str, Any]:
+    """``diffjax.sample`` options for samples of ``shape`` ``[n, ...]``: inpainting
+    (``known``, ``mask``), or SDEdit (``x_init``, ``t_max = strength``; strength 1 is
+    sampling from noise). ``init`` is one image (every row edits it) or one per row."""
     if init is None:
         return {}
-    known = jnp.broadcast_to(jnp.asarray(init), (n, *init.shape))
+    init = jnp.asarray(init)
+    known = init if init.shape == tuple(shape) else jnp.broadcast_to(init, tuple(shape))
     if mask is not None:
         return {"known": known, "mask": jnp.asarray(mask)[None]}
     if strength >= 1.0:
@@ -126,7 +128,7 @@ def edit_samples(fn, path, shape: tuple, key, *, params, target: str, sampler: s
     for any sampler that takes the options; ``fn(params, x, t, cond)``."""
     from diffjax import sample
 
-    options.update(edit_options(init, mask, strength, shape[0]))
+    options.update(edit_options(init, mask, strength, shape))
     return sample(fn, path, shape, key, params=params, target=target, sampler=sampler,
                   num_steps=num_steps, cond=cond, **options)
 
