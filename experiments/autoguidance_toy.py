@@ -429,6 +429,8 @@ def _plot_trained(shown, data: GaussianMixture, threshold, path: str) -> None:
                  "highest-density region (grey)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    from PIL import Image   # a 64-colour palette PNG: a third of the size
+    Image.open(path).convert("RGB").quantize(64).save(path, optimize=True)
     print(f"wrote {path}")
 
 
