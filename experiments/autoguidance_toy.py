@@ -24,7 +24,17 @@ i.e. outside the 99% highest-density region), and the sliced Wasserstein-2 dista
 samples of the same classes (next to its floor: exact vs exact). Writes ``results.md``,
 ``results.csv`` and ``autoguidance_toy.png`` (samples at each scale) under ``--out``.
 
+``--models=trained`` replaces the exact denoisers by small MLPs trained on samples of the same
+mixture (EDM2's toy recipe, ``toy_example.py``; :func:`train`), since the off-data samples of
+EDM2's CFG come from the errors of trained networks: a class-conditional main model (EDM
+preconditioning, EDM loss, log-normal noise levels, Adam with inverse-sqrt decay,
+power-function EMA; label dropout so it has an unconditional branch), CFG with that branch
+(``cfg``) or with a separately trained small, short-trained unconditional MLP (``cfg_small``,
+EDM2's toy CFG), and autoguidance with a small, short-trained class-conditional MLP (``auto``).
+Same metrics and support; writes ``autoguidance_toy_trained.png``.
+
     python experiments/autoguidance_toy.py [--out runs/experiments/autoguidance_toy] [--quick]
+    python experiments/autoguidance_toy.py --models=trained [--out ...] [--quick]
 """
 from __future__ import annotations
 
@@ -147,7 +157,12 @@ def main() -> None:
     parser.add_argument("--broaden", type=float, default=2.0,
                         help="the guide's component std / the data's")
     parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--models", choices=("exact", "trained"), default="exact",
+                        help="exact mixtures (default) or MLPs trained on the mixture's samples")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (--models=trained)")
     args = parser.parse_args()
+    if args.models == "trained":
+        return main_trained(args)
     n, steps = (2000, 32) if args.quick else (10000, args.steps)
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
@@ -204,6 +219,218 @@ def _plot(shown, data: GaussianMixture, path: str) -> None:
                    title=f"{kind} w={w:g}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+# -- trained models (--models=trained) ------------------------------------------------------
+# EDM2's toy recipe (Karras et al. 2024, NVlabs/edm2 toy_example.py): an MLP denoiser with EDM
+# preconditioning, noise levels log-normal(P_mean=-2.3, P_std=1.5), batch 4096, Adam
+# (betas 0.9, 0.99) at lr 1e-2 / sqrt(max(step / 512, 1)), a power-function EMA of std 0.010;
+# main model 64 wide for 4096 steps, guides 32 wide stopped at step 512. Differences: EDM2
+# trains on the exact noised score of its mixture and with magnitude-preserving layers and an
+# energy (log-density) output; here the EDM denoising loss on fresh samples of the mixture and
+# diffjax's residual MLP (``diffjax.models.MLP``, Fourier noise embedding, learned labels).
+
+TRAINED_KINDS = {"cfg": "CFG, the main model's own unconditional branch (label dropout)",
+                 "cfg_small": "CFG, a small short-trained unconditional MLP (EDM2's toy CFG)",
+                 "auto": "autoguidance, a small short-trained class-conditional MLP"}
+SHOWN_SCALES = (1.0, 2.0, 4.0, 10.0)
+
+
+def models(quick: bool) -> dict:
+    """The trained networks: name -> (hidden, residual blocks, steps, batch, label dropout,
+    classes). ``guide`` and ``uncond`` share size and training length (EDM2's toy guides)."""
+    steps, batch = (1024, 1024) if quick else (4096, 4096)
+    short = steps // 8
+    return {"main": (64, 4, steps, batch, 0.1, CLASSES),
+            "guide": (32, 4, short, batch, 0.0, CLASSES),
+            "uncond": (32, 4, short, batch, 0.0, 0)}
+
+
+def _data_sampler(data: GaussianMixture):
+    """``(key, n) -> (x [n, 2], labels [n])``, jittable exact draws from the class mixture."""
+    logits = np.full((CLASSES, data.num_components), -np.inf)
+    for c in range(CLASSES):
+        w = data._class_weights(c)
+        logits[c, w > 0] = np.log(w[w > 0])
+    logits = jnp.asarray(logits, jnp.float32)
+    roots = jnp.asarray(np.einsum("kij,kj,klj->kil", data._evecs, np.sqrt(data._evals),
+                                  data._evecs), jnp.float32)
+    means = jnp.asarray(data.means, jnp.float32)
+
+    def draw(key, n):
+        k_label, k_comp, k_eps = jax.random.split(key, 3)
+        labels = jax.random.randint(k_label, (n,), 0, CLASSES)
+        comp = jax.random.categorical(k_comp, logits[labels])
+        eps = jax.random.normal(k_eps, (n, 2))
+        return means[comp] + jnp.einsum("nij,nj->ni", roots[comp], eps), labels
+    return draw
+
+
+def denoiser(hidden: int, depth: int, classes: int):
+    from diffjax.denoiser import Denoiser
+    from diffjax.models.mlp import MLP
+    net = MLP(hidden=hidden, depth=depth, embedding="fourier", num_classes=classes)
+    return Denoiser(net, paths.get("edm"), "x0", preconditioning="edm", sigma_data=0.5)
+
+
+def train(spec: tuple, data: GaussianMixture, key) -> tuple:
+    """Trains one network of :func:`models`; returns ``(Denoiser, EMA params, final loss)``."""
+    import optax
+
+    from diffjax import phema
+    from diffjax.objectives import Objective
+
+    hidden, depth, steps, batch, dropout, classes = spec
+    den = denoiser(hidden, depth, classes)
+    objective = Objective(den.path, "x0", weighting="edm", time_sampling="lognormal",
+                          p_mean=-2.3, p_std=1.5, label_dropout=dropout, num_classes=classes)
+    draw = _data_sampler(data)
+    k_init, k_train = jax.random.split(key)
+    cond = {"label": jnp.zeros((1,), jnp.int32)} if classes else {}
+    params = den.net.init(k_init, jnp.zeros((1, 2)), jnp.zeros((1,)), cond)["params"]
+    schedule = lambda i: 1e-2 / jnp.sqrt(jnp.maximum(i / 512, 1.0))  # noqa: E731
+    opt = optax.adam(schedule, b1=0.9, b2=0.99)
+    gamma = phema.sigma_rel_to_gamma(0.010)
+
+    def step(carry, i):
+        params, opt_state, ema = carry
+        k_data, k_loss = jax.random.split(jax.random.fold_in(k_train, i))
+        x0, labels = draw(k_data, batch)
+        cond = {"label": labels} if classes else {}
+        loss, grads = jax.value_and_grad(lambda p: objective(
+            lambda x, t, c: den.fn(p, x, t, c), x0, k_loss, cond)[0])(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        beta = phema.beta(i + 1.0, gamma)
+        ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, ema, params)
+        return (params, opt_state, ema), loss
+
+    run = jax.jit(lambda carry: jax.lax.scan(step, carry, jnp.arange(steps)))
+    (_, _, ema), losses = run((params, opt.init(params), params))
+    return den, ema, float(jnp.mean(losses[-max(steps // 16, 1):]))
+
+
+def draw_trained(kind: str, w: float, n: int, steps: int, nets: dict, seed: int = 0):
+    """``n`` samples (alternating classes) of the trained main model guided by ``kind``
+    (:data:`TRAINED_KINDS`) at scale ``w``; the same initial noise for every kind and scale."""
+    main_den, main_params = nets["main"]
+    labels = jnp.arange(n) % CLASSES
+    options = dict(target="x0", sampler="heun", num_steps=steps, grid="karras",
+                   params=main_params, cond={"label": labels}, guidance_scale=w)
+    if kind == "cfg":
+        options["num_classes"] = CLASSES          # the null label: the model's own branch
+    elif kind == "cfg_small":
+        unc_den, unc_params = nets["uncond"]
+        options.update(guide_fn=lambda p, x, t, c: unc_den.fn(p, x, t, None),
+                       guide_params=unc_params, guide_target="x0")
+    else:
+        guide_den, guide_params = nets["guide"]
+        options.update(guide_fn=guide_den.fn, guide_params=guide_params, guide_target="x0")
+    x = diffjax.sample(main_den.fn, paths.get("edm"), (n, 2), jax.random.PRNGKey(seed),
+                       **options)
+    return np.asarray(x), np.asarray(labels)
+
+
+def main_trained(args) -> None:
+    n, steps = (2000, 32) if args.quick else (10000, args.steps)
+    os.makedirs(args.out, exist_ok=True)
+    start = time.time()
+    data = mixture()
+    reference, ref_labels = exact(n, seed=1)
+    truth, truth_labels = exact(n, seed=2)
+    floor = distance(truth, truth_labels, reference, ref_labels)
+    threshold = support_threshold(data, n)
+    exact_outside = float(outside(truth, truth_labels, data, threshold).mean())
+    nets, trained = {}, []
+    for i, (name, spec) in enumerate(models(args.quick).items()):
+        t0 = time.time()
+        den, params, loss = train(spec, data, jax.random.PRNGKey(1000 * args.seed + i))
+        nets[name] = (den, params)
+        trained.append(f"{name}: {spec[0]} wide, {spec[1]} residual blocks, {spec[2]} steps of "
+                       f"batch {spec[3]}, label dropout {spec[4]:g}, "
+                       f"{'class-conditional' if spec[5] else 'unconditional'}; "
+                       f"final loss {loss:.4f}; {time.time() - t0:.0f} s")
+        print(trained[-1], flush=True)
+    # the guides alone (w = 0) and the main model alone (w = 1), for reference
+    alone = {}
+    for label, kind, w in (("main model", "auto", 1.0), ("guide (auto, w=0)", "auto", 0.0),
+                           ("main's unconditional branch (cfg, w=0)", "cfg", 0.0),
+                           ("small unconditional (cfg_small, w=0)", "cfg_small", 0.0)):
+        x, labels = draw_trained(kind, w, n, steps, nets)
+        alone[label] = (float(outside(x, labels, data, threshold).mean()),
+                        distance(x, labels, reference, ref_labels))
+    rows, shown = [], {}
+    for w in SCALES:
+        for kind in TRAINED_KINDS:
+            x, labels = draw_trained(kind, w, n, steps, nets)
+            rows.append({"guidance": kind, "w": w,
+                         "outside": float(outside(x, labels, data, threshold).mean()),
+                         "sliced_w2": distance(x, labels, reference, ref_labels)})
+            shown[kind, w] = (x, labels)
+            print(f"{kind:9s} w={w:<4g} outside={rows[-1]['outside']:.3f} "
+                  f"sliced_w2={rows[-1]['sliced_w2']:.4f}", flush=True)
+    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    kinds = list(TRAINED_KINDS)
+    lines = [f"exact samples: outside {exact_outside:.3f}, sliced W2 floor {floor:.4f} "
+             f"({n} samples, {steps} Heun NFE, trained models, seed {args.seed})", ""]
+    lines += [f"- {t}" for t in trained] + [""]
+    lines += [f"- {k}: outside {o:.3f}, sliced W2 {d:.4f}" for k, (o, d) in alone.items()]
+    lines += ["", "| w | " + " | ".join(f"outside: {k}" for k in kinds) + " | "
+              + " | ".join(f"sliced W2: {k}" for k in kinds) + " |",
+              "|---" * (1 + 2 * len(kinds)) + "|"]
+    for w in SCALES:
+        got = {r["guidance"]: r for r in rows if r["w"] == w}
+        lines.append(f"| {w:g} | " + " | ".join(f"{got[k]['outside']:.3f}" for k in kinds)
+                     + " | " + " | ".join(f"{got[k]['sliced_w2']:.4f}" for k in kinds) + " |")
+    for kind in ("cfg", "cfg_small"):
+        met = [w for w in SCALES
+               if any(r["guidance"] == kind and r["w"] == w and r["outside"] >= 0.2 for r in rows)
+               and any(r["guidance"] == "auto" and r["w"] == w and r["outside"] <= 0.05
+                       for r in rows)]
+        lines.append(f"\nbar (outside: {kind} >= 0.20 and auto <= 0.05 at the same w): "
+                     + (f"met at w = {', '.join(f'{w:g}' for w in met)}" if met else "not met"))
+    lines.append(f"\n{time.time() - start:.0f} s")
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot_trained(shown, data, threshold, os.path.join(args.out, "autoguidance_toy_trained.png"))
+
+
+def _plot_trained(shown, data: GaussianMixture, threshold, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(-1.1, 1.1, 220)
+    xy = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
+    support = [(log_density(xy, np.full(len(xy), c), data) >= threshold[c]).reshape(220, 220)
+               for c in range(CLASSES)]
+    kinds = list(TRAINED_KINDS)
+    fig, axes = plt.subplots(len(kinds), len(SHOWN_SCALES),
+                             figsize=(2.7 * len(SHOWN_SCALES), 2.8 * len(kinds)))
+    colors = ("tab:blue", "tab:orange")
+    for row, kind in enumerate(kinds):
+        for col, w in enumerate(SHOWN_SCALES):
+            ax = axes[row, col]
+            for c in range(CLASSES):   # each class's 99% highest-density region, shaded
+                ax.contourf(grid, grid, support[c].astype(float), levels=[0.5, 1.5],
+                            colors=["0.82"])
+            x, labels = shown[kind, w]
+            out = outside(x, labels, data, threshold)
+            for c in range(CLASSES):
+                ax.scatter(*x[labels == c][:1500].T, s=1, color=colors[c], alpha=0.5)
+            ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), xticks=[], yticks=[], aspect="equal")
+            ax.set_title(f"{kind} w={w:g}: {out.mean():.0%} out", fontsize=9)
+    fig.suptitle("trained MLPs: samples (blue/orange classes) over each class's 99% "
+                 "highest-density region (grey)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    from PIL import Image   # a 64-colour palette PNG: a third of the size
+    Image.open(path).convert("RGB").quantize(64).save(path, optimize=True)
     print(f"wrote {path}")
 
 
