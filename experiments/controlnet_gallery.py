@@ -7,7 +7,7 @@ objects move to where the map puts them; the prompt still decides colours and ki
 
     python experiments/controlnet_gallery.py --edges=runs/shapes_cn \\
         --segmentation=runs/shapes_cn_seg --prompt="a red circle above a blue square" \\
-        [--record=0] [--out=experiments/figures/controlnet_gallery.png]
+        [--record=0] [--num_steps=32] [--out=experiments/figures/controlnet_gallery.png]
 """
 from __future__ import annotations
 
@@ -27,10 +27,14 @@ FIGURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures",
                       "controlnet_gallery.png")
 
 
-def column(workdir: str, prompt: str, control, n: int, seed: int, scale: float = 1.0):
-    """``n`` samples of the ControlNet run in ``workdir`` for ``prompt`` and ``control``."""
+def column(workdir: str, prompt: str, control, n: int, seed: int, scale: float = 1.0,
+           num_steps: int | None = None):
+    """``n`` samples of the ControlNet run in ``workdir`` for ``prompt`` and ``control``
+    (``num_steps``: the sampler's steps, None = the run's own)."""
     config = checkpoint.load_config(workdir)
     config.sampling.control_scale = scale
+    if num_steps is not None:
+        config.sampling.num_steps = num_steps
     recipe, state, _ = train.restore_for_inference(config, workdir)
     den, params = cli.model_and_params(config, workdir, recipe, state.ema_params)
     cond = cli.conditions(recipe, [prompt], n, control)
@@ -49,6 +53,8 @@ def main(argv=None) -> None:
     parser.add_argument("--record", type=int, default=0)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_steps", type=int, default=None,
+                        help="sampler steps (default: each run's own)")
     parser.add_argument("--out", default=FIGURE)
     args = parser.parse_args(argv)
     import matplotlib
@@ -56,13 +62,15 @@ def main(argv=None) -> None:
     import matplotlib.pyplot as plt
 
     columns = []
-    none, config = column(args.edges, args.prompt, None, args.samples, args.seed, scale=0.0)
+    none, config = column(args.edges, args.prompt, None, args.samples, args.seed, scale=0.0,
+                          num_steps=args.num_steps)
     columns.append(("no control (base)", None, none))
     for kind, workdir in (("edges", args.edges), ("segmentation", args.segmentation)):
         cfg = checkpoint.load_config(workdir)
         control = maps.records_maps(kind, cfg.data.dataset, "test",
                                     cfg.data.get("data_dir"))[args.record]
-        x, _ = column(workdir, args.prompt, control, args.samples, args.seed)
+        x, _ = column(workdir, args.prompt, control, args.samples, args.seed,
+                      num_steps=args.num_steps)
         columns.append((kind, control, x))
     fig, axes = plt.subplots(args.samples + 1, 3, figsize=(6, 2 * (args.samples + 1)))
     for c, (title, control, x) in enumerate(columns):
