@@ -35,6 +35,7 @@ Same metrics and support; writes ``autoguidance_toy_trained.png``.
 
     python experiments/autoguidance_toy.py [--out runs/experiments/autoguidance_toy] [--quick]
     python experiments/autoguidance_toy.py --models=trained [--out ...] [--quick]
+        [--main_steps=4096] [--main_width=64] [--main_blocks=4] [--main_fit=samples|exact]
 """
 from __future__ import annotations
 
@@ -160,6 +161,14 @@ def main() -> None:
     parser.add_argument("--models", choices=("exact", "trained"), default="exact",
                         help="exact mixtures (default) or MLPs trained on the mixture's samples")
     parser.add_argument("--seed", type=int, default=0, help="training seed (--models=trained)")
+    parser.add_argument("--main_steps", type=int, default=4096,
+                        help="--models=trained: the main model's training steps")
+    parser.add_argument("--main_width", type=int, default=64,
+                        help="--models=trained: the main model's hidden width")
+    parser.add_argument("--main_blocks", type=int, default=4,
+                        help="--models=trained: the main model's residual blocks")
+    parser.add_argument("--main_fit", choices=("samples", "exact"), default="samples",
+                        help="--models=trained: the main model's regression target (train())")
     args = parser.parse_args()
     if args.models == "trained":
         return main_trained(args)
@@ -226,9 +235,11 @@ def _plot(shown, data: GaussianMixture, path: str) -> None:
 # EDM2's toy recipe (Karras et al. 2024, NVlabs/edm2 toy_example.py): an MLP denoiser with EDM
 # preconditioning, noise levels log-normal(P_mean=-2.3, P_std=1.5), batch 4096, Adam
 # (betas 0.9, 0.99) at lr 1e-2 / sqrt(max(step / 512, 1)), a power-function EMA of std 0.010;
-# main model 64 wide for 4096 steps, guides 32 wide stopped at step 512. Differences: EDM2
-# trains on the exact noised score of its mixture and with magnitude-preserving layers and an
-# energy (log-density) output; here the EDM denoising loss on fresh samples of the mixture and
+# main model 64 wide for 4096 steps, guides 32 wide stopped at step 512. EDM2 regresses on the
+# exact noised score of its mixture; ``--main_fit=exact`` does the same for the main model
+# (the EDM loss against the exact denoiser at the noisy input, :func:`train`), the guides are
+# always fit to samples (the EDM denoising loss on fresh samples of the mixture). Other
+# differences: EDM2 has magnitude-preserving layers and an energy (log-density) output, here
 # diffjax's residual MLP (``diffjax.models.MLP``, Fourier noise embedding, learned labels).
 
 TRAINED_KINDS = {"cfg": "CFG, the main model's own unconditional branch (label dropout)",
@@ -237,12 +248,16 @@ TRAINED_KINDS = {"cfg": "CFG, the main model's own unconditional branch (label d
 SHOWN_SCALES = (1.0, 2.0, 4.0, 10.0)
 
 
-def models(quick: bool) -> dict:
+def models(quick: bool, main_steps: int = 4096, main_width: int = 64,
+           main_blocks: int = 4) -> dict:
     """The trained networks: name -> (hidden, residual blocks, steps, batch, label dropout,
-    classes). ``guide`` and ``uncond`` share size and training length (EDM2's toy guides)."""
-    steps, batch = (1024, 1024) if quick else (4096, 4096)
-    short = steps // 8
-    return {"main": (64, 4, steps, batch, 0.1, CLASSES),
+    classes). ``guide`` and ``uncond`` share size and training length (EDM2's toy guides: 32
+    wide, 512 steps); ``main_*`` size and train the main model (EDM2: 64 wide, 4 blocks, 4096
+    steps). ``quick`` divides every length by 4 (and the batch by 4)."""
+    steps, batch, short = (main_steps, 4096, 512)
+    if quick:
+        steps, batch, short = steps // 4, batch // 4, short // 4
+    return {"main": (main_width, main_blocks, steps, batch, 0.1, CLASSES),
             "guide": (32, 4, short, batch, 0.0, CLASSES),
             "uncond": (32, 4, short, batch, 0.0, 0)}
 
@@ -274,8 +289,13 @@ def denoiser(hidden: int, depth: int, classes: int):
     return Denoiser(net, paths.get("edm"), "x0", preconditioning="edm", sigma_data=0.5)
 
 
-def train(spec: tuple, data: GaussianMixture, key) -> tuple:
-    """Trains one network of :func:`models`; returns ``(Denoiser, EMA params, final loss)``."""
+def train(spec: tuple, data: GaussianMixture, key, fit: str = "samples") -> tuple:
+    """Trains one network of :func:`models`; returns ``(Denoiser, EMA params, final loss)``.
+
+    ``fit="samples"``: the EDM denoising loss against the clean sample ``x0`` the noisy input
+    came from; ``fit="exact"``: against the mixture's exact denoiser ``E[x0 | x_t, label]`` at
+    that input (EDM2's toy fits the exact noised score the same way): the same minimiser, the
+    same inputs and weights, without the target's sampling noise."""
     import optax
 
     from diffjax import phema
@@ -285,6 +305,8 @@ def train(spec: tuple, data: GaussianMixture, key) -> tuple:
     den = denoiser(hidden, depth, classes)
     objective = Objective(den.path, "x0", weighting="edm", time_sampling="lognormal",
                           p_mean=-2.3, p_std=1.5, label_dropout=dropout, num_classes=classes)
+    if fit not in ("samples", "exact"):
+        raise ValueError(f"fit must be 'samples' or 'exact', got {fit!r}")
     draw = _data_sampler(data)
     k_init, k_train = jax.random.split(key)
     cond = {"label": jnp.zeros((1,), jnp.int32)} if classes else {}
@@ -298,8 +320,17 @@ def train(spec: tuple, data: GaussianMixture, key) -> tuple:
         k_data, k_loss = jax.random.split(jax.random.fold_in(k_train, i))
         x0, labels = draw(k_data, batch)
         cond = {"label": labels} if classes else {}
-        loss, grads = jax.value_and_grad(lambda p: objective(
-            lambda x, t, c: den.fn(p, x, t, c), x0, k_loss, cond)[0])(params)
+        if fit == "exact":
+            t, eps, masks = objective.draw(k_loss, x0, cond)
+            cond = objective.null_values.apply_masks(cond, masks)
+            x_t = den.path.marginal(x0, eps, t)
+            target = data.x0_hat(den.path, x_t, t, cond.get("label"))
+            loss_fn = lambda p: jnp.mean(objective.loss_weight(t) * jnp.mean(  # noqa: E731
+                (den.fn(p, x_t, t, cond) - target) ** 2, axis=-1))
+        else:
+            loss_fn = lambda p: objective(  # noqa: E731
+                lambda x, t, c: den.fn(p, x, t, c), x0, k_loss, cond)[0]
+        loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         beta = phema.beta(i + 1.0, gamma)
@@ -343,13 +374,16 @@ def main_trained(args) -> None:
     threshold = support_threshold(data, n)
     exact_outside = float(outside(truth, truth_labels, data, threshold).mean())
     nets, trained = {}, []
-    for i, (name, spec) in enumerate(models(args.quick).items()):
+    specs = models(args.quick, args.main_steps, args.main_width, args.main_blocks)
+    for i, (name, spec) in enumerate(specs.items()):
         t0 = time.time()
-        den, params, loss = train(spec, data, jax.random.PRNGKey(1000 * args.seed + i))
+        fit = args.main_fit if name == "main" else "samples"
+        den, params, loss = train(spec, data, jax.random.PRNGKey(1000 * args.seed + i), fit)
         nets[name] = (den, params)
         trained.append(f"{name}: {spec[0]} wide, {spec[1]} residual blocks, {spec[2]} steps of "
                        f"batch {spec[3]}, label dropout {spec[4]:g}, "
-                       f"{'class-conditional' if spec[5] else 'unconditional'}; "
+                       f"{'class-conditional' if spec[5] else 'unconditional'}, "
+                       f"fit to {'the exact denoiser' if fit == 'exact' else 'samples'}; "
                        f"final loss {loss:.4f}; {time.time() - t0:.0f} s")
         print(trained[-1], flush=True)
     # the guides alone (w = 0) and the main model alone (w = 1), for reference
