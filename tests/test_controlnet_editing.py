@@ -6,10 +6,8 @@ hand-computed F1 / IoU values, and hand-made PNGs for the refusals.
 """
 from __future__ import annotations
 
-import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
