@@ -51,7 +51,8 @@ def get_config(variant: str = "cpu"):
     config.controlnet.control_dropout = 0.1
     config.loss.label_dropout = 0.5
     # 1e-4 left control_f1 at the base's level after 500 CPU steps (0.292 vs 0.291); 1e-3
-    # (half the base's own rate) follows the edges by step 1000 (experiments/README.md).
+    # (half the base's own rate) follows the edges within 300 steps (experiments/README.md,
+    # controlnet_convergence).
     config.optim.lr = 1e-3 if size == "cpu" else 1e-4
     config.optim.warmup_steps = 0
     config.optim.schedule = "constant"
@@ -61,6 +62,6 @@ def get_config(variant: str = "cpu"):
     config.training.checkpoint_every = 250 if size == "cpu" else 1000
     config.eval.metrics = "control_f1,shapes_eval"
     # Edges are read off the samples: 8 Heun steps leave a residual noise texture that the
-    # edge extractor reads as 6x too many edge pixels (precision 0.34, recall 1.0); 32 do not.
+    # edge extractor reads as spurious edges (control_f1 0.49-0.51 against 0.98 with 32).
     config.sampling.num_steps = 32
     return config
