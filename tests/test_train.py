@@ -101,11 +101,13 @@ def test_eight_simulated_devices_and_pmap_give_the_one_device_loss_curve(data_di
     train.train(with_dropout, str(tmp_path / "one_dropout"))
     train.train(helpers.tiny_config(data_dir), str(tmp_path / "one"))
     _, err = devices.communicate(timeout=900)
-    if devices.returncode != 0 and helpers.RENDEZVOUS_ABORT in err:
+    for _ in range(2):
+        if devices.returncode == 0 or helpers.RENDEZVOUS_ABORT not in err:
+            break
         # XLA:CPU's simulated devices can deadlock at a collective's rendezvous (7 of 8
-        # threads arrive; seen about once in a dozen helper runs on 2 loaded cores, see
-        # diffjax.training.backends.simulated_devices). That is the runtime, not these
-        # numbers: run the helper once more, from scratch; a second abort fails the test.
+        # threads arrive, see diffjax.training.backends.simulated_devices). That is the
+        # runtime, not these numbers: run the helper again, from scratch, at most twice;
+        # any other failure, or a third abort, fails the test.
         shutil.rmtree(out, ignore_errors=True)
         devices = _start_helper("devices", out, data_dir, XLA_FLAGS=helpers.EIGHT_DEVICES)
         _, err = devices.communicate(timeout=900)
