@@ -3,7 +3,7 @@
 As a script (from the repository root)::
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-        python tests/_train_helpers.py devices OUT DATA_DIR
+        python tests/_train_helpers.py devices OUT DATA_DIR [RUN]           # one of DEVICE_RUNS
     python tests/_train_helpers.py host PORT PROCESS_ID OUT DATA_DIR     # one per process
     python tests/_train_helpers.py paper OUT
 
@@ -135,27 +135,36 @@ class GlobalStream:
         pass
 
 
-def _devices(out: str, data_dir: str) -> None:
+# The 8-device runs of ``devices``: jit runs with dropout, whose masks too are drawn for
+# the global batch; pmap draws masks per device, so it is compared with and without
+# dropout; two micro-batches per update, split over the devices, give the one-batch numbers.
+DEVICE_RUNS = {
+    "jit": {"model.dropout": 0.2},
+    "fsdp": {"model.dropout": 0.2, "parallel.param_sharding": "fsdp"},
+    "pmap": {"parallel.backend": "pmap"},
+    "pmap_dropout": {"model.dropout": 0.2, "parallel.backend": "pmap"},
+    "jit_accum": {"optim.grad_accum_steps": 2},
+    "pmap_accum": {"optim.grad_accum_steps": 2, "parallel.backend": "pmap"},
+}
+
+
+def _devices(out: str, data_dir: str, name: str | None = None) -> None:
+    """Every run of :data:`DEVICE_RUNS` (or only ``name``) under ``out``, and the FSDP
+    layout of the largest kernel."""
     import jax
 
     from diffjax import train
 
     assert jax.device_count() == 8, jax.devices()
-    # jit runs with dropout: their masks too are drawn for the global batch. pmap draws
-    # masks per device, so it is compared with and without dropout.
-    dropout = {"model.dropout": 0.2}
-    runs = {"jit": dropout, "fsdp": {**dropout, "parallel.param_sharding": "fsdp"},
-            "pmap": {"parallel.backend": "pmap"},
-            "pmap_dropout": {**dropout, "parallel.backend": "pmap"},
-            # Two micro-batches per update, split over the devices: the one-batch numbers.
-            "jit_accum": {"optim.grad_accum_steps": 2},
-            "pmap_accum": {"optim.grad_accum_steps": 2, "parallel.backend": "pmap"}}
-    for name, changes in runs.items():
-        train.train(tiny_config(data_dir, **changes), os.path.join(out, name))
+    runs = DEVICE_RUNS if name is None else {name: DEVICE_RUNS[name]}
+    for run, changes in runs.items():
+        train.train(tiny_config(data_dir, **changes), os.path.join(out, run))
+    if "fsdp" not in runs:
+        return
     # The FSDP run really splits parameters: record the layout of its largest kernel.
     from diffjax import parallel
     setup = train.build(tiny_config(data_dir))
-    _, shardings = train.setup_state(setup, tiny_config(data_dir, **runs["fsdp"]),
+    _, shardings = train.setup_state(setup, tiny_config(data_dir, **DEVICE_RUNS["fsdp"]),
                                      parallel.make_mesh())
     specs = {jax.tree_util.keystr(p): str(s.spec)
              for p, s in jax.tree_util.tree_flatten_with_path(shardings.params)[0]}
