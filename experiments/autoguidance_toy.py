@@ -151,6 +151,27 @@ def distance(x, labels, reference, ref_labels) -> float:
                           for c in range(CLASSES)]))
 
 
+def sweep(draw_at, kinds, data, threshold, reference, ref_labels, out_dir: str):
+    """Every guidance ``kind`` at every scale of ``SCALES``: ``draw_at(kind, w) -> (x,
+    labels)`` scored by the share outside the support and the sliced W2; rows go to
+    ``out_dir/results.csv``. Returns the rows and the samples by ``(kind, w)``."""
+    rows, shown = [], {}
+    for w in SCALES:
+        for kind in kinds:
+            x, labels = draw_at(kind, w)
+            rows.append({"guidance": kind, "w": w,
+                         "outside": float(outside(x, labels, data, threshold).mean()),
+                         "sliced_w2": distance(x, labels, reference, ref_labels)})
+            shown[kind, w] = (x, labels)
+            print(f"{kind:9s} w={w:<4g} outside={rows[-1]['outside']:.3f} "
+                  f"sliced_w2={rows[-1]['sliced_w2']:.4f}", flush=True)
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows, shown
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/experiments/autoguidance_toy")
@@ -181,20 +202,8 @@ def main() -> None:
     floor = distance(truth, truth_labels, reference, ref_labels)
     threshold = support_threshold(data, n)
     exact_outside = float(outside(truth, truth_labels, data, threshold).mean())
-    rows, shown = [], {}
-    for w in SCALES:
-        for kind in KINDS:
-            x, labels = draw(kind, w, n, steps, args.broaden)
-            rows.append({"guidance": kind, "w": w,
-                         "outside": float(outside(x, labels, data, threshold).mean()),
-                         "sliced_w2": distance(x, labels, reference, ref_labels)})
-            shown[kind, w] = (x, labels)
-            print(f"{kind:8s} w={w:<4g} outside={rows[-1]['outside']:.3f} "
-                  f"sliced_w2={rows[-1]['sliced_w2']:.4f}", flush=True)
-    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    rows, shown = sweep(lambda kind, w: draw(kind, w, n, steps, args.broaden), KINDS, data,
+                        threshold, reference, ref_labels, args.out)
     lines = [f"exact samples: outside {exact_outside:.3f}, sliced W2 floor {floor:.4f} "
              f"({n} samples, {steps} Heun NFE, weakened = components x{args.broaden:g} wider)",
              "", "| w | " + " | ".join(f"outside: {k}" for k in KINDS) + " | "
@@ -394,20 +403,8 @@ def main_trained(args) -> None:
         x, labels = draw_trained(kind, w, n, steps, nets)
         alone[label] = (float(outside(x, labels, data, threshold).mean()),
                         distance(x, labels, reference, ref_labels))
-    rows, shown = [], {}
-    for w in SCALES:
-        for kind in TRAINED_KINDS:
-            x, labels = draw_trained(kind, w, n, steps, nets)
-            rows.append({"guidance": kind, "w": w,
-                         "outside": float(outside(x, labels, data, threshold).mean()),
-                         "sliced_w2": distance(x, labels, reference, ref_labels)})
-            shown[kind, w] = (x, labels)
-            print(f"{kind:9s} w={w:<4g} outside={rows[-1]['outside']:.3f} "
-                  f"sliced_w2={rows[-1]['sliced_w2']:.4f}", flush=True)
-    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    rows, shown = sweep(lambda kind, w: draw_trained(kind, w, n, steps, nets), TRAINED_KINDS,
+                        data, threshold, reference, ref_labels, args.out)
     kinds = list(TRAINED_KINDS)
     lines = [f"exact samples: outside {exact_outside:.3f}, sliced W2 floor {floor:.4f} "
              f"({n} samples, {steps} Heun NFE, trained models, seed {args.seed})", ""]
