@@ -21,6 +21,8 @@ EMA_MODES = ("classic", "power")
 # config.optim.optimizer and config.optim.schedule
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
+# config.optim.grad_accum_loop: how the micro-batches of gradient accumulation run
+GRAD_ACCUM_LOOPS = ("auto", "scan", "unroll")
 # config.parallel.backend and config.parallel.param_sharding
 BACKENDS = ("jit", "pmap")
 PARAM_SHARDINGS = ("replicated", "fsdp")

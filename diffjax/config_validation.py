@@ -151,6 +151,8 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     check_choice("loss.time_sampling", config.loss.time_sampling, objectives.TIME_SAMPLINGS)
     check_choice("optim.optimizer", config.optim.optimizer, choices.OPTIMIZERS)
     check_choice("optim.schedule", config.optim.schedule, choices.LR_SCHEDULES)
+    check_choice("optim.grad_accum_loop", config.optim.get("grad_accum_loop", "auto"),
+                 choices.GRAD_ACCUM_LOOPS)
     check_choice("training.nonfinite", config.training.nonfinite, choices.NONFINITE_MODES)
     check_choice("parallel.backend", config.parallel.backend, choices.BACKENDS)
     check_choice("eval.likelihood_divergence", config.eval.likelihood_divergence,
@@ -210,6 +212,10 @@ def _check_sampler(sampling_cfg: ml_collections.ConfigDict) -> None:
     from diffjax import samplers
 
     check_choice("sampling.sampler", sampling_cfg.sampler, samplers.SAMPLERS)
+    micro = sampling_cfg.get("micro_batch", 0)
+    if isinstance(micro, bool) or not isinstance(micro, int) or micro < 0:
+        raise ConfigError(f"config.sampling.micro_batch={micro!r} must be an integer >= 0 "
+                          "(0: the whole batch at once)")
     if sampling_cfg.grid is not None:
         check_choice("sampling.grid", sampling_cfg.grid, samplers.GRIDS)
     spec = samplers.SAMPLERS[sampling_cfg.sampler]

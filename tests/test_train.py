@@ -298,6 +298,8 @@ def test_paper_scale_edm_builds_and_traces_one_step_on_mock_cifar10(tmp_path):
     ("sampling.sampler", "heunn", "euler"),
     ("loss.weighting", "snr", "min_snr"),
     ("training.num_steps", -5, "> 0"),
+    ("optim.grad_accum_loop", "unrolled", "scan, unroll"),
+    ("sampling.micro_batch", -16, ">= 0"),
 ])
 def test_bad_config_values_fail_before_compute_naming_key_and_choices(key, value, named,
                                                                       data_dir):

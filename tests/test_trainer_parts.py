@@ -107,11 +107,14 @@ def test_logged_lr_is_the_rate_of_the_applied_update_around_a_skipped_step():
     assert int(state.nonfinite_count) == 1 and int(state.step) == 6
 
 
-def test_two_accumulated_micro_batches_of_64_give_the_update_of_one_batch_of_128(tmp_path):
+@pytest.mark.parametrize("loop", ["scan", "unroll"])
+def test_two_accumulated_micro_batches_of_64_give_the_update_of_one_batch_of_128(tmp_path, loop):
     """No batch statistics and no dropout: the loss is a mean over rows, so its gradient on
-    128 rows is the mean of the gradients on two halves with the same draws."""
+    128 rows is the mean of the gradients on two halves with the same draws, whether the
+    micro-batches run as a loop or unrolled (CPU's default)."""
     config = helpers.tiny_config(str(tmp_path), **{"data.batch_size": 128})
-    one, two = train.build(config), dataclasses.replace(train.build(config), grad_accum_steps=2)
+    one = train.build(config)
+    two = dataclasses.replace(one, grad_accum_steps=2, grad_accum_loop=loop)
     x, labels = data.load_arrays("moons", "train", str(tmp_path), limit=128)
     batch = {"x": jnp.asarray(x), "cond": {"label": jnp.asarray(labels)}}
     results = {}
@@ -160,6 +163,30 @@ def test_sampler_compiles_once_for_new_parameters_and_splits_rows_over_8_devices
     for name in ("a", "b"):
         np.testing.assert_allclose(eight[name], one[name], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(eight["nll"], one["nll"], rtol=1e-4)  # likelihood split too
+
+
+def test_sampler_in_micro_batches_equals_each_chunk_sampled_on_its_own(tmp_path):
+    """``sampling.micro_batch = 3`` on 7 conditioned rows: chunk j (rows j, j + 3, j + 6 of
+    the batch padded to 9 by repeating its first rows) is what the plain sampler draws for
+    those 3 rows with the j-th of 3 keys split from the call's key."""
+    config = helpers.tiny_config(str(tmp_path), **{"sampling.num_steps": 4})
+    setup = train.build(config)
+    params = jax.tree_util.tree_map(lambda p: p + 0.05, train.init_state(setup, 0).ema_params)
+    labels = np.array([0, 1, 1, 0, 1, 0, 0], np.int32)
+    key = jax.random.PRNGKey(7)
+    chunked_cfg = ml_collections.ConfigDict(config.sampling.to_dict())
+    chunked_cfg.micro_batch = 3
+    chunked = np.asarray(train.Sampler(setup, chunked_cfg, 7)(params, key, labels))
+    assert chunked.shape == (7, 2)
+    plain = train.Sampler(setup, config.sampling, 3)
+    padded = np.concatenate([labels, labels[:2]])
+    expected = np.zeros((9, 2), np.float32)
+    for j, key_j in enumerate(jax.random.split(key, 3)):
+        expected[j::3] = np.asarray(plain(params, key_j, padded[j::3]))
+    np.testing.assert_allclose(chunked, expected[:7], rtol=1e-5, atol=1e-6)
+    # The chunks are not one draw: the unchunked sampler gives other rows.
+    whole = np.asarray(train.Sampler(setup, config.sampling, 7)(params, key, labels))
+    assert not np.allclose(whole, chunked, atol=1e-3)
 
 
 def test_evaluation_during_training_builds_its_sampler_once(tmp_path):

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -41,7 +42,8 @@ class Sampler:
     ``sampling_cfg`` (:data:`diffjax.configs.SAMPLER_OPTIONS`) are passed on. With
     ``sampling_cfg.guide_workdir`` the model is autoguided by that run
     (:mod:`diffjax.training.guide`, loaded here once; its parameters are traced too), and
-    ``guidance_interval`` limits guidance to a noise range.
+    ``guidance_interval`` limits guidance to a noise range. ``sampling_cfg.micro_batch > 0``
+    runs the rows that many at a time inside the program (:func:`_in_chunks`).
     """
 
     def __init__(self, setup: Setup, sampling_cfg: ml_collections.ConfigDict, batch_size: int,
@@ -74,12 +76,19 @@ class Sampler:
                            guide_params=guide_params, guide_target=self.guide.target)
         if cfg.get("guidance_interval") is not None:
             options["guidance_interval"] = tuple(cfg.guidance_interval)
-        shape = (self.batch_size, *setup.data_info.shape)
         # Parameters are traced arguments of the network function (never constants of the
         # program): one compiled sampler serves every evaluation of the run.
-        return sample(setup.denoiser.fn, setup.denoiser.path, shape, key, params=params,
-                      target=setup.denoiser.target, sampler=cfg.sampler,
-                      num_steps=cfg.num_steps, **options)
+        def draw(rows, key, cond):
+            chunk = dict(options, cond=cond) if cond else options
+            return sample(setup.denoiser.fn, setup.denoiser.path,
+                          (rows, *setup.data_info.shape), key, params=params,
+                          target=setup.denoiser.target, sampler=cfg.sampler,
+                          num_steps=cfg.num_steps, **chunk)
+
+        micro = int(cfg.get("micro_batch", 0) or 0)
+        if not 0 < micro < self.batch_size:
+            return draw(self.batch_size, key, cond)
+        return _in_chunks(draw, self.batch_size, micro, key, cond)
 
     def __call__(self, params: Any, key: Array, cond: Any = None) -> Array:
         if cond is not None and not isinstance(cond, dict):
@@ -91,6 +100,28 @@ class Sampler:
         x = self._fn(params, key, cond or None,
                      None if self.guide is None else self.guide.params)
         return x if self.decode is None else self.decode(x)
+
+
+def _in_chunks(draw: Callable[[int, Array, Any], Array], rows: int, micro: int, key: Array,
+               cond: Any) -> Array:
+    """``draw(micro, key_j, cond_j)`` for chunks j of ``micro`` rows, one after another
+    (``lax.map``: one chunk's activations live at a time), reassembled into ``rows`` rows.
+    Chunk j holds rows j, j + k, j + 2k, ... (k chunks), so a chunk spans every device that
+    holds rows; a last partial chunk is padded (its extra rows repeat the first
+    conditions) and the padding dropped."""
+    k = -(-rows // micro)
+    pad = k * micro - rows
+
+    def split(a):
+        if pad:
+            a = jnp.concatenate([a, a[:pad]], axis=0)
+        return jnp.swapaxes(jnp.reshape(a, (micro, k) + a.shape[1:]), 0, 1)
+
+    conds = jax.tree_util.tree_map(split, cond) if cond else None
+    keys = jax.random.split(key, k)
+    xs = jax.lax.map(lambda kc: draw(micro, kc[0], kc[1]), (keys, conds))
+    x = jnp.reshape(jnp.swapaxes(xs, 0, 1), (k * micro,) + xs.shape[2:])
+    return x[:rows]
 
 
 def eval_conditions(setup: Setup, start: int, size: int,

@@ -18,6 +18,7 @@ import optax
 from diffjax import conditions, configs, models, objectives, paths
 from diffjax import data as data_lib
 from diffjax.autoencoder import spec as latent_spec
+from diffjax.choices import GRAD_ACCUM_LOOPS
 from diffjax.denoiser import Denoiser
 from diffjax.text import conditioning
 from diffjax.text import network as text_network
@@ -46,6 +47,10 @@ class Setup:
         trainer passes exactly these keys of the batch's ``cond`` on.
       ema_decay, ema_warmup: the EMA of the parameters (``config.training``).
       grad_accum_steps: micro-batches per update (``config.optim.grad_accum_steps``).
+      grad_accum_loop: how the micro-batches run (``config.optim.grad_accum_loop``):
+        ``"scan"`` (one loop body, one micro-batch's activations in memory), ``"unroll"``
+        (one copy of the step per micro-batch, in order) or ``"auto"`` (``unroll`` on CPU,
+        where gradient convolutions inside a loop run ~20x slower, ``scan`` elsewhere).
       task: the name of the training task (``config.task``, :mod:`diffjax.training.tasks`).
       power_gammas: the exponents of the power-function EMAs the state keeps
         (``training.ema = "power"``, one per ``training.ema_sigma_rels``); empty otherwise.
@@ -64,6 +69,7 @@ class Setup:
     grad_accum_steps: int = 1
     task: str = "denoise"
     power_gammas: tuple[float, ...] = ()
+    grad_accum_loop: str = "auto"
     # The config it was built from: tasks read their own group (e.g. config.distill).
     config: Any = dataclasses.field(default=None, compare=False, repr=False)
     # The text encoder (diffjax.text.conditioning) of a text-conditioned run, else None.
@@ -87,7 +93,8 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     weighting both read it.
 
     Raises:
-      ValueError: ``optim.grad_accum_steps`` below 1.
+      ValueError: ``optim.grad_accum_steps`` below 1, or an ``optim.grad_accum_loop``
+        that is not one of :data:`diffjax.choices.GRAD_ACCUM_LOOPS`.
     """
     if data_info is None:
         data_info = data_lib.info(config.data.dataset, config.data.get("data_dir"))
@@ -96,6 +103,10 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     accum = int(config.optim.get("grad_accum_steps", 1))
     if accum < 1:
         raise ValueError(f"config.optim.grad_accum_steps={accum} must be >= 1")
+    accum_loop = str(config.optim.get("grad_accum_loop", "auto"))
+    if accum_loop not in GRAD_ACCUM_LOOPS:
+        raise ValueError(f"config.optim.grad_accum_loop={accum_loop!r} is not one of "
+                         f"{', '.join(GRAD_ACCUM_LOOPS)}")
     path = paths.get(config.path.name, **configs.path_kwargs(config.path))
     conditional = bool(config.model.get("class_conditional", False))
     text = conditioning.from_config(config)
@@ -124,7 +135,8 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
     return Setup(net, denoiser, objective, optimizer, schedule, data_info, kinds,
                  float(config.training.ema_decay), bool(config.training.ema_warmup), accum,
                  str(config.get("task", "denoise")),
-                 power_gammas=power_ema.gammas(config.training), config=config, text=text)
+                 power_gammas=power_ema.gammas(config.training), grad_accum_loop=accum_loop,
+                 config=config, text=text)
 
 
 def example_cond(setup: Setup, batch: int = 1) -> dict[str, Array]:

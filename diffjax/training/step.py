@@ -3,8 +3,9 @@
 Every random draw of step ``s`` comes from ``fold_in(state.key, s)`` and is made for the
 global batch, so the numbers do not depend on how many devices, hosts or micro-batches
 share it (:class:`diffjax.training.tasks.Rows`). With ``optim.grad_accum_steps = k`` the
-rows are split into ``k`` micro-batches whose gradients are averaged (``lax.scan``, one
-micro-batch in memory at a time): the update equals one step on the whole batch.
+rows are split into ``k`` micro-batches whose gradients are averaged (a ``lax.scan`` with one
+micro-batch in memory at a time, or unrolled on CPU: ``optim.grad_accum_loop``): the update
+equals one step on the whole batch.
 
 Non-finite values skip the whole update (optimizer, EMA) with a ``lax.cond``. This is
 ``optax.apply_if_finite``'s idea, written out because that wrapper selects leaf by leaf
@@ -79,9 +80,26 @@ def apply_gradients(setup: Setup, state: TrainState, loss: Array, grads: Any,
     return new_state, metrics
 
 
-def _loss_and_grads(task: tasks_lib.Task, k: int, axis_name: Optional[str]):
+def unrolls_micro_batches(loop: str) -> bool:
+    """Whether gradient accumulation unrolls its micro-batches (``optim.grad_accum_loop``).
+
+    ``auto`` unrolls on CPU: XLA:CPU leaves the gradient convolutions of a loop body in
+    layouts its convolution library does not take (``b01f_01oi->b01f``,
+    ``f01b_i01o->01bf``; outside a loop it rewrites them to ``b01f_01io->b01f``) and runs
+    them as naive loops, ~20x slower (experiments/benchmarks/grad_accum_cpu.py). Unrolled,
+    the step is as fast as without accumulation (faster at large batches), but XLA's
+    buffer assignment then keeps most micro-batches' activations: the memory saving is the
+    loop's. GPUs keep the loop.
+    """
+    return loop == "unroll" or (loop == "auto" and jax.default_backend() == "cpu")
+
+
+def _loss_and_grads(task: tasks_lib.Task, k: int, axis_name: Optional[str],
+                    loop: str = "auto"):
     """``f(params, batch, key, frozen) -> ((loss, aux), grads)`` over this call's rows,
-    averaged over ``k`` micro-batches."""
+    averaged over ``k`` micro-batches (a ``lax.scan``, or unrolled:
+    :func:`unrolls_micro_batches`)."""
+    unroll = unrolls_micro_batches(loop)
     grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
     def loss_and_grads(params, batch, key, frozen):
@@ -117,7 +135,17 @@ def _loss_and_grads(task: tasks_lib.Task, k: int, axis_name: Optional[str]):
             params, jax.tree_util.tree_map(lambda a: micro(a)[0], batch), key, frozen,
             tasks_lib.Rows(total, lambda a: micro(device_rows(a))[0], jnp.int32(0))))
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        summed, _ = lax.scan(body, zeros, (jnp.arange(k), jax.tree_util.tree_map(micro, batch)))
+        micro_batches = jax.tree_util.tree_map(micro, batch)
+        if not unroll:
+            summed, _ = lax.scan(body, zeros, (jnp.arange(k), micro_batches))
+        else:
+            summed = zeros
+            for j in range(k):
+                # The barrier orders the copies: micro-batch j starts once the gradients up
+                # to j - 1 are summed.
+                summed, xs = lax.optimization_barrier(
+                    (summed, (jnp.int32(j), jax.tree_util.tree_map(lambda a: a[j], micro_batches))))
+                summed, _ = body(summed, xs)
         return jax.tree_util.tree_map(lambda v: v / k, summed)
 
     return loss_and_grads
@@ -140,7 +168,8 @@ def make_train_step(setup: Setup, axis_name: Optional[str] = None,
     (bool ``[1 + num_param_arrays]``: the loss, then each gradient in ``tree_leaves`` order).
     """
     task = task or tasks_lib.Denoise(setup)
-    loss_and_grads = _loss_and_grads(task, setup.grad_accum_steps, axis_name)
+    loss_and_grads = _loss_and_grads(task, setup.grad_accum_steps, axis_name,
+                                     setup.grad_accum_loop)
 
     def train_step(state: TrainState, batch: dict, frozen: Any = None):
         key = jax.random.fold_in(state.key, state.step)

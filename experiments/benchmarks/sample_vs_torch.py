@@ -1,6 +1,7 @@
 """Sampling throughput side by side: 20-step DPM-Solver++(2M), diffjax vs diffusers.
 
     python experiments/benchmarks/sample_vs_torch.py [--batch=64] [--steps=20] [--repeats=3]
+        [--micro_batch=M]
 
 The network is the 6.47M U-Net of configs/bench_unet.py (diffusers' ``UNet2DModel`` with the
 same architecture on the torch side), at random weights: throughput does not depend on them.
@@ -34,8 +35,9 @@ from experiments.benchmarks.train_vs_torch import (DIFFUSERS_UNET, T, import_tor
                                                    load_config, machine, memory_bytes, on_gpu)
 
 
-def jax_sampler(batch: int, steps: int, dtype: str = "float32") -> dict:
-    """diffjax's compiled sampler: ``run()`` draws one batch and waits."""
+def jax_sampler(batch: int, steps: int, dtype: str = "float32", micro_batch: int = 0) -> dict:
+    """diffjax's compiled sampler: ``run()`` draws one batch and waits (``micro_batch`` rows
+    at a time inside the program when > 0: ``config.sampling.micro_batch``)."""
     from diffjax import data, models, train
     from diffjax.training.evaluation import Sampler
 
@@ -43,6 +45,7 @@ def jax_sampler(batch: int, steps: int, dtype: str = "float32") -> dict:
     config.sampling.num_steps = steps
     config.sampling.convention = "diffusers"
     config.sampling.order = 2
+    config.sampling.micro_batch = micro_batch
     setup = train.build(config, data.info(config.data.dataset))
     variables = jax.jit(lambda: setup.net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                                jnp.zeros((1,))))()
@@ -51,11 +54,11 @@ def jax_sampler(batch: int, steps: int, dtype: str = "float32") -> dict:
     sampler = Sampler(setup, config.sampling, batch)
     key = jax.random.key(1)
     start = time.perf_counter()
-    compiled = sampler._fn.lower(params, key, None).compile()
+    compiled = sampler._fn.lower(params, key, None, None).compile()  # no condition, no guide
     compile_s = time.perf_counter() - start
 
     def run() -> None:
-        jax.block_until_ready(compiled(params, key, None))
+        jax.block_until_ready(compiled(params, key, None, None))
 
     return dict(run=run, params=models.count_params(params), compile_s=compile_s,
                 memory=memory_bytes(compiled))
@@ -97,12 +100,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="model evaluations (NFE)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--micro_batch", type=int, default=0,
+                        help="diffjax: sample the batch this many rows at a time inside its "
+                             "one program (config.sampling.micro_batch); 0: all at once")
     args = parser.parse_args()
+    if args.micro_batch < 0:
+        parser.error(f"--micro_batch={args.micro_batch} must be >= 0")
     torch, _ = import_torch()
     rows = []
     for dtype in (("float32", "bfloat16") if on_gpu() else ("float32",)):
         print(f"[{dtype}] compiling ...", flush=True)
-        j = jax_sampler(args.batch, args.steps, dtype)
+        j = jax_sampler(args.batch, args.steps, dtype, args.micro_batch)
         peers = {"diffusers": torch_sampler(args.batch, args.steps, args.threads, dtype)}
         if on_gpu():
             peers["diffusers + torch.compile"] = torch_sampler(args.batch, args.steps,
@@ -120,8 +128,9 @@ def main() -> None:
         for name, p in peers.items():
             rows.append((dtype, name, j, p, med["diffjax"], med[name]))
     print(f"\n{machine()}; torch {torch.__version__} with {args.threads} threads; "
-          f"{args.steps}-step DPM-Solver++(2M), batch {args.batch}, {args.repeats} interleaved "
-          f"rounds, medians.\n")
+          f"{args.steps}-step DPM-Solver++(2M), batch {args.batch}"
+          + (f" (diffjax {args.micro_batch} rows at a time)" if args.micro_batch else "")
+          + f", {args.repeats} interleaved rounds, medians.\n")
     print("| dtype | peer | params diffjax / peer | diffjax img/s | peer img/s | ratio | "
           "diffjax program memory | diffjax compile (s) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

@@ -1,7 +1,7 @@
 """Training throughput side by side: diffjax vs PyTorch/diffusers on the same 6.47M U-Net.
 
     python experiments/benchmarks/train_vs_torch.py [--batches=32,128] [--repeats=5]
-        [--steps=3] [--threads=N]
+        [--steps=3] [--threads=N] [--micro_batch=M]
 
 Both sides train diffusers' ``UNet2DModel`` architecture (configs/bench_unet.py; the parameter
 counts are printed) with the same step: DDPM's eps-prediction loss (linear betas, T = 1000,
@@ -99,11 +99,13 @@ def memory_bytes(compiled) -> int:
                - m.alias_size_in_bytes)
 
 
-def jax_trainer(batch: int, dtype: str = "float32") -> dict:
-    """diffjax's train step on a fixed random batch: ``run(n)`` takes n steps and waits."""
+def jax_trainer(batch: int, dtype: str = "float32", **optim) -> dict:
+    """diffjax's train step on a fixed random batch: ``run(n)`` takes n steps and waits.
+    ``optim``: overrides of ``config.optim`` (e.g. ``grad_accum_steps``)."""
     from diffjax import data, models, train
 
     config = load_config(batch, dtype)
+    config.optim.update(optim)
     setup = train.build(config, data.info(config.data.dataset))
     state = jax.jit(lambda: train.init_state(setup, config.seed))()
     rng = np.random.default_rng(0)
@@ -122,7 +124,8 @@ def jax_trainer(batch: int, dtype: str = "float32") -> dict:
         box[0] = s
 
     return dict(run=run, params=models.count_params(state.params), compile_s=compile_s,
-                flops=step_flops(compiled), memory=memory_bytes(compiled))
+                flops=step_flops(compiled), memory=memory_bytes(compiled),
+                hlo=compiled.as_text())
 
 
 def torch_trainer(batch: int, threads: int, dtype: str = "float32",
@@ -195,7 +198,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch intra-op threads (XLA's CPU client uses every core)")
+    parser.add_argument("--micro_batch", type=int, default=0,
+                        help="diffjax: split each larger batch into micro-batches of this "
+                             "size (optim.grad_accum_steps; the same update); 0: off")
     args = parser.parse_args()
+    for batch in map(int, args.batches.split(",")):
+        if 0 < args.micro_batch < batch and batch % args.micro_batch:
+            parser.error(f"--micro_batch={args.micro_batch} does not divide batch {batch}")
     torch, _ = import_torch()
     gpu = on_gpu()
     dtypes = ("float32", "bfloat16") if gpu else ("float32",)
@@ -205,7 +214,8 @@ def main() -> None:
             if gpu else None
         for batch in map(int, args.batches.split(",")):
             print(f"[{dtype} batch {batch}] compiling ...", flush=True)
-            j = jax_trainer(batch, dtype)
+            k = batch // args.micro_batch if 0 < args.micro_batch < batch else 1
+            j = jax_trainer(batch, dtype, grad_accum_steps=k)
             runners = {"diffjax": j["run"]}
             peers = {"torch": torch_trainer(batch, args.threads, dtype)}
             if gpu:
@@ -214,7 +224,7 @@ def main() -> None:
             rates = interleave(runners, batch, args.steps, args.repeats)
             med = {name: statistics.median(r) for name, r in rates.items()}
             for name in peers:
-                rows.append(dict(dtype=dtype, batch=batch, peer=name, jax=med["diffjax"],
+                rows.append(dict(dtype=dtype, batch=batch, peer=name, jax=med["diffjax"], k=k,
                                  torch=med[name], params=(j["params"], peers[name]["params"]),
                                  memory=j["memory"], compile_s=j["compile_s"],
                                  mfu=(j["flops"] * med["diffjax"] / batch / peak
@@ -229,7 +239,9 @@ def main() -> None:
     print("|---|---:|---|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""))
     for r in rows:
         mfu = f" {100 * r['mfu']:.0f}% / {100 * r['peer_mfu']:.0f}% |" if r["mfu"] else ""
-        print(f"| {r['dtype']} | {r['batch']} | {r['params'][0]:,} / {r['params'][1]:,} | "
+        batch = f"{r['batch']} (diffjax {r['k']} x {r['batch'] // r['k']})" if r["k"] > 1 \
+            else r["batch"]
+        print(f"| {r['dtype']} | {batch} | {r['params'][0]:,} / {r['params'][1]:,} | "
               f"{r['peer']} | {r['jax']:.1f} | {r['torch']:.1f} | {r['jax'] / r['torch']:.2f}x | "
               f"{r['memory'] / 2**20:.0f} MiB | {r['compile_s']:.0f} |{mfu}")
 
