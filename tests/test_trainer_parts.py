@@ -1,6 +1,7 @@
 """The trainer's parts against hand computations: the learning-rate schedule, one clipped
 Adam/AdamW step with its EMA, the logged rate after a skipped step, gradient accumulation
-against one big batch, and the sampler compiled once and split over devices."""
+against one big batch (looped and unrolled), and the sampler compiled once, split over devices
+and run in chunks."""
 from __future__ import annotations
 
 import dataclasses
