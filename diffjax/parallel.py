@@ -18,6 +18,7 @@ import os
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -83,6 +84,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over the data axis, the rest replicated."""
     return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def interleaved_chunks(a: jax.Array, k: int) -> jax.Array:
+    """``[B, ...] -> [k, B // k, ...]``, chunk ``j`` holding rows ``j, j + k, j + 2k, ...``:
+    a reshape that keeps every chunk spread over all devices holding the batch (no
+    communication). Gradient accumulation's micro-batches and the sampler's chunks."""
+    return jnp.swapaxes(jnp.reshape(a, (a.shape[0] // k, k) + a.shape[1:]), 0, 1)
+
+
+def join_interleaved(chunks: jax.Array) -> jax.Array:
+    """The inverse of :func:`interleaved_chunks`: ``[k, n, ...] -> [k * n, ...]``."""
+    return jnp.reshape(jnp.swapaxes(chunks, 0, 1),
+                       (chunks.shape[0] * chunks.shape[1],) + chunks.shape[2:])
 
 
 def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int) -> P:

@@ -6,7 +6,6 @@ hand-computed F1 / IoU values, and hand-made PNGs for the refusals.
 """
 from __future__ import annotations
 
-
 import jax
 import ml_collections
 import numpy as np

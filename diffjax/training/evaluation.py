@@ -113,15 +113,12 @@ def _in_chunks(draw: Callable[[int, Array, Any], Array], rows: int, micro: int, 
     pad = k * micro - rows
 
     def split(a):
-        if pad:
-            a = jnp.concatenate([a, a[:pad]], axis=0)
-        return jnp.swapaxes(jnp.reshape(a, (micro, k) + a.shape[1:]), 0, 1)
+        return parallel.interleaved_chunks(jnp.concatenate([a, a[:pad]]) if pad else a, k)
 
     conds = jax.tree_util.tree_map(split, cond) if cond else None
     keys = jax.random.split(key, k)
     xs = jax.lax.map(lambda kc: draw(micro, kc[0], kc[1]), (keys, conds))
-    x = jnp.reshape(jnp.swapaxes(xs, 0, 1), (k * micro,) + xs.shape[2:])
-    return x[:rows]
+    return parallel.join_interleaved(xs)[:rows]
 
 
 def eval_conditions(setup: Setup, start: int, size: int,

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from diffjax import parallel
 from diffjax.training import power_ema
 from diffjax.training import tasks as tasks_lib
 from diffjax.training.setup import Setup
@@ -120,10 +121,10 @@ def _loss_and_grads(task: tasks_lib.Task, k: int, axis_name: Optional[str],
             rows = tasks_lib.Rows(total, device_rows, jnp.asarray(device, jnp.int32))
             return grad_fn(params, batch, key, frozen, rows)
 
-        # Micro-batch j holds rows j, j + k, j + 2k, ... of each device's block: a
-        # reshape that keeps every micro-batch spread over all devices (no communication).
+        # Micro-batch j holds rows j, j + k, j + 2k, ... of each device's block, spread over
+        # all devices (no communication).
         def micro(a):
-            return jnp.swapaxes(jnp.reshape(a, (b // k, k) + a.shape[1:]), 0, 1)
+            return parallel.interleaved_chunks(a, k)
 
         def body(total_so_far, xs):
             j, micro_batch = xs

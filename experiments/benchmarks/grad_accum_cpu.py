@@ -57,7 +57,7 @@ def main() -> None:
             rates.append(args.batch / (time.perf_counter() - start))
         print(f"  examples/s per round: {[round(r, 2) for r in rates]}", flush=True)
         rows.append((name, statistics.median(rates), j["memory"], j["compile_s"],
-                     conv_forms(j["hlo"])))
+                     conv_forms(j["compiled"].as_text())))
     print(f"\n{machine()}; batch {args.batch}, median of {args.repeats} one-step rounds.\n")
     print("| step | examples/s | XLA memory | compile (s) | convolutions by dimension labels |")
     print("|---|---:|---:|---:|---|")

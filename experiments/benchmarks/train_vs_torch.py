@@ -124,8 +124,7 @@ def jax_trainer(batch: int, dtype: str = "float32", **optim) -> dict:
         box[0] = s
 
     return dict(run=run, params=models.count_params(state.params), compile_s=compile_s,
-                flops=step_flops(compiled), memory=memory_bytes(compiled),
-                hlo=compiled.as_text())
+                flops=step_flops(compiled), memory=memory_bytes(compiled), compiled=compiled)
 
 
 def torch_trainer(batch: int, threads: int, dtype: str = "float32",
