@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "scikit-learn>=1.5",
     "matplotlib>=3.8",
+    # ADM's resize and centre crop (config.data.image_size).
+    "pillow>=10",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     # Adaptive probability-flow and likelihood ODEs (Dopri5 + PID controller).

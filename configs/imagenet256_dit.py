@@ -15,10 +15,10 @@ implemented); sampling 250 DDPM steps with classifier-free guidance 1.5 (the FID
 config.json.
 
 Data: tfds ``imagenet2012`` prepared by you (``tfds build imagenet2012
---file_format=array_record``). The data pipeline reads fixed-size images, and
-``imagenet2012`` holds images of every size: it needs the 256x256 center crop of ADM/DiT in the
-pipeline before this config trains on the real data (tests/test_latent_configs.py runs one
-step of it on mock images cropped in the test).
+--file_format=array_record``), images of every size, each resized and centre-cropped to
+256x256 as ADM and DiT do (``config.data.image_size``, :mod:`diffjax.data.transforms`); the
+FID reference statistics are computed on the same crops of the train split.
+tests/test_latent_configs.py runs one step of it on tfds mock ImageNet through the pipeline.
 """
 from diffjax import configs
 
@@ -29,6 +29,7 @@ def get_config(size: str = "XL/2"):
     config.data.dataset = "imagenet2012"
     config.data.batch_size = 256
     config.data.random_flip = True
+    config.data.image_size = 256
     config.latent.autoencoder = "sd-vae-ft-ema"
     config.model = configs.default_model_config("dit")
     config.model.size = size

@@ -79,7 +79,7 @@ def _data_signature(config: ml_collections.ConfigDict) -> Optional[tuple]:
     from diffjax import data  # deferred: tfds is slow to import
 
     try:
-        info = data.info(config.data.dataset, config.data.get("data_dir"))
+        info = data.info_of(config.data)
     except Exception:  # a stored dataset that is not known here: compare names instead
         return None
     return tuple(info.shape), info.num_classes

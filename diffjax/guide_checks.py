@@ -44,7 +44,7 @@ def check_guide(sampling: ml_collections.ConfigDict, path_cfg: ml_collections.Co
                           f"model: {_path_text(path_cfg)}); the guide must share the path")
     from diffjax import data as data_lib
 
-    shape = tuple(data_lib.info(guide_cfg.data.dataset, guide_cfg.data.get("data_dir")).shape)
+    shape = tuple(data_lib.info_of(guide_cfg.data).shape)
     if shape != tuple(data_info.shape):
         raise ConfigError(f"{key} models data of shape {shape} ({guide_cfg.data.dataset}); this "
                           f"model's data has shape {tuple(data_info.shape)}")

@@ -19,7 +19,7 @@ import pytest
 
 from diffjax import evaluate
 from diffjax.data import load_arrays
-from diffjax.evaluate import inception, metrics, torch_weights
+from diffjax.evaluate import inception, torch_weights
 
 _STORAGE = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage",
             np.dtype(np.int64): "LongStorage", np.dtype(np.float64): "DoubleStorage"}
@@ -305,7 +305,7 @@ def test_fid_is_against_the_whole_train_split_on_quantised_images(tmp_path, monk
     assert fid(beyond.astype(np.float32)) == pytest.approx(0.0, abs=1e-6)
     test, _ = load_arrays("digits", "test")
     assert fid(test) > 1.0
-    name = f"inception_stats_digits_train_{metrics._file_digest(str(weights))}.npz"
+    name = f"inception_stats_digits_train_{inception.file_digest(str(weights))}.npz"
     assert any(n == name for n in os.listdir(cache))
 
 

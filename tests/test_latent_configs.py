@@ -9,8 +9,7 @@ import tensorflow_datasets as tfds
 
 from test_autoencoder_diffusers import random_state, write_folder
 
-from diffjax import config_loading, train
-from diffjax.data import DataInfo
+from diffjax import config_loading, data, train
 from diffjax.models.dit import dit_dims
 from diffjax.training import frozen, tasks
 
@@ -30,18 +29,9 @@ def test_imagenet256_dit_has_the_papers_settings(size, dims):
                                                                   0.9999)
     assert (config.path.name, config.model.target, config.loss.label_dropout) == ("ddpm", "eps",
                                                                                   0.1)
+    assert config.data.image_size == 256 and config.data.random_flip
     assert (config.sampling.sampler, config.sampling.num_steps,
             config.sampling.guidance_scale) == ("ddpm", 250, 1.5)
-
-
-def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """ADM's center crop of the largest square, then nearest-neighbour resizing."""
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    square = image[top:top + s, left:left + s]
-    index = (np.arange(size) * s) // size
-    return square[index][:, index]
 
 
 def test_imagenet256_dit_takes_a_step_on_mock_imagenet_latents(tmp_path):
@@ -49,15 +39,11 @@ def test_imagenet256_dit_takes_a_step_on_mock_imagenet_latents(tmp_path):
     config = config_loading.load(f"{CONFIG}:B/4", {
         "latent.autoencoder": vae, "model.depth": 1, "model.hidden": 16, "model.num_heads": 1,
         "model.patch_size": 2, "data.batch_size": 2})
+    config.data.update(image_size=32, data_dir=str(tmp_path / "data"))  # 256 in the paper
     with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
-        builder = tfds.builder("imagenet2012", data_dir=str(tmp_path / "data"))
-        source = builder.as_data_source(split="train")
-        records = [source[i] for i in range(2)]
-    images = np.stack([_center_crop(r["image"], 32) for r in records]).astype(np.float32)
-    batch = {"x": images / 127.5 - 1.0,
-             "cond": {"label": np.asarray([r["label"] for r in records], np.int32)}}
-    # 32x32 crops stand in for 256x256 (the pipeline has no crop yet; see the config).
-    info = DataInfo("imagenet2012", "image", (32, 32, 3), 1000, None, None)
+        info = data.info_of(config.data)
+        batch = next(data.make_iterator(config.data, seed=0))  # ADM's crops of mock images
+    assert info.shape == (32, 32, 3) and batch["x"].shape == (2, 32, 32, 3)
     setup = train.build(config, info)
     assert setup.data_info.shape == (16, 16, 4)
     spec = tasks.for_config(config)

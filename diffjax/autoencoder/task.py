@@ -156,7 +156,7 @@ def _train_images(config, n: int) -> np.ndarray:
     from diffjax import data as data_lib
 
     return data_lib.load_arrays(config.data.dataset, "train", config.data.get("data_dir"),
-                                limit=n)[0]
+                                limit=n, image_size=config.data.get("image_size"))[0]
 
 
 def measure_stats(config, module: AutoencoderKL, params: Any,
@@ -183,7 +183,8 @@ class AutoencoderEvaluator:
 
         config = self.config
         test = data_lib.load_arrays(config.data.dataset, "test", config.data.get("data_dir"),
-                                    limit=config.eval.num_samples)[0]
+                                    limit=config.eval.num_samples,
+                                    image_size=config.data.get("image_size"))[0]
         recon = self.codec.reconstruct(params, test)
         results = {"psnr": float(np.mean(np.asarray(_psnr(recon, test))))}
         stats = measure_stats(config, self.setup.net, params, int(config.eval.batch_size))
@@ -202,7 +203,8 @@ class AutoencoderEvaluator:
 
         config = self.config
         train = _train_images(config, config.eval.num_samples)
-        test = load_arrays(config.data.dataset, "test", config.data.get("data_dir"))[0]
+        test = load_arrays(config.data.dataset, "test", config.data.get("data_dir"),
+                           image_size=config.data.get("image_size"))[0]
         detector = shapes_eval.evaluator(config.eval.cache_dir)
         fd = shapes_eval.fd_shapes(self.codec.reconstruct(params, train), train, test,
                                    detector=detector)

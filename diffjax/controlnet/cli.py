@@ -51,7 +51,7 @@ def run(config, workdir: str, source: str, prompts: Optional[Sequence[str]]) -> 
     """Reads and checks the inputs, restores the run, samples, writes the grid and npz."""
     from diffjax import configs, data as data_lib, parallel, train
 
-    shape = tuple(data_lib.info(config.data.dataset, config.data.get("data_dir")).shape)
+    shape = tuple(data_lib.info_of(config.data).shape)
     inputs = editing.read_inputs(config, shape)  # refusals before any restoring
     per = int(config.sampling.samples_per_prompt)
     recipe, state, step = train.restore_for_inference(config, source)

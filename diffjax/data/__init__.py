@@ -5,11 +5,13 @@ Public API::
     BUNDLED                      # ("digits", "moons", "swiss_roll", "ring", "checkerboard",
                                  #  "shapes", "shapes_64")
     default_config()             # config.data: dataset, batch_size, data_dir, random_flip,
-                                 #              num_workers
-    info(dataset, data_dir=None) -> DataInfo(name, kind, shape, num_classes,
-                                             num_train, num_test)   # reads nothing
+                                 #              num_workers, image_size
+    info(dataset, data_dir=None, image_size=None) -> DataInfo(name, kind, shape, num_classes,
+                                                              num_train, num_test)
+        # reads nothing; image_size: ADM's centre crops (diffjax.data.transforms)
+    info_of(data_cfg) -> DataInfo                                   # info of config.data
     validate_config(data_cfg, process_count=1) -> DataInfo         # fails before compute
-    load_arrays(dataset, split="test", data_dir=None, limit=None)
+    load_arrays(dataset, split="test", data_dir=None, limit=None, image_size=None)
         -> (x float32 [N, *shape], labels int32 [N])      # images in [-1, 1]
     make_iterator(data_cfg, *, split="train", seed, process_index=0, process_count=1,
                   num_epochs=None) -> grain.DataLoaderIterator
@@ -63,14 +65,15 @@ from diffjax.data import shapes_builder as _shapes_builder
 _builders.SPECS.update(_shapes_builder.SPECS)
 
 from diffjax.data.builders import CacheRebuiltWarning, default_data_dir  # noqa: E402
+from diffjax.data.catalogue import DatasetNotPreparedError  # noqa: E402
 from diffjax.data.pipeline import (  # noqa: E402
     BUNDLED,
     ArraySource,
     DataInfo,
-    DatasetNotPreparedError,
     TfdsSource,
     default_config,
     info,
+    info_of,
     load_arrays,
     make_iterator,
     open_source,
@@ -88,6 +91,7 @@ __all__ = [
     "default_config",
     "default_data_dir",
     "info",
+    "info_of",
     "load_arrays",
     "make_iterator",
     "open_source",

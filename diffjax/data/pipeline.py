@@ -18,8 +18,6 @@ and catalogue data is looked up where tfds looks (``$TFDS_DATA_DIR`` or
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from typing import Any
 
 import grain
@@ -27,15 +25,14 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from diffjax.data import builders
+from diffjax.data import builders, transforms
+from diffjax.data.catalogue import builder as _catalogue_builder
+from diffjax.data.catalogue import check_name as _check_name
+from diffjax.data.catalogue import source as _catalogue_source
 
 BUNDLED: tuple[str, ...] = tuple(builders.SPECS)
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-    """A tfds catalogue data set is not prepared (in array_record format) locally."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,86 +65,43 @@ def default_config() -> ml_collections.ConfigDict:
         "data_dir": ml_collections.FieldReference(None, field_type=str),
         "random_flip": False,
         "num_workers": 0,
+        # ADM's resize and centre crop of every image to image_size x image_size (None:
+        # the stored size; needed for data sets of images of every size, e.g. imagenet2012).
+        "image_size": ml_collections.FieldReference(None, field_type=int),
     })
-
-
-# --------------------------------------------------------------------------- catalogue
-
-@functools.lru_cache(maxsize=1)
-def _catalogue_names() -> frozenset[str]:
-    # Community data sets would need network access (and TensorFlow) to list.
-    return frozenset(tfds.list_builders(with_community_datasets=False))
-
-
-def _catalogue_data_dir(data_dir: str | None) -> str | None:
-    if data_dir:
-        return os.path.expanduser(data_dir)
-    env = os.environ.get(builders.DATA_DIR_ENV)
-    # None lets tfds use its own default, where users keep what they have prepared.
-    return os.path.expanduser(env) if env else None
-
-
-def _check_name(dataset: str) -> None:
-    if dataset in builders.SPECS:
-        return
-    base = dataset.split(":")[0].split("/")[0]
-    for spec in builders.SPECS.values():
-        if base == spec.builder_cls.name:
-            raise ValueError(
-                f"dataset {dataset!r} is the tfds builder behind the bundled data; use "
-                f"one of {BUNDLED} instead.")
-    if base not in _catalogue_names():
-        raise ValueError(
-            f"Unknown dataset {dataset!r}: it is neither bundled with diffjax "
-            f"(bundled: {', '.join(BUNDLED)}) nor a tfds catalogue name "
-            "(tfds.list_builders()).")
-
-
-def _catalogue_builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    return tfds.builder(dataset, data_dir=_catalogue_data_dir(data_dir))
-
-
-def _not_prepared_error(dataset: str, builder, why: str) -> DatasetNotPreparedError:
-    root = builder.data_dir_root
-    return DatasetNotPreparedError(
-        f"tfds dataset {dataset!r} {why} (looked in {builder.data_dir}). diffjax never "
-        "downloads data. On a machine with network access, prepare it with\n"
-        f"    tfds build {dataset} --data_dir={root} --file_format=array_record\n"
-        "or, in Python,\n"
-        f"    tfds.builder({dataset!r}, data_dir={str(root)!r})"
-        ".download_and_prepare(file_format='array_record')\n"
-        "then copy the data directory here, or point config.data.data_dir (or "
-        f"${builders.DATA_DIR_ENV}) at it.")
-
-
-def _catalogue_source(dataset: str, split: str, data_dir: str | None):
-    try:
-        return tfds.data_source(
-            dataset, split=split, data_dir=_catalogue_data_dir(data_dir), download=False)
-    except (AssertionError, NotImplementedError, ValueError, OSError) as e:
-        builder = _catalogue_builder(dataset, data_dir)
-        if not builder.is_prepared():
-            raise _not_prepared_error(dataset, builder, "is not prepared") from e
-        if isinstance(e, NotImplementedError):  # prepared, but not for random access
-            raise _not_prepared_error(
-                dataset, builder,
-                f"is prepared as {builder.info.file_format.value}, not array_record") from e
-        raise
 
 
 # --------------------------------------------------------------------------- metadata
 
-def info(dataset: str, data_dir: str | None = None) -> DataInfo:
+def _check_image_size(dataset: str, kind: str, image_size) -> None:
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
+            or image_size <= 0:
+        raise ValueError(f"config.data.image_size must be a positive int or None, got "
+                         f"{image_size!r}")
+    if kind != "image":
+        raise ValueError(f"config.data.image_size={image_size} resizes images; {dataset!r} "
+                         f"holds {kind}.")
+
+
+def info(dataset: str, data_dir: str | None = None, image_size: int | None = None) -> DataInfo:
     """Static metadata of ``dataset``; reads and prepares nothing, works offline.
 
+    ``image_size`` (``config.data.image_size``): the records are ADM's centre crops of that
+    size (:func:`diffjax.data.transforms.center_crop`); ``shape`` says so.
+
     Raises:
-      ValueError: unknown name (the message lists the bundled names), or a catalogue
-        data set without a fixed-shape uint8 ``image`` feature.
+      ValueError: unknown name (the message lists the bundled names), a catalogue data set
+        without a uint8 ``image`` feature, images of every size without ``image_size``, or
+        an ``image_size`` that is not a positive int.
     """
     _check_name(dataset)
     if dataset in builders.SPECS:
         spec = builders.SPECS[dataset]
-        return DataInfo(dataset, spec.kind, spec.shape, spec.num_classes,
+        _check_image_size(dataset, spec.kind, image_size)
+        shape = spec.shape if image_size is None else (image_size, image_size, spec.shape[-1])
+        return DataInfo(dataset, spec.kind, tuple(shape), spec.num_classes,
                         spec.num_train, spec.num_test)
     tfds_info = _catalogue_builder(dataset, data_dir).info
     features = tfds_info.features
@@ -156,16 +110,28 @@ def info(dataset: str, data_dir: str | None = None) -> DataInfo:
             f"tfds dataset {dataset!r} has no {IMAGE_KEY!r} feature; diffjax reads "
             f"images from the catalogue (features: {sorted(features.keys())}).")
     image = features[IMAGE_KEY]
-    if None in image.shape or np.dtype(image.np_dtype) != np.uint8:
+    if np.dtype(image.np_dtype) != np.uint8 or len(image.shape) != 3 or image.shape[-1] is None:
         raise ValueError(
             f"tfds dataset {dataset!r} has {IMAGE_KEY!r} of shape {image.shape} and dtype "
-            f"{image.np_dtype}; diffjax needs fixed-size uint8 images.")
+            f"{image.np_dtype}; diffjax needs uint8 [H, W, C] images.")
+    _check_image_size(dataset, "image", image_size)
+    if None in image.shape and image_size is None:
+        raise ValueError(
+            f"tfds dataset {dataset!r} holds images of every size ({IMAGE_KEY!r} of shape "
+            f"{image.shape}): set config.data.image_size (e.g. 256) to train on ADM's "
+            "centre crops of that size.")
+    shape = tuple(image.shape) if image_size is None else \
+        (image_size, image_size, image.shape[-1])
     label = features[LABEL_KEY] if LABEL_KEY in features.keys() else None
     num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else 1
     splits = tfds_info.splits
     num = {s: splits[s].num_examples if s in splits else None for s in ("train", "test")}
-    return DataInfo(dataset, "image", tuple(image.shape), num_classes,
-                    num["train"], num["test"])
+    return DataInfo(dataset, "image", shape, num_classes, num["train"], num["test"])
+
+
+def info_of(data_cfg: ml_collections.ConfigDict) -> DataInfo:
+    """:func:`info` of ``config.data`` (its dataset, data_dir and image_size)."""
+    return info(data_cfg.dataset, data_cfg.get("data_dir"), data_cfg.get("image_size"))
 
 
 # --------------------------------------------------------------------------- sources
@@ -216,19 +182,22 @@ def _source_repr(source: ArraySource | TfdsSource) -> str:
             f"num_records={len(source)})")
 
 
-def open_source(dataset: str, split: str,
-                data_dir: str | None = None) -> ArraySource | TfdsSource:
+def open_source(dataset: str, split: str, data_dir: str | None = None,
+                image_size: int | None = None):
     """One split of ``dataset`` as a grain random-access source of ``{"x", "label"}``.
 
-    ``x`` keeps its stored dtype (uint8 images, float32 points), ``label`` is int32.
+    ``x`` keeps its stored dtype (uint8 images, float32 points), ``label`` is int32; with
+    ``image_size`` each image is ADM's centre crop of that size, made as it is read.
     Bundled data is prepared (or repaired) first; catalogue data must be prepared.
     """
-    data_info = info(dataset, data_dir)
+    data_info = info(dataset, data_dir, image_size)
     if dataset in builders.SPECS:
         x, label = builders.bundled_arrays(dataset, split, data_dir)
-        return ArraySource(dataset, split, x, label)
-    tfds_source = _catalogue_source(dataset, split, data_dir)
-    return TfdsSource(dataset, split, tfds_source, data_info.num_classes > 1)
+        source = ArraySource(dataset, split, x, label)
+    else:
+        tfds_source = _catalogue_source(dataset, split, data_dir)
+        source = TfdsSource(dataset, split, tfds_source, data_info.num_classes > 1)
+    return source if image_size is None else transforms.CenterCropped(source, image_size)
 
 
 def to_float(x: np.ndarray) -> np.ndarray:
@@ -240,18 +209,20 @@ def to_float(x: np.ndarray) -> np.ndarray:
 
 
 def load_arrays(dataset: str, split: str = "test", data_dir: str | None = None,
-                limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                limit: int | None = None,
+                image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A whole split (or its first ``limit`` records, in stored order) in memory.
 
     Returns:
-      x: float32 [N, *shape], images in [-1, 1], points as stored.
+      x: float32 [N, *shape], images in [-1, 1] (ADM's centre crops with ``image_size``),
+        points as stored.
       labels: int32 [N].
     """
-    data_info = info(dataset, data_dir)
-    if dataset in builders.SPECS:
+    data_info = info(dataset, data_dir, image_size)
+    if dataset in builders.SPECS and image_size is None:
         x, label = builders.bundled_arrays(dataset, split, data_dir)
         return to_float(x[:limit]), np.array(label[:limit], np.int32)
-    source = open_source(dataset, split, data_dir)
+    source = open_source(dataset, split, data_dir, image_size)
     n = len(source) if limit is None else min(limit, len(source))
     records = [source[i] for i in range(n)]
     if not records:
@@ -293,20 +264,6 @@ class _WithTableConds:
         return repr(self._source)
 
 
-class _RandomHorizontalFlip(grain.transforms.RandomMap):
-    """Mirrors an image [H, W, C] along W with probability 1/2.
-
-    grain seeds ``rng`` from the sampler seed and the record's global position, so the
-    flips are the same on every run and after restoring an iterator's state.
-    """
-
-    def random_map(self, element: dict[str, np.ndarray],
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
-        if rng.random() < 0.5:
-            element = {**element, "x": np.ascontiguousarray(element["x"][:, ::-1])}
-        return element
-
-
 def _read_options(source: ArraySource | TfdsSource) -> grain.ReadOptions:
     if isinstance(source, ArraySource):
         # In memory: reader threads would only contend for the GIL.
@@ -324,9 +281,11 @@ def validate_config(data_cfg: ml_collections.ConfigDict, process_count: int = 1)
       ValueError naming the offending ``config.data`` key and what it accepts.
     """
     try:
-        data_info = info(data_cfg.dataset, data_cfg.get("data_dir"))
+        data_info = info_of(data_cfg)
     except ValueError as e:
-        raise ValueError(f"config.data.dataset: {e}") from e
+        message = str(e)
+        raise ValueError(message if message.startswith("config.data.") else
+                         f"config.data.dataset: {message}") from e
     batch_size = data_cfg.batch_size
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"config.data.batch_size must be a positive int, got {batch_size!r}")
@@ -372,7 +331,8 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     local_batch = data_cfg.batch_size // process_count
-    source = open_source(data_cfg.dataset, split, data_cfg.get("data_dir"))
+    source = open_source(data_cfg.dataset, split, data_cfg.get("data_dir"),
+                         data_cfg.get("image_size"))
     read_options = _read_options(source)
     if cond_table is not None:
         source = _WithTableConds(source, cond_table)
@@ -387,7 +347,7 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
         num_epochs=num_epochs, seed=int(seed))
     operations = [_ToBatchRecord()]
     if data_cfg.get("random_flip", False):
-        operations.append(_RandomHorizontalFlip())
+        operations.append(transforms.RandomHorizontalFlip())
     operations.append(grain.transforms.Batch(batch_size=local_batch, drop_remainder=True))
     loader = grain.DataLoader(
         data_source=source, sampler=sampler, operations=operations,

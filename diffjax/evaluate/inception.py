@@ -34,9 +34,11 @@ interpolation (half-pixel centres, no antialiasing, as PyTorch's
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import tempfile
 import zipfile
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -44,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from diffjax.evaluate import torch_weights
+from diffjax.evaluate import frechet, torch_weights
 
 __all__ = ["FEATURE_DIM", "InceptionFeatures", "InceptionV3", "MissingInceptionWeights",
            "check_weights_path", "expected_weight_shapes", "load_inception", "quantize",
@@ -339,3 +341,36 @@ def load_inception(path: str | os.PathLike | None) -> InceptionFeatures:
     """
     path = check_weights_path(path)
     return InceptionFeatures(_load_variables(path), path)
+
+
+def file_digest(path: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def reference_stats(extractor: InceptionFeatures, cache_dir: str, tag: str,
+                    images: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Inception ``(mu, cov)`` of the reference ``images()``, quantised like the samples.
+
+    Cached as ``inception_stats_<tag>_<file_digest(weights)>.npz`` (``tag``: data set, image
+    size, split), so a changed weights file is never scored against stale statistics; written
+    to a temporary file and renamed, so a concurrent reader never sees half a file.
+    """
+    path = os.path.join(cache_dir, f"inception_stats_{tag}_{file_digest(extractor.path)}.npz")
+    if not os.path.isfile(path):
+        mu, cov = frechet.gaussian_stats(extractor(quantize(images())))
+        os.makedirs(cache_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=cache_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, mu=mu, cov=cov)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    with np.load(path) as stats:
+        return stats["mu"], stats["cov"]

@@ -53,8 +53,8 @@ Decisions:
   samples against the 50k training images): samples are clipped to [-1, 1] and quantised to
   uint8 (`inception.quantize`, as saved PNGs hold them) before the network; the reference
   is every image of the ``train`` split through the same quantisation, its statistics
-  cached in ``cache_dir`` per (data set, split, SHA-256 of the weights file). Callers pass
-  float samples as for every other metric.
+  cached in ``cache_dir`` per (data set, image size, split, SHA-256 of the weights file).
+  Callers pass float samples as for every other metric.
 
 Model metrics: ``nll`` (nats) and ``bits_per_dim`` judge the *model*, not samples, so they
 are not computed here. Their names are in `MODEL_METRICS` (so one ``config.eval.metrics``
@@ -66,9 +66,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import os
-import tempfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -124,8 +121,10 @@ class _Context:
 
     def __init__(self, samples: np.ndarray, labels: np.ndarray | None, dataset: str,
                  cache_dir: str, data_dir: str | None, inception_weights: str | None,
-                 seed: int, prompts: Sequence[str] | None = None):
+                 seed: int, prompts: Sequence[str] | None = None,
+                 image_size: int | None = None):
         self.samples = samples
+        self.image_size = image_size
         self.prompts = prompts
         self.labels = labels
         self.dataset = dataset
@@ -137,7 +136,7 @@ class _Context:
 
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         from diffjax.data import load_arrays  # Deferred: data loading pulls in tfds.
-        return load_arrays(self.dataset, split, self.data_dir)
+        return load_arrays(self.dataset, split, self.data_dir, image_size=self.image_size)
 
     @functools.cached_property
     def test(self) -> tuple[np.ndarray, np.ndarray]:
@@ -224,48 +223,17 @@ def _mmd(ctx: _Context) -> dict[str, float]:
     return {"mmd": ctx.on_samples(mmd, samples, test_x), "mmd_floor": mmd(train, test_x)}
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 # The FID protocol of Heusel et al. 2017 as papers report it (e.g. Karras et al. 2022):
 # generated images as saved 8-bit files against the statistics of the whole training split.
 FID_REFERENCE_SPLIT = "train"
 
 
-def _inception_reference(ctx: _Context, extractor: inception_lib.InceptionFeatures,
-                         split: str = FID_REFERENCE_SPLIT) -> tuple[np.ndarray, np.ndarray]:
-    """Inception statistics of every image of ``split``, quantised like the samples.
-
-    Cached per (data set, split, weights file content), so that a changed weights file is
-    never scored against stale statistics. Written to a temporary file and renamed, so a
-    concurrent reader never sees half a file.
-    """
-    name = f"inception_stats_{ctx.dataset}_{split}_{_file_digest(extractor.path)}.npz"
-    path = os.path.join(ctx.cache_dir, name)
-    if not os.path.isfile(path):
-        images = ctx._split(split)[0]
-        mu, cov = frechet.gaussian_stats(extractor(inception_lib.quantize(images)))
-        os.makedirs(ctx.cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=ctx.cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, mu=mu, cov=cov)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    with np.load(path) as stats:
-        return stats["mu"], stats["cov"]
-
-
 def _fid_inception(ctx: _Context) -> dict[str, float]:
     extractor = inception_lib.load_inception(ctx.inception_weights)
-    reference = _inception_reference(ctx, extractor)
+    size = "" if ctx.image_size is None else f"_{ctx.image_size}px"
+    reference = inception_lib.reference_stats(
+        extractor, ctx.cache_dir, f"{ctx.dataset}{size}_{FID_REFERENCE_SPLIT}",
+        lambda: ctx._split(FID_REFERENCE_SPLIT)[0])
 
     def fid(x: np.ndarray) -> float:
         features = extractor(inception_lib.quantize(x))
@@ -352,7 +320,8 @@ def validate(metrics: Sequence[str] | str, data_kind: str, *,
 def evaluate_samples(samples: np.ndarray, *, metrics: Sequence[str], dataset: str,
                      cache_dir: str, labels: np.ndarray | None = None,
                      data_dir: str | None = None, inception_weights: str | None = None,
-                     seed: int = 0, prompts: Sequence[str] | None = None) -> dict[str, float]:
+                     seed: int = 0, prompts: Sequence[str] | None = None,
+                     image_size: int | None = None) -> dict[str, float]:
     """Computes the requested sample metrics against the test split of ``dataset``.
 
     Args:
@@ -365,6 +334,8 @@ def evaluate_samples(samples: np.ndarray, *, metrics: Sequence[str], dataset: st
       inception_weights: ``config.eval.inception_weights`` (``fid_inception``).
       seed: seeds the subsets and the sliced-Wasserstein directions.
       prompts: ``[N]`` captions the samples were generated from (``shapes_eval``).
+      image_size: ``config.data.image_size``: the data's images are ADM's centre crops of
+        that size (the reference statistics too).
 
     Returns:
       ``{key: float}`` with every key of every requested metric (values and floors).
@@ -375,7 +346,7 @@ def evaluate_samples(samples: np.ndarray, *, metrics: Sequence[str], dataset: st
     if model_metrics:
         raise ValueError(f"{model_metrics} judge the model, not samples: compute them with "
                          f"{[MODEL_METRICS[m] for m in model_metrics]}")
-    data_info = info(dataset, data_dir)
+    data_info = info(dataset, data_dir, image_size)
     validate(sample_metrics, data_info.kind, conditional=labels is not None,
              inception_weights=inception_weights)
     samples = np.asarray(samples, dtype=np.float32)
@@ -393,7 +364,7 @@ def evaluate_samples(samples: np.ndarray, *, metrics: Sequence[str], dataset: st
             raise ValueError(f"metric {name!r} applies to {METRICS[name].datasets} only, "
                              f"not to dataset {dataset!r}")
     ctx = _Context(samples, labels, dataset, cache_dir, data_dir, inception_weights, seed,
-                   prompts)
+                   prompts, image_size)
     results: dict[str, float] = {}
     for name in sample_metrics:
         results.update(METRICS[name].compute(ctx))

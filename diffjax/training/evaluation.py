@@ -233,7 +233,8 @@ class Evaluator:
                 samples[:config.eval.num_samples], metrics=sample_names,
                 dataset=config.data.dataset, cache_dir=cache_dir,
                 labels=labels, prompts=prompts, data_dir=config.data.get("data_dir"),
-                inception_weights=config.eval.inception_weights))
+                inception_weights=config.eval.inception_weights,
+                image_size=config.data.get("image_size")))
         return {k: float(v) for k, v in dict(results).items()}
 
 
@@ -264,7 +265,8 @@ def likelihood_metrics(setup: Setup, params: Any, config: ml_collections.ConfigD
     from diffjax.evaluate import nll
 
     x, labels = data_lib.load_arrays(config.data.dataset, "test", config.data.get("data_dir"),
-                                     limit=config.eval.likelihood_examples)
+                                     limit=config.eval.likelihood_examples,
+                                     image_size=config.data.get("image_size"))
     return nll.likelihood_metrics(
         names, setup.denoiser.fn, setup.denoiser.path, setup.denoiser.target, x,
         params=params, kind=setup.data_info.kind,

@@ -97,7 +97,7 @@ def build(config: ml_collections.ConfigDict, data_info: Optional[Any] = None) ->
         that is not one of :data:`diffjax.choices.GRAD_ACCUM_LOOPS`.
     """
     if data_info is None:
-        data_info = data_lib.info(config.data.dataset, config.data.get("data_dir"))
+        data_info = data_lib.info_of(config.data)
     # With config.latent.autoencoder the network models latents, not the data set's images.
     data_info = latent_spec.data_info(config, data_info)
     accum = int(config.optim.get("grad_accum_steps", 1))
