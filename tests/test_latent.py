@@ -3,6 +3,7 @@ digits (diffjax.autoencoder with diffjax.training): reconstruction against an in
 PSNR and the best constant image, unit-variance latents on held-out data, exact resumption of
 a latent run and refusal of a changed autoencoder."""
 import json
+import re
 import os
 import shutil
 
@@ -193,3 +194,65 @@ def test_gradient_error_is_the_mean_absolute_finite_difference_of_the_error():
                                rtol=1e-6)
     # a constant error (a global colour shift) has no edges
     assert float(ae_task.image_gradient_error(jnp.full((1, 4, 4, 3), 0.3))) == 0.0
+
+
+def test_cached_latents_train_exactly_like_encoding_in_the_step(ae_dir, data_dir, tmp_path):
+    # The second method: the same run encoding every batch inside the step. Same records,
+    # same flips (their mirror images encoded into the cache), same posterior noise.
+    losses = {}
+    for cached in (False, True):
+        config = latent_config(data_dir, ae_dir, 3)
+        config.data.random_flip = True
+        config.latent.update(cache=cached, cache_dir=str(tmp_path / "cache"))
+        config_validation.validate(config)
+        workdir = str(tmp_path / f"cached_{cached}")
+        train.train(config, workdir)
+        losses[cached] = helpers.losses(workdir)
+    (folder,) = os.listdir(tmp_path / "cache")
+    assert folder.startswith("latents_digits_train_")
+    with open(tmp_path / "cache" / folder / "meta.json") as f:
+        meta = json.load(f)
+    assert meta["flips"] and meta["autoencoder"]["workdir"] == os.path.abspath(ae_dir)
+    assert len(losses[True]) == 3
+    np.testing.assert_allclose(losses[True], losses[False], rtol=2e-4)
+
+
+def test_latent_cache_is_written_whole_or_not_at_all(ae_dir, data_dir, tmp_path, monkeypatch):
+    from diffjax.autoencoder import cache
+
+    config = latent_config(data_dir, ae_dir, 2)
+    config.latent.update(cache=True, cache_dir=str(tmp_path))
+    reference = frozen.load(spec.KEY, ae_dir)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "_encode_split", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.records(config, reference, "test")
+    assert os.listdir(tmp_path) == []  # no half-written cache, nothing left behind
+    monkeypatch.undo()
+    records = cache.records(config, reference, "test", batch_size=100)
+    x, labels = load_arrays("digits", "test", data_dir)
+    assert len(records) == len(x) and not records.flips
+    mean, logvar = ae_task.Codec(reference.setup.net).encode(reference.params, x[-5:])
+    np.testing.assert_allclose(records[len(x) - 1]["x"], mean[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(records[len(x) - 1]["x_logvar"], logvar[-1], rtol=1e-5,
+                               atol=1e-6)
+    assert records[len(x) - 1]["label"] == labels[-1]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"latent.cache": "yes"}, "config.latent.cache='yes' must be True or False"),
+    ({"latent.autoencoder": None, "latent.cache": True}, "config.latent.cache=True caches"),
+])
+def test_bad_latent_cache_settings_fail_before_compute(ae_dir, data_dir, change, message):
+    config = latent_config(data_dir, ae_dir, 2)
+    for dotted, value in change.items():
+        group, key = dotted.split(".")
+        if isinstance(value, str) and key == "cache":
+            config[group] = config[group].to_dict() | {key: value}
+        else:
+            config[group][key] = value
+    with pytest.raises(config_validation.ConfigError, match=re.escape(message)):
+        config_validation.validate(config)

@@ -77,6 +77,10 @@ class Latents:
 
     def encode(self, params: Any, pixels: Array, eps: Optional[Array] = None) -> Array:
         mean, logvar = self.module.apply({"params": params}, pixels, method=AutoencoderKL.encode)
+        return self.from_moments(mean, logvar, eps)
+
+    def from_moments(self, mean: Array, logvar: Array, eps: Optional[Array] = None) -> Array:
+        """``scale * (z - shift)``, ``z`` the posterior's mean or ``mean + std * eps``."""
         z = mean if eps is None else mean + jnp.exp(0.5 * logvar) * eps
         return self.scale * (z - self.shift)
 
@@ -116,15 +120,24 @@ class LatentTask:
     def loss(self, params, batch, key, frozen_params, rows=None):
         ae_params = frozen_params[KEY]
         rest = {k: v for k, v in frozen_params.items() if k != KEY}
-        pixels = batch["x"]
+        batch = dict(batch)
+        logvar = batch.pop("x_logvar", None)  # cached moments (diffjax.autoencoder.cache)
+        data = batch["x"]
+        if logvar is None:
+            shape = jax.eval_shape(lambda p: self.latents.encode(ae_params, p), data).shape
+        else:
+            shape = data.shape
         eps = None
-        if self.latents.sample_posterior:
-            shape = jax.eval_shape(lambda p: self.latents.encode(ae_params, p), pixels).shape
+        if self.latents.sample_posterior:  # the same draw whether encoded here or cached
             total = shape[0] if rows is None else rows.total
             eps = jax.random.normal(jax.random.fold_in(key, _POSTERIOR_SALT),
-                                    (total,) + shape[1:], pixels.dtype)
+                                    (total,) + shape[1:], data.dtype)
             eps = eps if rows is None else rows.take(eps)
-        x = jax.lax.stop_gradient(self.latents.encode(ae_params, pixels, eps))
+        if logvar is None:
+            x = self.latents.encode(ae_params, data, eps)
+        else:
+            x = self.latents.from_moments(data, logvar, eps)
+        x = jax.lax.stop_gradient(x)
         return self.inner.loss(params, {**batch, "x": x}, key, rest, rows)
 
 

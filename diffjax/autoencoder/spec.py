@@ -37,6 +37,11 @@ def latent_config() -> ml_collections.ConfigDict:
         "shift": ml_collections.FieldReference(None, field_type=float),
         # z drawn from the encoder's posterior (SD, DiT) or its mean.
         "sample_posterior": True,
+        # Encode the training split once and read the stored posteriors (diffjax.autoencoder.
+        # cache) instead of encoding every batch inside the step; cache_dir: where
+        # (None = ~/.cache/diffjax/latents).
+        "cache": False,
+        "cache_dir": ml_collections.FieldReference(None, field_type=str),
     })
 
 
@@ -138,6 +143,11 @@ def check(config: ml_collections.ConfigDict, info: Any) -> None:
     if latent_dir(config) and is_task:
         raise ConfigError(f"config.{KEY} is set on an autoencoder run; an autoencoder trains "
                           "on pixels (unset it)")
+    if not isinstance(latent.get("cache", False), bool):
+        raise ConfigError(f"config.latent.cache={latent.get('cache')!r} must be True or False")
+    if latent.get("cache", False) and not latent_dir(config):
+        raise ConfigError(f"config.latent.cache=True caches the latents of config.{KEY}, "
+                          "which is unset; set it, or leave the cache off")
     for key in ("scale", "shift"):
         value = latent.get(key)
         if value is not None and not (key == "shift" or value > 0):

@@ -240,7 +240,10 @@ class _ToBatchRecord(grain.transforms.Map):
 
     def map(self, element: dict[str, np.ndarray]) -> dict:
         cond = {"label": element["label"], **element.get("cond", {})}
-        return {"x": to_float(element["x"]), "cond": cond}
+        # Cached latents (diffjax.autoencoder.cache) also carry their posterior's logvar
+        # and the moments of the mirror image, which the flip picks.
+        extra = {k: v for k, v in element.items() if k.startswith("x_")}
+        return {"x": to_float(element["x"]), "cond": cond, **extra}
 
 
 class _WithTableConds:
@@ -305,8 +308,8 @@ def validate_config(data_cfg: ml_collections.ConfigDict, process_count: int = 1)
 
 def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", seed: int,
                   process_index: int = 0, process_count: int = 1,
-                  num_epochs: int | None = None,
-                  cond_table: Any = None) -> grain.DataLoaderIterator:
+                  num_epochs: int | None = None, cond_table: Any = None,
+                  source: Any = None) -> grain.DataLoaderIterator:
     """This process's batches ``{"x": float32 [b, *shape], "cond": {"label": int32 [b]}}``.
 
     ``b = data_cfg.batch_size // process_count``: ``batch_size`` is the global batch. The
@@ -324,6 +327,8 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
       num_epochs: passes over the data; None repeats forever.
       cond_table: per-record conditions joining ``cond`` (a ``CondTable`` of
         :mod:`diffjax.text.conditioning`: caption embeddings or word ids), or None.
+      source: records to read instead of the split's own, one per record of the split
+        (:class:`diffjax.autoencoder.cache.LatentRecords`: cached latents), or None.
     """
     data_info = validate_config(data_cfg, process_count)
     if not 0 <= process_index < process_count:
@@ -331,8 +336,9 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     local_batch = data_cfg.batch_size // process_count
-    source = open_source(data_cfg.dataset, split, data_cfg.get("data_dir"),
-                         data_cfg.get("image_size"))
+    if source is None:
+        source = open_source(data_cfg.dataset, split, data_cfg.get("data_dir"),
+                             data_cfg.get("image_size"))
     read_options = _read_options(source)
     if cond_table is not None:
         source = _WithTableConds(source, cond_table)

@@ -60,12 +60,20 @@ class CenterCropped:
 class RandomHorizontalFlip(grain.transforms.RandomMap):
     """Mirrors an image [H, W, C] along W with probability 1/2.
 
-    grain seeds ``rng`` from the sampler seed and the record's global position, so the
-    flips are the same on every run and after restoring an iterator's state.
+    A record of cached latents carries the moments of its mirror image (``x_flip``,
+    ``x_logvar_flip``): those are taken instead, with the same draw. grain seeds ``rng`` from
+    the sampler seed and the record's global position, so the flips are the same on every run
+    and after restoring an iterator's state.
     """
 
     def random_map(self, element: dict[str, np.ndarray],
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-        if rng.random() < 0.5:
+        flip = rng.random() < 0.5
+        if "x_flip" in element:
+            kept = {k: v for k, v in element.items() if not k.endswith("_flip")}
+            if flip:
+                kept.update(x=element["x_flip"], x_logvar=element["x_logvar_flip"])
+            return kept
+        if flip:
             element = {**element, "x": np.ascontiguousarray(element["x"][:, ::-1])}
         return element

@@ -31,7 +31,8 @@ BatchesFn = Callable[[ml_collections.ConfigDict, int, int], Iterator[dict]]
 def default_batches(config: ml_collections.ConfigDict, process_index: int,
                     process_count: int) -> Iterator[dict]:
     """This process's share of the training batches (a checkpointable grain iterator); a
-    text-conditioned run's batches carry each caption's text condition."""
+    text-conditioned run's batches carry each caption's text condition, a latent run with
+    ``config.latent.cache`` the cached posterior moments of each image."""
     from diffjax.text import conditioning  # deferred: only text runs need it
 
     text = conditioning.from_config(config)
@@ -44,7 +45,17 @@ def default_batches(config: ml_collections.ConfigDict, process_index: int,
                            config.data.get("data_dir"), other=table)
     return data_lib.make_iterator(config.data, split="train", seed=config.seed,
                                   process_index=process_index, process_count=process_count,
-                                  cond_table=table)
+                                  cond_table=table, source=_cached_latents(config))
+
+
+def _cached_latents(config: ml_collections.ConfigDict):
+    """The training split's cached latents with ``config.latent.cache``, else None."""
+    from diffjax.autoencoder import cache, latent
+
+    if not cache.enabled(config):
+        return None
+    reference = frozen.load(latent.KEY, latent.reference_value(config))
+    return cache.records(config, reference, "train", int(config.eval.batch_size))
 
 
 @contextlib.contextmanager
