@@ -1,40 +1,71 @@
-"""Latent diffusion on shapes (DESIGN §9): a DiT in the 8x8x4 latent space of
-configs/shapes_autoencoder.py, decoded before every evaluation.
+"""The latent text-to-image job (DESIGN §9): configs/shapes_t2i.py's recipe in the 8x8x4 latent
+space of configs/shapes_autoencoder.py, decoded before every evaluation.
 
     python -m diffjax.main --config=configs/shapes_autoencoder.py --workdir=runs/shapes_ae
-    python -m diffjax.main --config=configs/shapes_latent.py --workdir=runs/shapes_latent \
+    python -m diffjax.main --config=configs/shapes_latent.py --workdir=runs/shapes_latent \\
         --config.latent.autoencoder=runs/shapes_ae
 
 Any run becomes a latent run with ``--config.latent.autoencoder=DIR`` (a trained autoencoder's
 workdir, or a diffusers AutoencoderKL folder such as sd-vae-ft-ema): the network models
 ``scale * (z - shift)`` of the frozen encoder's latents (scale/shift stored with the
-autoencoder), the step encodes each batch inside jit, samples are decoded and scored by the
-same evaluator as a pixel run (``fd_shapes`` against real 32x32 images). Conditions pass
-through untouched: this config is unconditional until the caption data path lands, after which
-setting the text condition (``model.cross_attn`` / ``model.text_encoder``) makes it the latent
-text-to-image job.
+autoencoder), samples are decoded and scored by the same evaluator as the pixel job
+(``shapes_eval`` on the test captions, ``fd_shapes`` against real 32x32 images). The training
+split's latents are encoded once and cached (``config.latent.cache``; ``False`` encodes every
+batch inside the step instead).
+
+Variants (after ``:``): ``unet`` (default; shapes_t2i's U-Net design at latent size: 8x8 ->
+4x4, wider, cross-attention at both levels), ``dit`` (a DiT-S-width transformer, patch 1: 64
+tokens of 8x8 latents, cross-attention to the text in every block, PixArt-alpha style). Both
+share shapes_t2i's recipe: rectified flow, velocity target, logit-normal times, MiniLM text
+with 10% dropped to the empty prompt, Heun sampling with guidance 3.
 """
 from diffjax import configs
 
+VARIANTS = ("unet", "dit")
 
-def get_config(recipe: str = "flow"):
+
+def get_config(variant: str = "unet"):
+    variant = variant or "unet"
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/shapes_latent.py:{variant}: unknown variant; valid choices: "
+                         f"{', '.join(VARIANTS)}")
     config = configs.default_config()
     config.data.dataset = "shapes"
-    config.data.batch_size = 64
+    config.data.batch_size = 32
     config.latent.autoencoder = "runs/shapes_ae"
-    config.model = configs.default_model_config("dit")
-    # DiT-S width on 8x8x4 latents, one token per latent pixel (64 tokens), 6 blocks.
-    config.model.update(size="S/2", patch_size=1, depth=6, hidden=256, num_heads=4)
-    config.optim.lr = 3e-4
-    config.optim.warmup_steps = 200
+    config.latent.cache = True
+    config.path = configs.default_path_config("rectified_flow")
+    if variant == "unet":
+        config.model = configs.default_model_config("unet")
+        config.model.ch = 64
+        config.model.ch_mult = (1, 2)
+        config.model.num_res_blocks = 1
+        config.model.attn_resolutions = (4,)
+        config.model.cross_attn_resolutions = (8, 4)
+        config.model.dropout = 0.0
+    else:
+        config.model = configs.default_model_config("dit")
+        config.model.update(size="S/2", patch_size=1, depth=6, hidden=256, num_heads=4,
+                            cross_attn=True)
+    config.model.target = "velocity"
+    config.model.text_encoder = "minilm"
+    config.text.max_length = 24
+    config.loss.time_sampling = "logit_normal"
+    config.loss.label_dropout = 0.1  # conditions (here: the text) -> the empty prompt
+    config.optim.lr = 2e-3 if variant == "unet" else 3e-4
+    config.optim.warmup_steps = 100
     config.optim.schedule = "cosine"
-    config.optim.end_lr_factor = 0.1
-    config.training.num_steps = 4000
+    config.optim.end_lr_factor = 0.05
+    config.training.num_steps = 1200
     config.training.log_every = 100
-    config.training.eval_every = 4000
-    config.training.checkpoint_every = 1000
-    config.training.ema_decay = 0.999
-    config.sampling.num_steps = 30
-    config.eval.metrics = "fd_shapes"
-    config.eval.num_samples = 1000
-    return configs.apply_recipe(config, recipe or "flow")
+    config.training.eval_every = 1200
+    config.training.checkpoint_every = 400
+    config.training.ema_decay = 0.995
+    config.sampling.sampler = "heun"
+    config.sampling.num_steps = 8
+    config.sampling.guidance_scale = 3.0
+    config.sampling.num_samples = 64
+    config.eval.metrics = "shapes_eval,fd_shapes"
+    config.eval.num_samples = 500
+    config.eval.batch_size = 250
+    return config

