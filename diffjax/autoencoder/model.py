@@ -16,6 +16,8 @@ relies on. Images are NHWC in [-1, 1].
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -156,15 +158,44 @@ class Decoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, z: Array) -> Array:
+    def __call__(self, z: Array, return_features: bool = False):
         chs = tuple(reversed(tuple(self.block_out_channels)))
         x = _conv(chs[0], self.dtype, "conv_in")(z)
         x = MidBlock(chs[0], self.groups, self.mid_attention, self.dtype, name="mid_block")(x)
         for i, ch in enumerate(chs):
             x = Stage(ch, self.layers_per_block + 1, self.groups,
                       "up" if i < len(chs) - 1 else None, self.dtype, name=f"up_blocks_{i}")(x)
-        x = nn.silu(_norm(self.groups, self.dtype, "conv_norm_out")(x))
-        return _conv(self.out_channels, self.dtype, "conv_out")(x)
+        h = nn.silu(_norm(self.groups, self.dtype, "conv_norm_out")(x))
+        out = _conv(self.out_channels, self.dtype, "conv_out")(h)
+        return (out, h) if return_features else out
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (Isola et al. 2017) in the layout of LDM's first-stage discriminator
+    (taming-transformers' NLayerDiscriminator): 4x4 convolutions, ``layers`` of them with
+    stride 2 and widths ``channels * min(2^n, 8)``, one with stride 1, then a 4x4 convolution
+    to one logit per patch; LeakyReLU 0.2. GroupNorm stands in for BatchNorm, which would
+    need state outside the parameters. ``x: [B, H, W, C] -> logits [B, h, w, 1]``."""
+    channels: int = 64
+    layers: int = 3
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        def conv(features, stride, name, bias=True):
+            return nn.Conv(features, (4, 4), (stride, stride), padding=((1, 1), (1, 1)),
+                           use_bias=bias, dtype=self.dtype, name=name)
+
+        def norm(features, name):
+            return nn.GroupNorm(num_groups=math.gcd(features, 32), dtype=self.dtype, name=name)
+
+        h = nn.leaky_relu(conv(self.channels, 2, "conv_0")(x), 0.2)
+        for n in range(1, self.layers + 1):
+            width = self.channels * min(2 ** n, 8)
+            stride = 2 if n < self.layers else 1
+            h = conv(width, stride, f"conv_{n}", bias=False)(h)
+            h = nn.leaky_relu(norm(width, f"norm_{n}")(h), 0.2)
+        return conv(1, 1, "conv_out")(h).astype(jnp.float32)
 
 
 class AutoencoderKL(nn.Module):
@@ -184,6 +215,10 @@ class AutoencoderKL(nn.Module):
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     image_channels: int = 3
+    # A PatchGAN for the adversarial loss (autoencoder.disc_weight); 0 = none. Its
+    # parameters sit under "discriminator", beside the autoencoder's.
+    disc_channels: int = 0
+    disc_layers: int = 3
     num_classes: int = 0
     dtype: Dtype = jnp.float32
 
@@ -198,6 +233,9 @@ class AutoencoderKL(nn.Module):
             self.quant_conv = _conv(2 * self.latent_channels, self.dtype, None, kernel=1)
         if self.use_post_quant_conv:
             self.post_quant_conv = _conv(self.latent_channels, self.dtype, None, kernel=1)
+        if self.disc_channels:
+            self.discriminator = PatchDiscriminator(self.disc_channels, self.disc_layers,
+                                                    self.dtype)
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         h = self.encoder(x)
@@ -207,14 +245,27 @@ class AutoencoderKL(nn.Module):
         return mean, jnp.clip(logvar, *LOGVAR_RANGE)
 
     def decode(self, z: Array) -> Array:
+        return self.decode_with_features(z)[0]
+
+    def decode_with_features(self, z: Array) -> tuple[Array, Array]:
+        """``(x, h)``: the image and the features ``conv_out`` maps to it (the last layer,
+        whose gradients weigh the adversarial loss)."""
         if self.use_post_quant_conv:
             z = self.post_quant_conv(z)
-        return self.decoder(z).astype(jnp.float32)
+        x, h = self.decoder(z, return_features=True)
+        return x.astype(jnp.float32), h
+
+    def discriminate(self, x: Array) -> Array:
+        """The PatchGAN's logits of images ``x`` (``disc_channels > 0``)."""
+        return self.discriminator(x)
 
     def __call__(self, x: Array, noise_cond: Any = None, cond: Any = None,
                  train: bool = False) -> Array:
         del noise_cond, cond, train
-        return self.decode(self.encode(x)[0])
+        x = self.decode(self.encode(x)[0])
+        if self.disc_channels:  # initialises the discriminator's parameters too
+            x = x + 0.0 * jnp.mean(self.discriminate(x))
+        return x
 
 
 def factor(block_out_channels: Sequence[int]) -> int:
@@ -224,8 +275,11 @@ def factor(block_out_channels: Sequence[int]) -> int:
 
 def check_autoencoder(data_shape: Sequence[int], *, block_out_channels: Sequence[int],
                       layers_per_block: int, latent_channels: int, norm_num_groups: int,
-                      image_channels: int) -> None:
+                      image_channels: int, disc_channels: int = 0, disc_layers: int = 3) -> None:
     """Raises ValueError naming the offending ``model.*`` key."""
+    for key, value, low in (("disc_channels", disc_channels, 0), ("disc_layers", disc_layers, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"model.{key}={value!r} must be an int >= {low}")
     chs = tuple(block_out_channels)
     if not chs or any(not isinstance(c, int) or c < 1 for c in chs):
         raise ValueError(f"model.block_out_channels={chs!r} must be a non-empty tuple of "
@@ -246,6 +300,11 @@ def check_autoencoder(data_shape: Sequence[int], *, block_out_channels: Sequence
     if c != image_channels:
         raise ValueError(f"model.image_channels={image_channels} but the data has {c} "
                          f"channels; set model.image_channels={c}")
+    patches = min(h, w) // 2 ** disc_layers - 2  # the PatchGAN's output side
+    if disc_channels and patches < 1:
+        deepest = max(1, (min(h, w) // 3).bit_length() - 1)
+        raise ValueError(f"model.disc_layers={disc_layers} halves {h}x{w} images to nothing; "
+                         f"use model.disc_layers <= {deepest} here")
     f = factor(chs)
     if h % f or w % f:
         raise ValueError(f"model.block_out_channels={chs} downsamples by f={f}, which does not "

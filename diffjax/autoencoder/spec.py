@@ -53,6 +53,11 @@ def autoencoder_config() -> ml_collections.ConfigDict:
         "kl_weight": 1e-6,
         # weight of the error of the image gradients (edges; Mathieu et al. 2016); 0 = off
         "gradient_weight": 0.0,
+        # The PatchGAN's hinge loss (Esser et al. 2021, LDM's first stage; needs
+        # model.disc_channels > 0): its weight (LDM: 0.5; 0 = off), times the adaptive
+        # weight, and the step it starts at (the discriminator trains from then on too).
+        "disc_weight": 0.0,
+        "disc_start": 0,
         # Train examples whose latents give the stored shift and scale.
         "stats_examples": 2048,
     })
@@ -167,9 +172,15 @@ def check(config: ml_collections.ConfigDict, info: Any) -> None:
     if group.get("reconstruction") not in RECONSTRUCTIONS:
         raise ConfigError(f"config.autoencoder.reconstruction={group.get('reconstruction')!r} "
                           f"is not valid; valid choices: {', '.join(RECONSTRUCTIONS)}")
-    for key in ("kl_weight", "gradient_weight"):
+    for key in ("kl_weight", "gradient_weight", "disc_weight"):
         if not group.get(key, 0.0) >= 0:
             raise ConfigError(f"config.autoencoder.{key}={group.get(key)!r} must be >= 0")
+    start = group.get("disc_start", 0)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ConfigError(f"config.autoencoder.disc_start={start!r} must be an int >= 0")
+    if group.get("disc_weight", 0.0) > 0 and not config.model.get("disc_channels", 0):
+        raise ConfigError(f"config.autoencoder.disc_weight={group.get('disc_weight')!r} needs a "
+                          "discriminator: set config.model.disc_channels (e.g. 64; 0 = none)")
     n = group.get("stats_examples")
     if not isinstance(n, int) or n < 2:
         raise ConfigError(f"config.autoencoder.stats_examples={n!r} must be an int >= 2")

@@ -1,11 +1,17 @@
 """The ``autoencoder`` task of the one trainer, its evaluation and its latent statistics.
 
-Loss (Rombach et al. 2022, the KL-regularised first stage, without the perceptual and
-adversarial terms): ``mean |x - D(z)|`` (or squared) with ``z ~ q(z|x) = N(mean, exp(logvar))``,
-plus ``kl_weight * KL(q(z|x) || N(0, I)) / (H W C)``. LDM sums both terms over the pixels;
+Loss (Rombach et al. 2022, the KL-regularised first stage, without the perceptual term):
+``mean |x - D(z)|`` (or squared) with ``z ~ q(z|x) = N(mean, exp(logvar))``, plus
+``kl_weight * KL(q(z|x) || N(0, I)) / (H W C)``. LDM sums both terms over the pixels;
 dividing both by the pixel count keeps SD's ``kl_weight = 1e-6`` meaning the same. Optionally
 ``gradient_weight`` times the error of the image's finite differences (sharper edges, which
-the shapes detector's features, hence ``fd_shapes_recon``, are very sensitive to).
+the shapes detector's features, hence ``fd_shapes_recon``, are very sensitive to), and from
+step ``disc_start`` the adversarial terms of LDM's first stage (Esser et al. 2021, VQGAN):
+a PatchGAN (``model.disc_channels``) trained by the hinge loss, and the generator's
+``-mean D(x_hat)`` weighted by ``disc_weight`` times the adaptive weight
+``|grad rec| / (|grad g| + 1e-4)`` at the decoder's last layer. Both players are trained by
+the one optimizer through stop-gradients (each term reaches only its own player's
+parameters), so they share Adam's betas, where LDM gives each its own optimizer.
 
 Evaluation (``eval_every``, and ``--mode=eval``), on the EMA parameters:
 
@@ -58,14 +64,41 @@ def image_gradient_error(err: Array) -> Array:
             jnp.mean(jnp.abs(err[:, :, 1:] - err[:, :, :-1])))
 
 
+def last_layer_gradient(features: Array, kernel: Array, cotangent: Array) -> Array:
+    """The gradient w.r.t. a 3x3 SAME convolution's ``kernel`` [3, 3, C, O] of a loss whose
+    gradient w.r.t. the convolution's output is ``cotangent`` [B, H, W, O], at input
+    ``features`` [B, H, W, C]; the bias does not enter."""
+    conv = lambda k: jax.lax.conv_general_dilated(  # noqa: E731
+        features, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.vjp(conv, kernel)[1](cotangent)[0]
+
+
+def hinge_d_loss(logits_real: Array, logits_fake: Array) -> Array:
+    """The discriminator's hinge loss (Lim & Ye 2017), as LDM's first stage trains it."""
+    return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) +
+                  jnp.mean(jax.nn.relu(1.0 + logits_fake)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Autoencode:
-    """Reconstruction + KL of :class:`AutoencoderKL` (see the module docstring)."""
+    """Reconstruction + KL (+ adversarial) of :class:`AutoencoderKL` (the module docstring)."""
 
     setup: Setup
     reconstruction: str = "l1"
     kl_weight: float = 1e-6
     gradient_weight: float = 0.0
+    disc_weight: float = 0.0
+    disc_start: int = 0
+
+    @property
+    def reads_step(self) -> bool:
+        return self.disc_weight > 0
+
+    def _reconstruction(self, x_rec: Array, x: Array) -> tuple[Array, tuple[Array, Array]]:
+        err = x_rec - x
+        rec = jnp.mean(jnp.abs(err)) if self.reconstruction == "l1" else jnp.mean(err ** 2)
+        edges = image_gradient_error(err)
+        return rec + self.gradient_weight * edges, (rec, edges)
 
     def loss(self, params, batch, key, frozen, rows=None):
         del frozen  # reads no other run
@@ -75,19 +108,54 @@ class Autoencode:
         eps = jax.random.normal(key, (total,) + mean.shape[1:], mean.dtype)
         eps = eps if rows is None else rows.take(eps)
         z = mean + jnp.exp(0.5 * logvar) * eps
-        err = net.apply({"params": params}, z, method=AutoencoderKL.decode) - x
-        rec = jnp.mean(jnp.abs(err)) if self.reconstruction == "l1" else jnp.mean(err ** 2)
+        x_rec, features = net.apply({"params": params}, z,
+                                    method=AutoencoderKL.decode_with_features)
+        rec_loss, (rec, edges) = self._reconstruction(x_rec, x)
         kl = jnp.mean(kl_divergence(mean, logvar))
-        edges = image_gradient_error(err)
-        loss = rec + self.kl_weight * kl / np.prod(x.shape[1:]) + self.gradient_weight * edges
-        return loss, {"reconstruction": rec, "kl": kl, "mse": jnp.mean(err ** 2),
-                      "gradient_error": edges}
+        loss = rec_loss + self.kl_weight * kl / np.prod(x.shape[1:])
+        aux = {"reconstruction": rec, "kl": kl, "mse": jnp.mean((x_rec - x) ** 2),
+               "gradient_error": edges}
+        if self.disc_weight > 0:
+            adversarial, more = self._adversarial(params, x, x_rec, features, batch["step"][0])
+            loss, aux = loss + adversarial, {**aux, **more}
+        return loss, aux
+
+    def _adversarial(self, params, x, x_rec, features, step):
+        """``on * (disc_weight * lambda * g_loss + d_loss)``: the generator term reaches the
+        autoencoder only (the discriminator's parameters held), the hinge term the
+        discriminator only (the reconstruction held); ``lambda`` balances the two gradients
+        at the decoder's last layer (Esser et al. 2021, eq. 7), ``on`` is 0 before
+        ``disc_start``."""
+        net = self.setup.net
+
+        def logits(disc_params, images):
+            return net.apply({"params": {**params, "discriminator": disc_params}}, images,
+                             method=AutoencoderKL.discriminate)
+
+        held = jax.lax.stop_gradient(params["discriminator"])
+        g_loss = -jnp.mean(logits(held, x_rec))
+        y, h = jax.lax.stop_gradient(x_rec), jax.lax.stop_gradient(features)
+        kernel = jax.lax.stop_gradient(params["decoder"]["conv_out"]["kernel"])
+        grad_rec = last_layer_gradient(h, kernel, jax.grad(
+            lambda v: self._reconstruction(v, x)[0])(y).astype(h.dtype))
+        grad_g = last_layer_gradient(h, kernel, jax.grad(
+            lambda v: -jnp.mean(logits(held, v)))(y).astype(h.dtype))
+        lam = jnp.linalg.norm(grad_rec) / (jnp.linalg.norm(grad_g) + 1e-4)
+        lam = jax.lax.stop_gradient(jnp.clip(lam, 0.0, 1e4))
+        real = logits(params["discriminator"], x)
+        fake = logits(params["discriminator"], jax.lax.stop_gradient(x_rec))
+        d_loss = hinge_d_loss(real, fake)
+        on = (step >= self.disc_start).astype(jnp.float32)
+        total = on * (self.disc_weight * lam * g_loss + d_loss)
+        return total, {"g_loss": g_loss, "d_loss": d_loss, "adaptive_weight": lam,
+                       "logits_real": jnp.mean(real), "logits_fake": jnp.mean(fake)}
 
 
 def build(setup: Setup, references) -> Autoencode:
     group = _group(setup)
     return Autoencode(setup, str(group.reconstruction), float(group.kl_weight),
-                      float(group.get("gradient_weight", 0.0)))
+                      float(group.get("gradient_weight", 0.0)),
+                      float(group.get("disc_weight", 0.0)), int(group.get("disc_start", 0)))
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -93,7 +93,7 @@ def default_autoencoder_config() -> ml_collections.ConfigDict:
         "arch": "autoencoder", "block_out_channels": (32, 64, 64), "layers_per_block": 1,
         "latent_channels": 4, "norm_num_groups": 16, "mid_attention": True,
         "use_quant_conv": True, "use_post_quant_conv": True, "image_channels": 3,
-        "class_conditional": False, "dtype": "float32"})
+        "disc_channels": 0, "disc_layers": 3, "class_conditional": False, "dtype": "float32"})
 
 
 @dataclasses.dataclass(frozen=True)
