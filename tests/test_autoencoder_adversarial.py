@@ -2,8 +2,11 @@
 weight): the adaptive weight's last-layer gradient against autodiff through the whole decoder,
 each term reaching only its own player's parameters, nothing before ``disc_start``, and the
 hinge loss's closed form."""
+import json
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -124,3 +127,17 @@ def test_bad_adversarial_settings_fail_before_compute(change, message, tmp_path)
         config[group][key] = value
     with pytest.raises(config_validation.ConfigError, match=message):
         config_validation.validate(config)
+
+
+def test_a_run_stored_before_the_discriminator_existed_resumes_unchanged(tmp_path):
+    from diffjax.config_compat import incompatibilities
+
+    new = _config()
+    new.data.data_dir = str(tmp_path)
+    new.model.update(disc_channels=0, disc_layers=3)  # the defaults: no discriminator
+    stored = json.loads(new.to_json())
+    del stored["model"]["disc_channels"], stored["model"]["disc_layers"]
+    old = ml_collections.ConfigDict(stored)  # a config.json written before the keys existed
+    assert incompatibilities(old, new) == []
+    new.model.disc_channels = 8
+    assert incompatibilities(old, new) == ["model.disc_channels: 0 -> 8"]
