@@ -1,0 +1,169 @@
+"""latent_vs_pixel: the text-to-image job in pixels against the same job in an autoencoder's
+latents, at the same training budget (steps x batch), on this machine.
+
+    python experiments/latent_vs_pixel.py --autoencoder=runs/shapes_ae \\
+        --workdir=runs/experiments/latent_vs_pixel [--steps=1200] [--arms=pixel,unet,dit]
+        [--pixel_run=runs/shapes_t2i]   # an existing configs/shapes_t2i.py run to reuse
+
+Arms: ``pixel`` = configs/shapes_t2i.py (U-Net on 32x32x3), ``unet`` / ``dit`` =
+configs/shapes_latent.py's variants on the autoencoder's cached 8x8x4 latents; every arm is a
+plain ``python -m diffjax.main`` run with ``training.num_steps=--steps`` and the configs'
+own evaluation (``shapes_eval`` on the test captions, ``fd_shapes`` with its floor; latent
+samples decoded first). Reported per arm: the train step's FLOPs per example (XLA's cost
+analysis of the compiled step, the frozen encoder's share included when it runs in the step),
+training time (the logged intervals' steps/s, compilation and evaluation excluded), the run's
+wall time, the evaluation's sampling time, and the metrics. Then the two probes the issue asks
+for: steps/s of the latent U-Net with latents cached against encoded inside every step
+(``--probe_steps`` steps each, run back to back so both see the same machine load).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+CONFIGS = {"pixel": "configs/shapes_t2i.py:cpu", "unet": "configs/shapes_latent.py:unet",
+           "dit": "configs/shapes_latent.py:dit"}
+_SAMPLING = re.compile(r"sampling: batch (\d+)/(\d+) \((\d+)/(\d+) samples, ([\d.]+)s\)")
+
+
+def _records(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def train_seconds(records: list[dict]) -> tuple[float, float]:
+    """``(seconds, steps/s)`` of training: each logged interval's steps over its steps/s,
+    the first interval (compilation) replaced by the median rate of the others."""
+    logs = [r for r in records if "steps_per_sec" in r]
+    spans = [(b["step"] - a["step"], b["steps_per_sec"]) for a, b in zip(
+        [{"step": 0}] + logs[:-1], logs)]
+    rates = sorted(rate for _, rate in spans[1:]) or [spans[0][1]]
+    median = rates[len(rates) // 2]
+    seconds = spans[0][0] / median + sum(n / rate for n, rate in spans[1:])
+    return seconds, median
+
+
+def run_arm(name: str, args, workdir: str, steps: int, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "diffjax.main", f"--config={CONFIGS[name]}",
+           f"--workdir={workdir}", f"--config.training.num_steps={steps}",
+           "--config.training.progress_bar=False", *extra]
+    if name != "pixel":
+        cmd.append(f"--config.latent.autoencoder={args.autoencoder}")
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return {"wall_s": wall, "log": out.stdout + out.stderr}
+
+
+def summarize(name: str, workdir: str, log: str = "", wall: float | None = None) -> dict:
+    records = _records(workdir)
+    seconds, rate = train_seconds(records)
+    evals = [r for r in records if "shapes_eval" in r]
+    row = {"arm": name, "workdir": workdir, "train_s": seconds, "steps_per_s": rate,
+           "steps": max(r["step"] for r in records), "wall_s": wall}
+    if evals:
+        row.update({k: evals[-1][k] for k in ("shapes_eval", "fd_shapes", "fd_shapes_floor")})
+    sampling = _SAMPLING.findall(log)
+    if sampling:
+        row["eval_sampling_s"], row["eval_samples"] = float(sampling[-1][4]), int(sampling[-1][2])
+    row["gflop_per_example"] = step_flops(workdir) / 1e9
+    return row
+
+
+def step_flops(workdir: str) -> float:
+    """FLOPs per example of the run's compiled train step (XLA's cost analysis)."""
+    import jax
+    import jax.numpy as jnp
+
+    from diffjax import checkpoint, train
+    from diffjax.training import frozen, tasks
+    from diffjax.training.setup import example_cond
+
+    config = checkpoint.load_config(workdir)
+    setup = train.build(config)
+    spec = tasks.for_config(config)
+    references = frozen.load_all(spec.references(config))
+    task = spec.build(setup, references)
+    state = jax.eval_shape(lambda: train.init_state(setup, 0))
+    b = int(config.data.batch_size)
+    cond = jax.eval_shape(lambda: example_cond(setup, b))
+    if config.get("latent") and config.latent.get("autoencoder") and config.latent.get("cache"):
+        moments = jax.ShapeDtypeStruct((b, *setup.data_info.shape), jnp.float32)
+        batch = {"x": moments, "x_logvar": moments, "cond": cond}
+    else:
+        from diffjax import data as data_lib
+        pixels = data_lib.info_of(config.data).shape
+        batch = {"x": jax.ShapeDtypeStruct((b, *pixels), jnp.float32), "cond": cond}
+    step = jax.jit(train.make_train_step(setup, task=task))
+    analysis = step.lower(state, batch, frozen.frozen_tree(references)).compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis["flops"]) / b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--autoencoder", required=True)
+    parser.add_argument("--workdir", default="runs/experiments/latent_vs_pixel")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--arms", default="pixel,unet")
+    parser.add_argument("--pixel_run", default=None,
+                        help="reuse this finished configs/shapes_t2i.py run as the pixel arm")
+    parser.add_argument("--probe_steps", type=int, default=200)
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    rows = []
+    for arm in args.arms.split(","):
+        if arm == "pixel" and args.pixel_run:
+            rows.append(summarize("pixel (reused run)", args.pixel_run))
+            continue
+        workdir = os.path.join(args.workdir, arm)
+        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+            raise SystemExit(f"{workdir} holds a run already; choose another --workdir")
+        out = run_arm(arm, args, workdir, args.steps, [])
+        rows.append(summarize(arm, workdir, out["log"], out["wall_s"]))
+        print(json.dumps(rows[-1]), flush=True)
+    probes = {}
+    if args.probe_steps:
+        for cached in (True, False):
+            workdir = os.path.join(args.workdir, f"probe_cache_{cached}")
+            run_arm("unet", args, workdir, args.probe_steps, [
+                f"--config.latent.cache={cached}", "--config.training.eval_every=0",
+                f"--config.training.log_every={max(1, args.probe_steps // 4)}",
+                f"--config.training.checkpoint_every={args.probe_steps}"])
+            probes[cached] = train_seconds(_records(workdir))[1]
+    with open(os.path.join(args.workdir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "probe_steps_per_s": probes,
+                   "load": os.getloadavg()}, f, indent=1)
+    print(f"\n{os.cpu_count()} cores, load average now "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; {args.steps} steps of batch 32\n")
+    print("| arm | GFLOP/ex (train step) | train s | steps/s | run wall s | eval sampling s "
+          "| shapes_eval | fd_shapes (floor) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        wall = f"{r['wall_s']:.0f}" if r.get("wall_s") else "-"
+        samp = f"{r['eval_sampling_s']:.0f} ({r['eval_samples']})" if "eval_sampling_s" in r \
+            else "-"
+        print(f"| {r['arm']} | {r['gflop_per_example']:.3g} | {r['train_s']:.0f} | "
+              f"{r['steps_per_s']:.2f} | {wall} | {samp} | {r.get('shapes_eval', float('nan')):.3f} "
+              f"| {r.get('fd_shapes', float('nan')):.1f} ({r.get('fd_shapes_floor', float('nan')):.2f}) |")
+    if probes:
+        print(f"\nlatent U-Net steps/s, {args.probe_steps} steps each, back to back: latents "
+              f"cached {probes[True]:.2f}, encoded in the step {probes[False]:.2f} "
+              f"({probes[True] / probes[False]:.2f}x)")
+    print(f"\nresults: {os.path.join(args.workdir, 'results.json')}")
+
+
+if __name__ == "__main__":
+    main()
