@@ -10,11 +10,13 @@ workdir, or a diffusers AutoencoderKL folder such as sd-vae-ft-ema): the network
 ``scale * (z - shift)`` of the frozen encoder's latents (scale/shift stored with the
 autoencoder), samples are decoded and scored by the same evaluator as the pixel job
 (``shapes_eval`` on the test captions, ``fd_shapes`` against real 32x32 images). The training
-split's latents are encoded once and cached (``config.latent.cache``; ``False`` encodes every
-batch inside the step instead).
+split's latents are encoded once and cached (``config.latent.cache``, shared by every run of
+the same autoencoder and data; 75 s once on the 2-core CPU, then each step 1.2x faster;
+``False`` encodes every batch inside the step instead).
 
 Variants (after ``:``): ``unet`` (default; shapes_t2i's U-Net design at latent size: 8x8 ->
-4x4, wider, cross-attention at both levels), ``dit`` (a DiT-S-width transformer, patch 1: 64
+4x4, channels 128/256, cross-attention at both levels: 1.46 GFLOP a training example against
+the pixel job's 1.54), ``dit`` (a DiT-S-width transformer, patch 1: 64
 tokens of 8x8 latents, cross-attention to the text in every block, PixArt-alpha style). Both
 share shapes_t2i's recipe: rectified flow, velocity target, logit-normal times, MiniLM text
 with 10% dropped to the empty prompt, Heun sampling with guidance 3.
@@ -37,7 +39,7 @@ def get_config(variant: str = "unet"):
     config.path = configs.default_path_config("rectified_flow")
     if variant == "unet":
         config.model = configs.default_model_config("unet")
-        config.model.ch = 64
+        config.model.ch = 128
         config.model.ch_mult = (1, 2)
         config.model.num_res_blocks = 1
         config.model.attn_resolutions = (4,)

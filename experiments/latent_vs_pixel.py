@@ -4,6 +4,8 @@ latents, at the same training budget (steps x batch), on this machine.
     python experiments/latent_vs_pixel.py --autoencoder=runs/shapes_ae \\
         --workdir=runs/experiments/latent_vs_pixel [--steps=1200] [--arms=pixel,unet,dit]
         [--pixel_run=runs/shapes_t2i]   # an existing configs/shapes_t2i.py run to reuse
+    python experiments/latent_vs_pixel.py --autoencoder=runs/shapes_ae --samplers_of=dit \
+        --workdir=runs/experiments/latent_vs_pixel   # that arm with every sampler
 
 Arms: ``pixel`` = configs/shapes_t2i.py (U-Net on 32x32x3), ``unet`` / ``dit`` =
 configs/shapes_latent.py's variants on the autoencoder's cached 8x8x4 latents; every arm is a
@@ -12,7 +14,7 @@ own evaluation (``shapes_eval`` on the test captions, ``fd_shapes`` with its flo
 samples decoded first). Reported per arm: the train step's FLOPs per example (XLA's cost
 analysis of the compiled step, the frozen encoder's share included when it runs in the step),
 training time (the logged intervals' steps/s, compilation and evaluation excluded), the run's
-wall time, the evaluation's sampling time, and the metrics. Then the two probes the issue asks
+wall time (data preparation, compilation, training, evaluation), and the metrics. Then the two probes the issue asks
 for: steps/s of the latent U-Net with latents cached against encoded inside every step
 (``--probe_steps`` steps each, run back to back so both see the same machine load).
 """
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -32,7 +33,6 @@ if REPO not in sys.path:
 
 CONFIGS = {"pixel": "configs/shapes_t2i.py:cpu", "unet": "configs/shapes_latent.py:unet",
            "dit": "configs/shapes_latent.py:dit"}
-_SAMPLING = re.compile(r"sampling: batch (\d+)/(\d+) \((\d+)/(\d+) samples, ([\d.]+)s\)")
 
 
 def _records(workdir: str) -> list[dict]:
@@ -67,7 +67,7 @@ def run_arm(name: str, args, workdir: str, steps: int, extra: list[str]) -> dict
     return {"wall_s": wall, "log": out.stdout + out.stderr}
 
 
-def summarize(name: str, workdir: str, log: str = "", wall: float | None = None) -> dict:
+def summarize(name: str, workdir: str, wall: float | None = None) -> dict:
     records = _records(workdir)
     seconds, rate = train_seconds(records)
     evals = [r for r in records if "shapes_eval" in r]
@@ -75,9 +75,6 @@ def summarize(name: str, workdir: str, log: str = "", wall: float | None = None)
            "steps": max(r["step"] for r in records), "wall_s": wall}
     if evals:
         row.update({k: evals[-1][k] for k in ("shapes_eval", "fd_shapes", "fd_shapes_floor")})
-    sampling = _SAMPLING.findall(log)
-    if sampling:
-        row["eval_sampling_s"], row["eval_samples"] = float(sampling[-1][4]), int(sampling[-1][2])
     row["gflop_per_example"] = step_flops(workdir) / 1e9
     return row
 
@@ -112,6 +109,35 @@ def step_flops(workdir: str) -> float:
     return float(analysis["flops"]) / b
 
 
+def every_sampler(arm: str, args) -> list[dict]:
+    """The trained ``arm`` run evaluated with every sampler that takes its path and target
+    (``--mode=eval``, ``--sampler_samples`` samples, ``--sampler_steps`` steps each); the
+    few-step samplers of distilled models are left out (they need a model trained for them)."""
+    from diffjax.samplers import SAMPLERS
+
+    few_step = ("consistency", "mean_flow", "shortcut")
+    workdir = os.path.join(args.workdir, arm)
+    rows = []
+    for sampler in (s for s in SAMPLERS if s not in few_step):
+        cmd = [sys.executable, "-m", "diffjax.main", f"--config={CONFIGS[arm.split('_')[0]]}",
+               f"--workdir={workdir}", "--mode=eval", f"--config.sampling.sampler={sampler}",
+               *args.extra.split(),
+               f"--config.sampling.num_steps={args.sampler_steps}",
+               f"--config.eval.num_samples={args.sampler_samples}",
+               f"--config.latent.autoencoder={args.autoencoder}"]
+        start = time.perf_counter()
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        row = {"sampler": sampler, "wall_s": time.perf_counter() - start}
+        if out.returncode:
+            row["refused"] = (out.stdout + out.stderr).strip().splitlines()[-1][:200]
+        else:
+            record = [r for r in _records(workdir) if r.get("mode") == "eval"][-1]
+            row.update({k: record[k] for k in ("shapes_eval", "fd_shapes", "fd_shapes_floor")})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--autoencoder", required=True)
@@ -121,48 +147,69 @@ def main() -> None:
     parser.add_argument("--pixel_run", default=None,
                         help="reuse this finished configs/shapes_t2i.py run as the pixel arm")
     parser.add_argument("--probe_steps", type=int, default=200)
+    parser.add_argument("--extra", default="",
+                        help="flags for the latent arms, e.g. --config.model.ch=128")
+    parser.add_argument("--suffix", default="", help="appended to the arms' workdir names")
+    parser.add_argument("--samplers_of", default="",
+                        help="only evaluate this finished arm (e.g. dit) with every sampler")
+    parser.add_argument("--sampler_steps", type=int, default=32)
+    parser.add_argument("--sampler_samples", type=int, default=200)
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
+    if args.samplers_of:
+        rows = every_sampler(args.samplers_of, args)
+        with open(os.path.join(args.workdir, f"samplers_{args.samplers_of}.json"), "w",
+                  encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+        print(f"\n| sampler ({args.sampler_steps} steps, {args.sampler_samples} samples) | "
+              "shapes_eval | fd_shapes (floor) | wall s |\n|---|---:|---|---:|")
+        for r in rows:
+            if "refused" in r:
+                print(f"| {r['sampler']} | refused: {r['refused']} | | {r['wall_s']:.0f} |")
+            else:
+                print(f"| {r['sampler']} | {r['shapes_eval']:.3f} | {r['fd_shapes']:.1f} "
+                      f"({r['fd_shapes_floor']:.2f}) | {r['wall_s']:.0f} |")
+        return
     rows = []
     for arm in args.arms.split(","):
         if arm == "pixel" and args.pixel_run:
             rows.append(summarize("pixel (reused run)", args.pixel_run))
             continue
-        workdir = os.path.join(args.workdir, arm)
+        workdir = os.path.join(args.workdir, arm + args.suffix)
         if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
             raise SystemExit(f"{workdir} holds a run already; choose another --workdir")
-        out = run_arm(arm, args, workdir, args.steps, [])
-        rows.append(summarize(arm, workdir, out["log"], out["wall_s"]))
+        extra = args.extra.split() if arm != "pixel" else []
+        out = run_arm(arm, args, workdir, args.steps, extra)
+        rows.append(summarize(arm + args.suffix, workdir, out["wall_s"]))
         print(json.dumps(rows[-1]), flush=True)
     probes = {}
     if args.probe_steps:
         for cached in (True, False):
-            workdir = os.path.join(args.workdir, f"probe_cache_{cached}")
+            workdir = os.path.join(args.workdir, f"probe_cache_{cached}{args.suffix}")
             run_arm("unet", args, workdir, args.probe_steps, [
                 f"--config.latent.cache={cached}", "--config.training.eval_every=0",
                 f"--config.training.log_every={max(1, args.probe_steps // 4)}",
                 f"--config.training.checkpoint_every={args.probe_steps}"])
             probes[cached] = train_seconds(_records(workdir))[1]
-    with open(os.path.join(args.workdir, "results.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(args.workdir, f"results{args.suffix}.json"), "w",
+              encoding="utf-8") as f:
         json.dump({"rows": rows, "probe_steps_per_s": probes,
                    "load": os.getloadavg()}, f, indent=1)
     print(f"\n{os.cpu_count()} cores, load average now "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; {args.steps} steps of batch 32\n")
-    print("| arm | GFLOP/ex (train step) | train s | steps/s | run wall s | eval sampling s "
-          "| shapes_eval | fd_shapes (floor) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| arm | GFLOP/ex (train step) | train s | steps/s | run wall s | shapes_eval "
+          "| fd_shapes (floor) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         wall = f"{r['wall_s']:.0f}" if r.get("wall_s") else "-"
-        samp = f"{r['eval_sampling_s']:.0f} ({r['eval_samples']})" if "eval_sampling_s" in r \
-            else "-"
         print(f"| {r['arm']} | {r['gflop_per_example']:.3g} | {r['train_s']:.0f} | "
-              f"{r['steps_per_s']:.2f} | {wall} | {samp} | {r.get('shapes_eval', float('nan')):.3f} "
+              f"{r['steps_per_s']:.2f} | {wall} | {r.get('shapes_eval', float('nan')):.3f} "
               f"| {r.get('fd_shapes', float('nan')):.1f} ({r.get('fd_shapes_floor', float('nan')):.2f}) |")
     if probes:
         print(f"\nlatent U-Net steps/s, {args.probe_steps} steps each, back to back: latents "
               f"cached {probes[True]:.2f}, encoded in the step {probes[False]:.2f} "
               f"({probes[True] / probes[False]:.2f}x)")
-    print(f"\nresults: {os.path.join(args.workdir, 'results.json')}")
+    print(f"\nresults: {os.path.join(args.workdir, f'results{args.suffix}.json')}")
 
 
 if __name__ == "__main__":
