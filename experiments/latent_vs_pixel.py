@@ -129,7 +129,7 @@ def every_sampler(arm: str, args) -> list[dict]:
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         row = {"sampler": sampler, "wall_s": time.perf_counter() - start}
         if out.returncode:
-            row["refused"] = (out.stdout + out.stderr).strip().splitlines()[-1][:200]
+            row["refused"] = (out.stdout + out.stderr).strip().splitlines()[-1][:120]
         else:
             record = [r for r in _records(workdir) if r.get("mode") == "eval"][-1]
             row.update({k: record[k] for k in ("shapes_eval", "fd_shapes", "fd_shapes_floor")})
@@ -166,9 +166,10 @@ def main() -> None:
         for r in rows:
             if "refused" in r:
                 print(f"| {r['sampler']} | refused: {r['refused']} | | {r['wall_s']:.0f} |")
-            else:
-                print(f"| {r['sampler']} | {r['shapes_eval']:.3f} | {r['fd_shapes']:.1f} "
-                      f"({r['fd_shapes_floor']:.2f}) | {r['wall_s']:.0f} |")
+            else:  # "nan" (a non-finite sample) is stored as a string
+                se, fd = float(r["shapes_eval"]), float(r["fd_shapes"])
+                print(f"| {r['sampler']} | {se:.3f} | {fd:.1f} ({float(r['fd_shapes_floor']):.2f}) "
+                      f"| {r['wall_s']:.0f} |")
         return
     rows = []
     for arm in args.arms.split(","):
