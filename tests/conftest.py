@@ -1,11 +1,153 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and how ``python -m pytest -n 2 tests`` spreads the suite over its
+two xdist workers.
+
+Time budget: the whole suite in under about 10 minutes on 2 cores. Three things here serve it:
+
+* One persistent XLA compilation cache for the session, shared by both workers and by the
+  ``python -m diffjax.main`` processes the tests start (through ``$DIFFJAX_JAX_CACHE``):
+  an identical program (the tiny config's train step, a sampler) is compiled once and read
+  back by every later test. JAX keys an entry by the program itself (HLO, compile options,
+  devices, versions; see diffjax.compile_cache), so a read-back program is the program a fresh
+  compile would give, and every test still computes its numbers.
+* Tests that share an expensive module-scoped fixture (a trained run, a trained detector) run
+  on one worker (:data:`GROUPS`, through the scheduler chosen here, so that the command stays
+  ``python -m pytest -n 2 tests``): under xdist's plain ``--dist load`` each worker that gets
+  one of them builds the fixture again.
+* The longest groups and tests are handed out first (:data:`COSTS`); the many short tests
+  fill in at the end, so both workers finish together.
+"""
 import os
 
 import jax
 import pytest
 
-# diffjax.main (in-process or as a subprocess) must not fill the real ~/.cache/diffjax/jax.
+# diffjax.main (in-process or as a subprocess) must not fill the real ~/.cache/diffjax/jax;
+# the session's shared cache (``compilation_cache`` below) replaces this once tests run.
 os.environ.setdefault("DIFFJAX_JAX_CACHE", "off")
+
+# Modules whose tests share expensive module-scoped fixtures (or, for ``power_ema``, one
+# compiled train step read through the compilation cache), by group; a group runs on one
+# worker.
+GROUPS = {
+    "test_sweep.py": "sweep",
+    "test_train.py": "train",
+    "test_t2i.py": "t2i",
+    "test_controlnet.py": "controlnet",
+    "test_controlnet_network.py": "controlnet_network",
+    "test_shapes_eval.py": "shapes_eval",
+    "test_intuition_page.py": "intuition_page",
+    "test_latent.py": "latent",
+    "test_main.py": "main",
+    "test_evaluate.py": "evaluate",
+    "test_ema.py": "power_ema",
+    "test_autoguidance_cli.py": "power_ema",
+    "test_models.py": "models",
+    "test_models_context.py": "models_context",
+    "test_text_encoder.py": "text_encoder",
+    "test_autoencoder_diffusers.py": "autoencoder_diffusers",
+    "test_shapes_data.py": "shapes_data",
+}
+# The 8-device test runs alone (in a process of its own): apart from the rest of
+# test_train.py, whose DDPM++ step it must not wait for (see tests/test_train.py).
+EIGHT_DEVICES = "test_train.py::test_eight_simulated_devices_and_pmap_give_the_one_device_loss_curve"
+# Rough seconds (two busy cores) of the longest groups and ungrouped tests, from
+# ``--durations``: the order in which they are handed out, longest first. Unlisted ones
+# follow in collection order.
+COSTS = {
+    EIGHT_DEVICES: 250,
+    "train": 240,
+    "sweep": 200,
+    "t2i": 50,
+    "controlnet": 90,
+    "shapes_eval": 100,
+    "intuition_page": 100,
+    "test_reliability.py::test_kill_9_at_four_moments_then_the_same_command_equals_the_straight_run": 100,
+    "latent": 80,
+    "main": 70,
+    "controlnet_network": 50,
+    "test_reliability.py::test_sigterm_checkpoints_the_current_step_exits_0_and_the_rerun_resumes_there": 45,
+    "power_ema": 45,
+    "evaluate": 40,
+    "test_sampling_api.py::test_gradient_through_the_adaptive_sampler_matches_finite_differences": 37,
+    "test_trainer_parts.py::test_sampler_compiles_once_for_new_parameters_and_splits_rows_over_8_devices": 30,
+    "models": 30,
+    "models_context": 30,
+    "test_reliability.py::test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run_and_never_reach_a_checkpoint": 26,
+    "test_samplers.py::test_explicit_and_tuned_grids": 26,
+    "test_latent_configs.py::test_imagenet256_dit_takes_a_step_on_mock_imagenet_latents": 25,
+    "test_inception.py::test_network_input_is_pytorch_bilinear_resize_of_rgb[size1]": 24,
+    "test_trainer_parts.py::test_two_accumulated_micro_batches_of_64_give_the_update_of_one_batch_of_128[scan]": 22,
+    "test_intuition.py::test_spectrum_high_frequencies_drown_first_and_return_last": 21,
+    "test_reliability.py::test_a_broken_checkpoint_is_kept_even_when_the_resumed_run_never_saves_its_step": 19,
+    "text_encoder": 15,
+    "autoencoder_diffusers": 10,
+    "shapes_data": 10,
+}
+
+
+def _name(nodeid: str) -> str:
+    return nodeid.split("/")[-1]
+
+
+def _group(nodeid: str) -> "str | None":
+    name = _name(nodeid)
+    return None if name == EIGHT_DEVICES else GROUPS.get(name.split("::")[0])
+
+
+def _unit(nodeid: str) -> str:
+    """The unit of work a worker is handed whole: the test's group, or the test alone."""
+    return _group(nodeid) or nodeid
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, orders the items longest group or test first (:data:`COSTS`; stable, so
+    a module's tests stay together): the workers report this order to the scheduler."""
+    if config.getoption("numprocesses", None) or hasattr(config, "workerinput"):
+        items[:] = sorted(items, key=lambda item: -COSTS.get(
+            _group(item.nodeid) or _name(item.nodeid), 0))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``-n N`` without ``--dist``: xdist's scope scheduling with :func:`_unit` as the scope,
+    units handed out in collection order. (xdist's ``--dist loadgroup`` would need
+    ``xdist_group`` marks written into the test ids, which pytest 9 no longer lets it do.)"""
+    args = [str(a) for a in config.invocation_params.args]
+    if config.getoption("dist") != "load" or any(a.startswith(("--dist", "-d")) for a in args):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the collection's (cost) order
+    return GroupScheduling(config, log)
+
+
+def _session_dir(tmp_path_factory, name: str) -> str:
+    """A directory that every xdist worker of this session shares."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / name
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """The session's persistent XLA compilation cache (see the module docstring): in this
+    process, and in the ``diffjax.main`` processes tests start. Entries are read and written
+    under JAX's file lock (diffjax.compile_cache), so the workers can share it."""
+    from diffjax import compile_cache
+
+    path = _session_dir(tmp_path_factory, "xla_cache")
+    compile_cache.enable(path)
+    previous = os.environ.get(compile_cache.ENV)
+    os.environ[compile_cache.ENV] = path
+    yield path
+    os.environ[compile_cache.ENV] = previous if previous is not None else "off"
 
 
 @pytest.fixture
@@ -16,19 +158,7 @@ def x64():
 
 
 @pytest.fixture(scope="session")
-def xla_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for the tests that train the same tiny program
-    several times (a resumed run compiles its step again): the second compile is a read."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-                "jax_persistent_cache_min_compile_time_secs": 0.0,
-                "jax_persistent_cache_min_entry_size_bytes": 0}
-    old = {name: getattr(jax.config, name) for name in settings}
-    for name, value in settings.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-    yield
-    for name, value in old.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
+def xla_cache(compilation_cache):
+    """For the tests that train the same tiny program several times (a resumed run compiles
+    its step again): the second compile is a read of the session's compilation cache."""
+    yield compilation_cache
