@@ -31,8 +31,8 @@ os.environ.setdefault("DIFFJAX_JAX_CACHE", "off")
 GROUPS = {
     "test_sweep.py": "sweep",
     "test_train.py": "train",
-    "test_t2i.py": "t2i",
-    "test_controlnet.py": "controlnet",
+    "test_t2i.py": "text_base",  # both read the text_base fixture
+    "test_controlnet.py": "text_base",
     "test_controlnet_network.py": "controlnet_network",
     "test_shapes_eval.py": "shapes_eval",
     "test_intuition_page.py": "intuition_page",
@@ -57,8 +57,7 @@ COSTS = {
     EIGHT_DEVICES: 250,
     "train": 240,
     "sweep": 200,
-    "t2i": 50,
-    "controlnet": 90,
+    "text_base": 130,
     "shapes_eval": 100,
     "intuition_page": 100,
     "test_reliability.py::test_kill_9_at_four_moments_then_the_same_command_equals_the_straight_run": 100,
@@ -148,6 +147,15 @@ def compilation_cache(tmp_path_factory):
     os.environ[compile_cache.ENV] = path
     yield path
     os.environ[compile_cache.ENV] = previous if previous is not None else "off"
+
+
+@pytest.fixture(scope="session")
+def text_base(tmp_path_factory):
+    """The tiny text-to-image run of tests/_text_base.py, trained once: tests/test_t2i.py
+    checks it, tests/test_controlnet.py trains ControlNets on it as their base."""
+    import _text_base
+
+    return _text_base.train_base(str(tmp_path_factory.mktemp("text_base")))
 
 
 @pytest.fixture
