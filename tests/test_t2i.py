@@ -108,9 +108,13 @@ def test_the_learned_encoder_network_is_the_text_transformer_then_the_network():
     net = network.wrap(base, conditioner, text_cfg)
     cond = conditioner.encode(["a red circle", "two blue squares"])
     x, t = jnp.ones((2, 8, 8, 1)), jnp.array([0.3, 0.7])
-    # Jitted: flax's eager init/apply of even a tiny U-Net dispatch op by op (~20 s on CI).
-    params = jax.jit(net.init)(jax.random.PRNGKey(0), x, t, cond)["params"]
-    params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # zero-init layers wake up
+    # Every parameter (zero-initialised ones included) drawn at random on the host, in the
+    # shapes init gives: the composition must hold for any parameters, and compiling init
+    # costs more than the rest of the test (flax's eager init dispatches op by op, ~20 s).
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), x, t, cond)["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(
+        lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
     out = jax.jit(net.apply)({"params": params}, x, t, cond)
     encoder = learned.TextTransformer(len(vocab), 16, 1, 2, 6)
     states = jax.jit(encoder.apply)({"params": params["text_encoder"]}, cond["text"],
