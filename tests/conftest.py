@@ -134,17 +134,24 @@ def _session_dir(tmp_path_factory, name: str) -> str:
     return str(path)
 
 
+# Only programs that take this long to compile are written to the cache: the many tiny
+# ones are not worth a file each (JAX's in-memory caches already share those within a
+# process), and every write scans the cache directory.
+MIN_COMPILE_SECONDS = 0.5
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """The session's persistent XLA compilation cache (see the module docstring): in this
-    process, and in the ``diffjax.main`` processes tests start. Entries are read and written
-    under JAX's file lock (diffjax.compile_cache), so the workers can share it."""
+    """The session's persistent XLA compilation cache (see the module docstring): one for
+    this process and the other workers, one for the ``diffjax.main`` processes tests start
+    (main stores all its programs). Entries are read and written under JAX's file lock
+    (diffjax.compile_cache), so processes can share them."""
     from diffjax import compile_cache
 
     path = _session_dir(tmp_path_factory, "xla_cache")
-    compile_cache.enable(path)
+    compile_cache.enable(path, min_compile_seconds=MIN_COMPILE_SECONDS)
     previous = os.environ.get(compile_cache.ENV)
-    os.environ[compile_cache.ENV] = path
+    os.environ[compile_cache.ENV] = _session_dir(tmp_path_factory, "xla_cache_main")
     yield path
     os.environ[compile_cache.ENV] = previous if previous is not None else "off"
 
