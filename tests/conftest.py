@@ -50,37 +50,40 @@ GROUPS = {
 # The 8-device test runs alone (in a process of its own): apart from the rest of
 # test_train.py, whose DDPM++ step it must not wait for (see tests/test_train.py).
 EIGHT_DEVICES = "test_train.py::test_eight_simulated_devices_and_pmap_give_the_one_device_loss_curve"
-# Rough seconds (two busy cores) of the longest groups and ungrouped tests, from
-# ``--durations``: the order in which they are handed out, longest first. Unlisted ones
-# follow in collection order.
+# Rough seconds of the longest groups and ungrouped tests (``--durations`` of a run of the
+# suite with both workers busy on a loaded machine): the order in which they are handed out,
+# longest first. Unlisted ones follow in collection order and fill in at the end.
 COSTS = {
-    EIGHT_DEVICES: 250,
-    "train": 240,
-    "sweep": 200,
-    "text_base": 130,
-    "shapes_eval": 100,
-    "intuition_page": 100,
-    "test_reliability.py::test_kill_9_at_four_moments_then_the_same_command_equals_the_straight_run": 100,
-    "latent": 80,
-    "main": 70,
-    "controlnet_network": 50,
-    "test_reliability.py::test_sigterm_checkpoints_the_current_step_exits_0_and_the_rerun_resumes_there": 45,
+    "train": 300,
+    EIGHT_DEVICES: 210,
+    "text_base": 180,
+    "sweep": 150,
+    "intuition_page": 140,
+    "shapes_eval": 115,
+    "latent": 75,
+    "models": 75,
+    "test_reliability.py::test_kill_9_at_four_moments_then_the_same_command_equals_the_straight_run": 70,
+    "main": 65,
+    "models_context": 50,
     "power_ema": 45,
-    "evaluate": 40,
-    "test_sampling_api.py::test_gradient_through_the_adaptive_sampler_matches_finite_differences": 37,
-    "test_trainer_parts.py::test_sampler_compiles_once_for_new_parameters_and_splits_rows_over_8_devices": 30,
-    "models": 30,
-    "models_context": 30,
+    "controlnet_network": 40,
+    "test_objectives.py::test_elbo_weighting_is_invariant_to_schedule_and_time_sampling": 35,
+    "test_samplers.py::test_explicit_and_tuned_grids": 33,
+    "test_dit.py::test_mmdit_joint_attention_with_tied_streams_is_a_dit_block_on_the_joined_sequence": 31,
+    "test_reliability.py::test_sigterm_checkpoints_the_current_step_exits_0_and_the_rerun_resumes_there": 30,
+    "evaluate": 30,
+    "test_intuition.py::test_spectrum_high_frequencies_drown_first_and_return_last": 29,
+    "test_intuition.py::test_few_steps_ode_solvers_converge_and_ddpm_needs_many_steps": 28,
+    "test_likelihood.py::test_bits_per_dim_of_8bit_data_under_the_flow_is_the_exact_bin_code_length": 28,
     "test_reliability.py::test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run_and_never_reach_a_checkpoint": 26,
-    "test_samplers.py::test_explicit_and_tuned_grids": 26,
-    "test_latent_configs.py::test_imagenet256_dit_takes_a_step_on_mock_imagenet_latents": 25,
-    "test_inception.py::test_network_input_is_pytorch_bilinear_resize_of_rgb[size1]": 24,
-    "test_trainer_parts.py::test_two_accumulated_micro_batches_of_64_give_the_update_of_one_batch_of_128[scan]": 22,
-    "test_intuition.py::test_spectrum_high_frequencies_drown_first_and_return_last": 21,
-    "test_reliability.py::test_a_broken_checkpoint_is_kept_even_when_the_resumed_run_never_saves_its_step": 19,
-    "text_encoder": 15,
-    "autoencoder_diffusers": 10,
-    "shapes_data": 10,
+    "text_encoder": 25,
+    "test_trainer_parts.py::test_two_accumulated_micro_batches_of_64_give_the_update_of_one_batch_of_128[scan]": 24,
+    "test_trainer_parts.py::test_sampler_compiles_once_for_new_parameters_and_splits_rows_over_8_devices": 23,
+    "test_latent_configs.py::test_imagenet256_dit_takes_a_step_on_mock_imagenet_latents": 22,
+    "test_inception.py::test_network_input_is_pytorch_bilinear_resize_of_rgb[size1]": 22,
+    "test_sampling_api.py::test_gradient_through_the_adaptive_sampler_matches_finite_differences": 20,
+    "shapes_data": 11,
+    "autoencoder_diffusers": 5,
 }
 
 
@@ -175,5 +178,6 @@ def x64():
 @pytest.fixture(scope="session")
 def xla_cache(compilation_cache):
     """For the tests that train the same tiny program several times (a resumed run compiles
-    its step again): the second compile is a read of the session's compilation cache."""
+    its step again): the second compile of a program that took :data:`MIN_COMPILE_SECONDS`
+    or more is a read of the session's compilation cache."""
     yield compilation_cache
