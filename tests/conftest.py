@@ -3,10 +3,11 @@ two xdist workers.
 
 Time budget: the whole suite in under about 10 minutes on 2 cores. Three things here serve it:
 
-* One persistent XLA compilation cache for the session, shared by both workers and by the
+* A persistent XLA compilation cache for the session, shared by both workers (programs that
+  take :data:`MIN_COMPILE_SECONDS` or more to compile), and one shared by the
   ``python -m diffjax.main`` processes the tests start (through ``$DIFFJAX_JAX_CACHE``):
   an identical program (the tiny config's train step, a sampler) is compiled once and read
-  back by every later test. JAX keys an entry by the program itself (HLO, compile options,
+  back by every later test or process. JAX keys an entry by the program itself (HLO, compile options,
   devices, versions; see diffjax.compile_cache), so a read-back program is the program a fresh
   compile would give, and every test still computes its numbers.
 * Tests that share an expensive module-scoped fixture (a trained run, a trained detector) run
