@@ -3,7 +3,7 @@
 As a script (from the repository root)::
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-        python tests/_train_helpers.py devices OUT DATA_DIR [RUN]           # one of DEVICE_RUNS
+        python tests/_train_helpers.py devices OUT DATA_DIR [RUN,...]    # some of DEVICE_RUNS
     python tests/_train_helpers.py host PORT PROCESS_ID OUT DATA_DIR     # one per process
     python tests/_train_helpers.py paper OUT
 
@@ -148,21 +148,33 @@ DEVICE_RUNS = {
 }
 
 
-def _devices(out: str, data_dir: str, name: str | None = None) -> None:
-    """Every run of :data:`DEVICE_RUNS` (or only ``name``) under ``out``, and the FSDP
-    layout of the largest kernel."""
+def device_run_done(out: str, name: str) -> str:
+    """The file :func:`_devices` writes once run ``name`` has finished (and, for ``fsdp``,
+    its kernel layout is written)."""
+    return os.path.join(out, f"{name}.done")
+
+
+def _devices(out: str, data_dir: str, names: str | None = None) -> None:
+    """Every run of :data:`DEVICE_RUNS` (or those of the comma-separated ``names``, in that
+    order) under ``out``, one after the other in this process, each marked done by
+    :func:`device_run_done` when it has finished; and the FSDP layout of the largest kernel."""
     import jax
 
     from diffjax import train
 
     assert jax.device_count() == 8, jax.devices()
-    runs = DEVICE_RUNS if name is None else {name: DEVICE_RUNS[name]}
-    for run, changes in runs.items():
-        train.train(tiny_config(data_dir, **changes), os.path.join(out, run))
-    if "fsdp" not in runs:
-        return
-    # The FSDP run really splits parameters: record the layout of its largest kernel.
-    from diffjax import parallel
+    for run in (list(DEVICE_RUNS) if names is None else names.split(",")):
+        train.train(tiny_config(data_dir, **DEVICE_RUNS[run]), os.path.join(out, run))
+        if run == "fsdp":
+            _fsdp_specs(out, data_dir)
+        open(device_run_done(out, run), "w").close()
+
+
+def _fsdp_specs(out: str, data_dir: str) -> None:
+    """The FSDP run really splits parameters: record the layout of its largest kernel."""
+    import jax
+
+    from diffjax import parallel, train
     setup = train.build(tiny_config(data_dir))
     _, shardings = train.setup_state(setup, tiny_config(data_dir, **DEVICE_RUNS["fsdp"]),
                                      parallel.make_mesh())

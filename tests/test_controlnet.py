@@ -2,8 +2,9 @@
 
 Ground truth: the base run itself (at initialisation the ControlNet must reproduce its output
 bit for bit; after training its checkpointed parameters must be byte-identical), the base's
-recorded identity (a changed base is refused), and hand-drawn control maps. Runs are tiny text
-runs on digits with precomputed embeddings, as in tests/test_t2i.py.
+recorded identity (a changed base is refused), and hand-drawn control maps. The base is the
+tiny text run on digits with precomputed embeddings that tests/test_t2i.py checks
+(tests/_text_base.py, trained once for both).
 """
 from __future__ import annotations
 
@@ -14,37 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _text_base
 from diffjax import checkpoint, config_validation, configs, data, train
 from diffjax.config_validation import ConfigError
 from diffjax.controlnet import maps, network, settings, task as cn_task
 from diffjax.training import frozen
 
-L, D = 3, 8
-
-
-def _embeddings(data_dir: str, root: str) -> str:
-    table = np.random.default_rng(0).normal(size=(10, L, D)).astype(np.float32)
-    for split in ("train", "test"):
-        _, labels = data.load_arrays("digits", split, data_dir)
-        np.savez(os.path.join(root, f"emb_{split}.npz"), context=table[labels],
-                 context_mask=np.ones((len(labels), L), np.int32),
-                 null_context=np.zeros((L, D), np.float32),
-                 null_context_mask=np.array([1, 0, 0], np.int32))
-    return os.path.join(root, "emb_{split}.npz")
-
-
-def _base_config(data_dir: str, pattern: str, num_steps: int = 2):
-    config = configs.default_config()
-    config.data.update(dataset="digits", data_dir=data_dir, batch_size=8)
-    config.model = configs.default_model_config("unet")
-    config.model.update(ch=8, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(),
-                        cross_attn_resolutions=(4,), text_encoder="precomputed", dropout=0.0)
-    config.text.embeddings = pattern
-    config.loss.label_dropout = 0.2
-    config.training.update(num_steps=num_steps, log_every=1, eval_every=0,
-                           checkpoint_every=num_steps, progress_bar=False)
-    config.sampling.update(sampler="euler", num_steps=2)
-    return config
+L, D = _text_base.L, _text_base.D
 
 
 def _controlnet_config(base_config, base_dir: str, num_steps: int = 2):
@@ -58,21 +35,16 @@ def _controlnet_config(base_config, base_dir: str, num_steps: int = 2):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("controlnet"))
-    data_dir = os.path.join(root, "data")
-    pattern = _embeddings(data_dir, root) if os.makedirs(data_dir) is None else None
-    base_config = _base_config(data_dir, pattern)
-    config_validation.validate(base_config)
-    base_dir = os.path.join(root, "base")
-    train.train(base_config, base_dir)
+def runs(text_base):
+    """The ControlNet trained on the shared tiny text run (tests/_text_base.py)."""
+    base_config, base_dir = text_base["config"], text_base["workdir"]
     config = _controlnet_config(base_config, base_dir)
     config_validation.validate(config)
     before = frozen.load(cn_task.BASE_KEY, base_dir)
-    cn_dir = os.path.join(root, "cn")
+    cn_dir = os.path.join(text_base["root"], "cn")
     state = train.train(config, cn_dir)
-    return dict(root=root, base_config=base_config, base_dir=base_dir, config=config,
-                cn_dir=cn_dir, state=state, before=before)
+    return dict(root=text_base["root"], base_config=base_config, base_dir=base_dir,
+                config=config, cn_dir=cn_dir, state=state, before=before)
 
 
 def _init(config, reference):

@@ -99,7 +99,7 @@ def get_config():
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory) -> str:
-    """A directory all xdist workers of this session share (data, compile cache, configs)."""
+    """A directory all xdist workers of this session share (data, configs)."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent
@@ -109,9 +109,9 @@ def shared(tmp_path_factory) -> str:
 
 
 def _env(shared: str, **extra: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(shared, "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    # The session's compilation cache reaches diffjax.main through $DIFFJAX_JAX_CACHE
+    # (tests/conftest.py); main sets JAX's cache from it, overriding JAX's own variables.
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     env.update(extra)
     return env

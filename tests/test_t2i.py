@@ -5,7 +5,8 @@ Ground truth: the records' own labels (a table row chosen by label must come bac
 label), the learned encoder composed by hand (text transformer, then the network), the
 MiniLM encoder called directly (the cache must return its numbers), and hand-written prompt
 files and configs for the refusals. Text runs use ``precomputed`` embeddings on digits (any
-data set works with them), so no shapes data set has to be built here.
+data set works with them), so no shapes data set has to be built here; the trained one is
+tests/_text_base.py's, which tests/test_controlnet.py shares.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _text_base
 from diffjax import config_validation, configs, data, models, reporting, train
 from diffjax.config_validation import ConfigError
 from diffjax.text import conditioning, learned, network
 from diffjax.training import evaluation
 
-L, D = 3, 8
+L, D = _text_base.L, _text_base.D
 
 
 @pytest.fixture(scope="module")
@@ -30,48 +32,14 @@ def data_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("data"))
 
 
-def _embeddings(data_dir: str, root: str) -> tuple[str, np.ndarray]:
-    """Precomputed "text" for digits: example i gets the embedding of its label, row
-    ``table[label]``; the null is a one-token prompt of zeros."""
-    table = np.random.default_rng(0).normal(size=(10, L, D)).astype(np.float32)
-    for split in ("train", "test"):
-        _, labels = data.load_arrays("digits", split, data_dir)
-        mask = np.ones((len(labels), L), np.int32)
-        mask[labels % 2 == 1, 2] = 0  # odd digits: a two-token "prompt"
-        np.savez(os.path.join(root, f"emb_{split}.npz"), context=table[labels],
-                 context_mask=mask, null_context=np.zeros((L, D), np.float32),
-                 null_context_mask=np.array([1, 0, 0], np.int32))
-    return os.path.join(root, "emb_{split}.npz"), table
-
-
-def _text_config(data_dir: str, pattern: str, **changes):
-    config = configs.default_config()
-    config.data.dataset = "digits"
-    config.data.data_dir = data_dir
-    config.data.batch_size = 16
-    config.model = configs.default_model_config("unet")
-    config.model.update(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
-                        cross_attn_resolutions=(8,), text_encoder="precomputed")
-    config.text.embeddings = pattern
-    config.loss.label_dropout = 0.25
-    config.training.update(num_steps=3, log_every=1, eval_every=0, checkpoint_every=3,
-                           progress_bar=False)
-    config.sampling.update(sampler="euler", num_steps=2, guidance_scale=2.0)
-    for dotted, value in changes.items():
-        group, key = dotted.split(".")
-        config[group][key] = value
-    return config
+_embeddings = _text_base.embeddings
+_text_config = _text_base.config
 
 
 @pytest.fixture(scope="module")
-def text_run(data_dir, tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("text"))
-    pattern, table = _embeddings(data_dir, root)
-    config = _text_config(data_dir, pattern)
-    config_validation.validate(config)
-    workdir = os.path.join(root, "run")
-    state = train.train(config, workdir)
-    return config, workdir, state, table
+def text_run(text_base):
+    """The tiny text run (tests/_text_base.py; the base of tests/test_controlnet.py too)."""
+    return text_base["config"], text_base["workdir"], text_base["state"], text_base["table"]
 
 
 def test_batches_carry_the_table_row_of_each_record(data_dir, tmp_path):
@@ -102,7 +70,7 @@ def test_a_text_run_trains_with_cross_attention_and_samples_guided(text_run):
              jax.tree_util.tree_flatten_with_path(state.params)[0]}
     assert any("xattn" in n for n in names) and any("pooled_context" in n for n in names)
     losses = [r["loss"] for r in reporting.read_metrics(workdir) if "loss" in r]
-    assert len(losses) == 3 and np.all(np.isfinite(losses))
+    assert len(losses) == _text_base.NUM_STEPS and np.all(np.isfinite(losses))
     # Guided sampling from the test split's embeddings, against the same mix by hand.
     sampler = train.Sampler(setup, config.sampling, 4)
     cond, what = evaluation.eval_conditions(setup, 0, 4)
@@ -140,9 +108,13 @@ def test_the_learned_encoder_network_is_the_text_transformer_then_the_network():
     net = network.wrap(base, conditioner, text_cfg)
     cond = conditioner.encode(["a red circle", "two blue squares"])
     x, t = jnp.ones((2, 8, 8, 1)), jnp.array([0.3, 0.7])
-    # Jitted: flax's eager init/apply of even a tiny U-Net dispatch op by op (~20 s on CI).
-    params = jax.jit(net.init)(jax.random.PRNGKey(0), x, t, cond)["params"]
-    params = jax.tree_util.tree_map(lambda p: p + 0.01, params)  # zero-init layers wake up
+    # Every parameter (zero-initialised ones included) drawn at random on the host, in the
+    # shapes init gives: the composition must hold for any parameters, and compiling init
+    # costs more than the rest of the test (flax's eager init dispatches op by op, ~20 s).
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), x, t, cond)["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(
+        lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
     out = jax.jit(net.apply)({"params": params}, x, t, cond)
     encoder = learned.TextTransformer(len(vocab), 16, 1, 2, 6)
     states = jax.jit(encoder.apply)({"params": params["text_encoder"]}, cond["text"],
