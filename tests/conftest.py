@@ -47,6 +47,8 @@ GROUPS = {
     "test_text_encoder.py": "text_encoder",
     "test_autoencoder_diffusers.py": "autoencoder_diffusers",
     "test_shapes_data.py": "shapes_data",
+    "test_autoencoder_adversarial.py": "autoencoder_adversarial",
+    "test_latent_configs.py": "latent_configs",
 }
 # The 8-device test runs alone (in a process of its own): apart from the rest of
 # test_train.py, whose DDPM++ step it must not wait for (see tests/test_train.py).
@@ -61,7 +63,9 @@ COSTS = {
     "sweep": 150,
     "intuition_page": 140,
     "shapes_eval": 115,
-    "latent": 75,
+    "latent": 140,
+    "autoencoder_adversarial": 60,
+    "latent_configs": 45,
     "models": 75,
     "test_reliability.py::test_kill_9_at_four_moments_then_the_same_command_equals_the_straight_run": 70,
     "main": 65,
