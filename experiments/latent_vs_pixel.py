@@ -64,7 +64,7 @@ def run_arm(name: str, args, workdir: str, steps: int, extra: list[str]) -> dict
     wall = time.perf_counter() - start
     if out.returncode:
         raise SystemExit(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return {"wall_s": wall, "log": out.stdout + out.stderr}
+    return {"wall_s": wall}
 
 
 def summarize(name: str, workdir: str, wall: float | None = None) -> dict:

@@ -133,13 +133,14 @@ class Autoencode:
                              method=AutoencoderKL.discriminate)
 
         held = jax.lax.stop_gradient(params["discriminator"])
-        g_loss = -jnp.mean(logits(held, x_rec))
+        # One discriminator pass gives the generator term and its gradient at the image.
+        g_loss, g_vjp = jax.vjp(lambda v: -jnp.mean(logits(held, v)), x_rec)
+        d_image = jax.lax.stop_gradient(g_vjp(jnp.ones_like(g_loss))[0])
         y, h = jax.lax.stop_gradient(x_rec), jax.lax.stop_gradient(features)
         kernel = jax.lax.stop_gradient(params["decoder"]["conv_out"]["kernel"])
         grad_rec = last_layer_gradient(h, kernel, jax.grad(
             lambda v: self._reconstruction(v, x)[0])(y).astype(h.dtype))
-        grad_g = last_layer_gradient(h, kernel, jax.grad(
-            lambda v: -jnp.mean(logits(held, v)))(y).astype(h.dtype))
+        grad_g = last_layer_gradient(h, kernel, d_image.astype(h.dtype))
         lam = jnp.linalg.norm(grad_rec) / (jnp.linalg.norm(grad_g) + 1e-4)
         lam = jax.lax.stop_gradient(jnp.clip(lam, 0.0, 1e4))
         real = logits(params["discriminator"], x)
