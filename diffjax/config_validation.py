@@ -220,7 +220,7 @@ def _check_sampler(sampling_cfg: ml_collections.ConfigDict) -> None:
         check_choice("sampling.grid", sampling_cfg.grid, samplers.GRIDS)
     spec = samplers.SAMPLERS[sampling_cfg.sampler]
     takes = set(spec.options) | ({"rho"} if spec.fixed_step else set()) | \
-        {"clip_x0", "dynamic_threshold"}  # options of every sampler
+        {"clip_x0", "dynamic_threshold", "t_min", "t_max"}  # options of every sampler
     for key in configs.sampler_options(sampling_cfg):
         if key not in takes:
             raise ConfigError(

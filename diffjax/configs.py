@@ -96,6 +96,9 @@ def default_loss_config() -> ConfigDict:
 
 # ``config.sampling`` keys passed to the sampler as options when set (not None).
 SAMPLER_OPTIONS: dict[str, type] = {
+    # every sampler: the time range sampled (None = the path's); e.g. t_max=0.999 and
+    # t_min=1e-3 let the log-SNR samplers run a rectified-flow model (log-SNR finite)
+    "t_min": float, "t_max": float,
     "eta": float,                      # ddim
     "s_churn": float, "s_tmin": float, "s_tmax": float, "s_noise": float,  # edm
     "order": int,                      # dpm_solver++, unipc
@@ -105,6 +108,7 @@ SAMPLER_OPTIONS: dict[str, type] = {
     "convention": str,                 # dpm_solver++, unipc: "reference" | "diffusers"
     "clip_x0": float,                  # every sampler: x0_hat clipped to [-c, c]
     "dynamic_threshold": float,        # every sampler: Imagen's percentile p
+    "rtol": float, "atol": float,      # adaptive (num_steps is then its budget)
 }
 
 

@@ -57,7 +57,7 @@ class Sampler:
         self.guide = guide_lib.load(sampling_cfg, setup.config.path, setup.data_info) \
             if setup.config is not None else None
         self._fn = jax.jit(self._sample, in_shardings=(None, None, self.rows, None),
-                           out_shardings=self.rows)
+                           out_shardings=(self.rows, None))
         self.decode = None if setup.config is None else next(
             (d for d in (f(setup.config) for f in DECODERS) if d is not None), None)
 
@@ -80,10 +80,13 @@ class Sampler:
         # program): one compiled sampler serves every evaluation of the run.
         def draw(rows, key, cond):
             chunk = dict(options, cond=cond) if cond else options
-            return sample(setup.denoiser.fn, setup.denoiser.path,
-                          (rows, *setup.data_info.shape), key, params=params,
-                          target=setup.denoiser.target, sampler=cfg.sampler,
-                          num_steps=cfg.num_steps, **chunk)
+            # ``finished``: False where an adaptive solve ran out of its budget (its rows are
+            # then NaN); it cannot raise under this trace, so __call__ raises instead.
+            x, info = sample(setup.denoiser.fn, setup.denoiser.path,
+                             (rows, *setup.data_info.shape), key, params=params,
+                             target=setup.denoiser.target, sampler=cfg.sampler,
+                             num_steps=cfg.num_steps, return_info=True, **chunk)
+            return x, jnp.asarray(info.finished, bool)
 
         micro = int(cfg.get("micro_batch", 0) or 0)
         if not 0 < micro < self.batch_size:
@@ -97,15 +100,26 @@ class Sampler:
             cond = {k: jax.make_array_from_callback(np.shape(v), self.rows,
                                                     lambda index, v=np.asarray(v): v[index])
                     for k, v in cond.items()}
-        x = self._fn(params, key, cond or None,
-                     None if self.guide is None else self.guide.params)
+        x, finished = self._fn(params, key, cond or None,
+                               None if self.guide is None else self.guide.params)
+        if not bool(finished):
+            from diffjax.samplers import adaptive as adaptive_lib, registry  # as in _sample
+
+            rtol, atol = (self.cfg.get(k) for k in ("rtol", "atol"))
+            defaults = registry.get(self.cfg.sampler).options
+            adaptive_lib.check_finished(
+                finished, f"config.sampling.sampler={self.cfg.sampler!r}",
+                f"config.sampling.num_steps={self.cfg.num_steps}",
+                defaults["rtol"] if rtol is None else rtol,
+                defaults["atol"] if atol is None else atol)
         return x if self.decode is None else self.decode(x)
 
 
-def _in_chunks(draw: Callable[[int, Array, Any], Array], rows: int, micro: int, key: Array,
-               cond: Any) -> Array:
-    """``draw(micro, key_j, cond_j)`` for chunks j of ``micro`` rows, one after another
-    (``lax.map``: one chunk's activations live at a time), reassembled into ``rows`` rows.
+def _in_chunks(draw: Callable[[int, Array, Any], tuple[Array, Array]], rows: int, micro: int,
+               key: Array, cond: Any) -> tuple[Array, Array]:
+    """``draw(micro, key_j, cond_j) -> (x_j, finished_j)`` for chunks j of ``micro`` rows,
+    one after another (``lax.map``: one chunk's activations live at a time), reassembled
+    into ``rows`` rows, and whether every chunk's solve finished.
     Chunk j holds rows j, j + k, j + 2k, ... (k chunks), so a chunk spans every device that
     holds rows; a last partial chunk is padded (its extra rows repeat the first
     conditions) and the padding dropped."""
@@ -117,8 +131,8 @@ def _in_chunks(draw: Callable[[int, Array, Any], Array], rows: int, micro: int, 
 
     conds = jax.tree_util.tree_map(split, cond) if cond else None
     keys = jax.random.split(key, k)
-    xs = jax.lax.map(lambda kc: draw(micro, kc[0], kc[1]), (keys, conds))
-    return parallel.join_interleaved(xs)[:rows]
+    xs, finished = jax.lax.map(lambda kc: draw(micro, kc[0], kc[1]), (keys, conds))
+    return parallel.join_interleaved(xs)[:rows], jnp.all(finished)
 
 
 def eval_conditions(setup: Setup, start: int, size: int,

@@ -250,13 +250,15 @@ def _loop(config, workdir, setup, task, references, mesh, shardings, state, step
                 last = step == tcfg.num_steps
                 if step % tcfg.log_every == 0 or last:
                     logger.flush()
+                # Checkpoint first: an evaluation that fails (a sampler out of its budget,
+                # a metric's bad input) then loses no training.
+                if step % tcfg.checkpoint_every == 0 or last:
+                    checkpointer.save(step, compiled.get_state(device_state), iterator)
+                    saved = step
                 if tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or last):
                     state = compiled.get_state(device_state)
                     results = evaluator(state.ema_params, workdir, f"step_{step:07d}")
                     writer.write(step, results, prefix="eval/")
-                if step % tcfg.checkpoint_every == 0 or last:
-                    checkpointer.save(step, compiled.get_state(device_state), iterator)
-                    saved = step
                 if setup.power_gammas and (step % tcfg.ema_snapshot_every == 0 or last):
                     power_ema.save_snapshot(workdir, step, compiled.get_state(device_state),
                                             tcfg.ema_sigma_rels)
