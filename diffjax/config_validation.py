@@ -212,6 +212,13 @@ def _check_sampler(sampling_cfg: ml_collections.ConfigDict) -> None:
     from diffjax import samplers
 
     check_choice("sampling.sampler", sampling_cfg.sampler, samplers.SAMPLERS)
+    step = sampling_cfg.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise ConfigError(f"config.sampling.step={step!r} must be a checkpoint step (an "
+                          "integer >= 0) or None for the newest")
+    if step is not None and sampling_cfg.get("ema"):
+        raise ConfigError(f"config.sampling.step={step} and config.sampling.ema="
+                          f"{sampling_cfg.ema!r} both choose the weights: set one")
     micro = sampling_cfg.get("micro_batch", 0)
     if isinstance(micro, bool) or not isinstance(micro, int) or micro < 0:
         raise ConfigError(f"config.sampling.micro_batch={micro!r} must be an integer >= 0 "

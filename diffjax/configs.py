@@ -187,6 +187,9 @@ def default_config() -> ConfigDict:
         # Which EMA to sample: "" = the run's EMA; "sigma_rel:<s>" = the post-hoc EMA that
         # python -m diffjax.ema reconstructed at length s (training.ema="power" runs).
         "ema": "",
+        # --mode=sample/eval: sample this checkpoint step of the run (None = its newest),
+        # e.g. to score a run's earlier checkpoints after it finished.
+        "step": _optional(int),
         # Autoguidance (Karras et al. 2024): guide with another run's EMA (or an earlier
         # checkpoint of this one, guide_step; None = its newest) at guidance_scale.
         "guide_workdir": _optional(str),

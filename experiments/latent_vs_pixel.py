@@ -6,6 +6,7 @@ latents, at the same training budget (steps x batch), on this machine.
         [--pixel_run=runs/shapes_t2i]   # an existing configs/shapes_t2i.py run to reuse
     python experiments/latent_vs_pixel.py --autoencoder=runs/shapes_ae --samplers_of=dit \
         --workdir=runs/experiments/latent_vs_pixel   # that arm with every sampler
+        [--log_snr_range=0.999,0.001] [--adaptive=1e-3,200]
 
 Arms: ``pixel`` = configs/shapes_t2i.py (U-Net on 32x32x3), ``unet`` / ``dit`` =
 configs/shapes_latent.py's variants on the autoencoder's cached 8x8x4 latents; every arm is a
@@ -109,6 +110,22 @@ def step_flops(workdir: str) -> float:
     return float(analysis["flops"]) / b
 
 
+def sampler_flags(sampler: str, args) -> list[str]:
+    """What ``sampler`` needs on a rectified-flow model: the log-SNR samplers a sampled range
+    where it is finite (``--log_snr_range``, the same weights); ``adaptive`` its tolerances
+    and a budget (``--adaptive``: rtol=atol, at most that many evaluations)."""
+    from diffjax.samplers import SAMPLERS
+
+    if sampler == "adaptive":
+        tol, budget = args.adaptive.split(",")
+        return [f"--config.sampling.rtol={tol}", f"--config.sampling.atol={tol}",
+                f"--config.sampling.num_steps={budget}"]
+    if SAMPLERS[sampler].finite_logsnr:
+        t_max, t_min = args.log_snr_range.split(",")
+        return [f"--config.sampling.t_max={t_max}", f"--config.sampling.t_min={t_min}"]
+    return []
+
+
 def every_sampler(arm: str, args) -> list[dict]:
     """The trained ``arm`` run evaluated with every sampler that takes its path and target
     (``--mode=eval``, ``--sampler_samples`` samples, ``--sampler_steps`` steps each); the
@@ -118,18 +135,21 @@ def every_sampler(arm: str, args) -> list[dict]:
     few_step = ("consistency", "mean_flow", "shortcut")
     workdir = os.path.join(args.workdir, arm)
     rows = []
-    for sampler in (s for s in SAMPLERS if s not in few_step):
+    chosen = args.samplers.split(",") if args.samplers else \
+        [s for s in SAMPLERS if s not in few_step]
+    for sampler in chosen:
         cmd = [sys.executable, "-m", "diffjax.main", f"--config={CONFIGS[arm.split('_')[0]]}",
                f"--workdir={workdir}", "--mode=eval", f"--config.sampling.sampler={sampler}",
                *args.extra.split(),
                f"--config.sampling.num_steps={args.sampler_steps}",
                f"--config.eval.num_samples={args.sampler_samples}",
-               f"--config.latent.autoencoder={args.autoencoder}"]
+               f"--config.latent.autoencoder={args.autoencoder}", *sampler_flags(sampler, args)]
         start = time.perf_counter()
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        row = {"sampler": sampler, "wall_s": time.perf_counter() - start}
+        row = {"sampler": sampler, "wall_s": time.perf_counter() - start,
+               "flags": sampler_flags(sampler, args)}
         if out.returncode:
-            row["refused"] = (out.stdout + out.stderr).strip().splitlines()[-1][:120]
+            row["error"] = (out.stdout + out.stderr).strip().splitlines()[-1][:160]
         else:
             record = [r for r in _records(workdir) if r.get("mode") == "eval"][-1]
             row.update({k: record[k] for k in ("shapes_eval", "fd_shapes", "fd_shapes_floor")})
@@ -154,21 +174,30 @@ def main() -> None:
                         help="only evaluate this finished arm (e.g. dit) with every sampler")
     parser.add_argument("--sampler_steps", type=int, default=32)
     parser.add_argument("--sampler_samples", type=int, default=200)
+    parser.add_argument("--samplers", default="",
+                        help="with --samplers_of: only these (comma-separated); default all")
+    parser.add_argument("--log_snr_range", default="0.999,0.001",
+                        help="t_max,t_min of the samplers that need a finite log-SNR")
+    parser.add_argument("--adaptive", default="1e-3,200",
+                        help="rtol (= atol),budget of the adaptive sampler")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     if args.samplers_of:
+        out = os.path.join(args.workdir, f"samplers_{args.samplers_of}{args.suffix}.json")
+        if os.path.exists(out):
+            raise SystemExit(f"{out} exists; choose another --suffix")
         rows = every_sampler(args.samplers_of, args)
-        with open(os.path.join(args.workdir, f"samplers_{args.samplers_of}.json"), "w",
-                  encoding="utf-8") as f:
+        with open(out, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
         print(f"\n| sampler ({args.sampler_steps} steps, {args.sampler_samples} samples) | "
               "shapes_eval | fd_shapes (floor) | wall s |\n|---|---:|---|---:|")
         for r in rows:
-            if "refused" in r:
-                print(f"| {r['sampler']} | refused: {r['refused']} | | {r['wall_s']:.0f} |")
+            name = " ".join([r["sampler"], *(f.split("sampling.")[1] for f in r["flags"])])
+            if "error" in r:
+                print(f"| {name} | error: {r['error']} | | {r['wall_s']:.0f} |")
             else:  # "nan" (a non-finite sample) is stored as a string
                 se, fd = float(r["shapes_eval"]), float(r["fd_shapes"])
-                print(f"| {r['sampler']} | {se:.3f} | {fd:.1f} ({float(r['fd_shapes_floor']):.2f}) "
+                print(f"| {name} | {se:.3f} | {fd:.1f} ({float(r['fd_shapes_floor']):.2f}) "
                       f"| {r['wall_s']:.0f} |")
         return
     rows = []

@@ -2,7 +2,8 @@
 sets: ``t_min`` / ``t_max`` let the log-SNR samplers run a rectified-flow model, checked
 against a second solver of the same ODE; ``adaptive`` out of its budget raises a one-line
 error naming the config keys (it cannot raise inside the compiled program), and a training
-run whose evaluation fails that way keeps the checkpoint of the step it evaluated."""
+run whose evaluation fails that way keeps the checkpoint of the step it evaluated; and
+``sampling.step`` picks which checkpoint sampling and evaluation read."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import _train_helpers as helpers
-from diffjax import config_validation, train
+from diffjax import checkpoint, config_validation, train
 from diffjax.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -24,8 +25,8 @@ def trained(tmp_path_factory):
     """The tiny flow-matching model (rectified-flow path, velocity) trained its 50 steps."""
     root = tmp_path_factory.mktemp("trained")
     config = helpers.tiny_config(str(root / "data"))
-    state = train.train(config, str(root / "run"))
-    return config, train.build(config), state.ema_params
+    state = train.train(config, str(root / "run"))  # checkpoints at steps 25 and 50
+    return config, train.build(config), state.ema_params, str(root / "run")
 
 
 def _sampling(config, **options) -> ml_collections.ConfigDict:
@@ -36,7 +37,7 @@ def _sampling(config, **options) -> ml_collections.ConfigDict:
 
 
 def test_log_snr_sampler_on_rectified_flow_runs_with_config_time_range(trained):
-    config, setup, params = trained
+    config, setup, params, _ = trained
     assert setup.denoiser.path.name == "rectified_flow"
     refused = ml_collections.ConfigDict(config.to_dict())
     refused.sampling.sampler, refused.sampling.num_steps = "dpm_solver++", 24
@@ -64,7 +65,7 @@ def test_log_snr_sampler_on_rectified_flow_runs_with_config_time_range(trained):
 
 
 def test_adaptive_out_of_budget_in_a_run_raises_naming_the_config_keys(trained):
-    config, setup, params = trained
+    config, setup, params, _ = trained
     labels = np.array([0, 1, 0, 1], np.int32)
     key = jax.random.PRNGKey(5)
     starved = train.Sampler(setup, _sampling(config, sampler="adaptive", num_steps=7,
@@ -90,3 +91,27 @@ def test_an_evaluation_that_fails_loses_no_training(tmp_path):
     with pytest.raises(ValueError, match="config.sampling.num_steps=7"):
         train.train(config, workdir)
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "2", "state"))
+
+
+def test_sampling_step_reads_that_checkpoint_and_refuses_one_that_is_not_there(trained):
+    config, _, newest, workdir = trained
+    chosen = ml_collections.ConfigDict(config.to_dict())
+    chosen.sampling.step = 25
+    _, state, step = train.restore_for_inference(chosen, workdir)
+    assert step == 25
+    leaves = zip(jax.tree_util.tree_leaves(state.ema_params), jax.tree_util.tree_leaves(newest))
+    assert any(not np.allclose(a, b) for a, b in leaves)  # 25 more steps moved the EMA
+    _, state, step = train.restore_for_inference(config, workdir)  # default: the newest
+    assert step == 50
+    for a, b in zip(jax.tree_util.tree_leaves(state.ema_params), jax.tree_util.tree_leaves(newest)):
+        np.testing.assert_array_equal(a, b)
+    chosen.sampling.step = 30
+    with pytest.raises(checkpoint.WorkdirError,
+                       match=r"config.sampling.step=30 is not a checkpoint .*valid choices: 25, 50"):
+        train.restore_for_inference(chosen, workdir)
+    chosen.sampling.ema = "sigma_rel:0.05"
+    with pytest.raises(ConfigError, match="both choose the weights"):
+        config_validation.validate(chosen)
+    chosen.sampling.ema, chosen.sampling.step = "", -1
+    with pytest.raises(ConfigError, match=r"config.sampling.step=-1 must be a checkpoint step"):
+        config_validation.validate(chosen)

@@ -63,16 +63,23 @@ def register_scheme(scheme: str, loader: Callable[[str, str], Reference]) -> Non
     SCHEMES[scheme] = loader
 
 
-def restore_newest(config, workdir: str, step: Optional[int] = None):
+def restore_newest(config, workdir: str, step: Optional[int] = None,
+                   what: str = "checkpoint step"):
     """``(setup, state, step)`` of the newest valid checkpoint of the run in ``workdir``
     (``state`` and ``step`` None when it has none), or of checkpoint ``step``; read-only.
     Shared by frozen references, guides and sampling/evaluation of a trained run. The
-    run's stored EMA keys decide the state's layout (a power-EMA run holds more EMAs)."""
-    config = power_ema.with_stored_ema(config, ckpt_lib.load_config(workdir))
-    setup = build(config)
-    abstract, _ = setup_state(setup, config, parallel.make_mesh())
+    run's stored EMA keys decide the state's layout (a power-EMA run holds more EMAs).
+    A ``step`` that is not a checkpoint raises ``WorkdirError`` naming ``what`` and the
+    steps there, before anything is built."""
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
     try:
+        if step is not None and step not in checkpointer.steps():
+            raise ckpt_lib.WorkdirError(
+                f"{what}={step} is not a checkpoint of {workdir}; valid choices: "
+                f"{', '.join(map(str, checkpointer.steps())) or '(none)'}")
+        config = power_ema.with_stored_ema(config, ckpt_lib.load_config(workdir))
+        setup = build(config)
+        abstract, _ = setup_state(setup, config, parallel.make_mesh())
         if step is None:
             state, step = checkpointer.restore_latest(abstract)
         else:

@@ -198,14 +198,16 @@ def _check_accumulation(batch_size: int, k: int) -> None:
 
 def restore_for_inference(config: ml_collections.ConfigDict,
                           workdir: str) -> tuple[Setup, TrainState, int]:
-    """``(setup, state, step)`` of the newest valid checkpoint in ``workdir``; with
+    """``(setup, state, step)`` of the newest valid checkpoint in ``workdir`` (of checkpoint
+    ``config.sampling.step`` when set); with
     ``config.sampling.ema = "sigma_rel:<s>"`` its ``ema_params`` are the newest post-hoc EMA
     of that length (:mod:`diffjax.ema`) and ``step`` that EMA's step.
 
     Raises:
       diffjax.checkpoint.WorkdirError: no checkpoint to read.
     """
-    setup, state, step = frozen.restore_newest(config, workdir)
+    setup, state, step = frozen.restore_newest(config, workdir, config.sampling.get("step"),
+                                               "config.sampling.step")
     if state is None:
         raise ckpt_lib.WorkdirError(f"--workdir={workdir} has no checkpoint to sample from; "
                                     "train first (--mode=train)")
