@@ -19,7 +19,8 @@ Variants (after ``:``): ``unet`` (default; shapes_t2i's U-Net design at latent s
 the pixel job's 1.54), ``dit`` (a DiT-S-width transformer, patch 1: 64
 tokens of 8x8 latents, cross-attention to the text in every block, PixArt-alpha style). Both
 share shapes_t2i's recipe: rectified flow, velocity target, logit-normal times, MiniLM text
-with 10% dropped to the empty prompt, Heun sampling with guidance 3.
+with 10% dropped to the empty prompt, Heun sampling with guidance 3
+(:func:`diffjax.configs.apply_shapes_t2i`).
 """
 from diffjax import configs
 
@@ -32,11 +33,8 @@ def get_config(variant: str = "unet"):
         raise ValueError(f"configs/shapes_latent.py:{variant}: unknown variant; valid choices: "
                          f"{', '.join(VARIANTS)}")
     config = configs.default_config()
-    config.data.dataset = "shapes"
-    config.data.batch_size = 32
     config.latent.autoencoder = "runs/shapes_ae"
     config.latent.cache = True
-    config.path = configs.default_path_config("rectified_flow")
     if variant == "unet":
         config.model = configs.default_model_config("unet")
         config.model.ch = 128
@@ -49,25 +47,7 @@ def get_config(variant: str = "unet"):
         config.model = configs.default_model_config("dit")
         config.model.update(size="S/2", patch_size=1, depth=6, hidden=256, num_heads=4,
                             cross_attn=True)
-    config.model.target = "velocity"
-    config.model.text_encoder = "minilm"
-    config.text.max_length = 24
-    config.loss.time_sampling = "logit_normal"
-    config.loss.label_dropout = 0.1  # conditions (here: the text) -> the empty prompt
-    config.optim.lr = 2e-3 if variant == "unet" else 3e-4
-    config.optim.warmup_steps = 100
-    config.optim.schedule = "cosine"
-    config.optim.end_lr_factor = 0.05
-    config.training.num_steps = 1200
-    config.training.log_every = 100
-    config.training.eval_every = 1200
-    config.training.checkpoint_every = 400
-    config.training.ema_decay = 0.995
-    config.sampling.sampler = "heun"
-    config.sampling.num_steps = 8
-    config.sampling.guidance_scale = 3.0
-    config.sampling.num_samples = 64
-    config.eval.metrics = "shapes_eval,fd_shapes"
-    config.eval.num_samples = 500
-    config.eval.batch_size = 250
+    configs.apply_shapes_t2i(config)
+    if variant == "dit":
+        config.optim.lr = 3e-4
     return config

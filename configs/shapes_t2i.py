@@ -9,8 +9,9 @@ Variants (the part after ``:``): ``cpu`` (default; sized for the 2-core CPU), ``
 (the same with a word-level text transformer trained from scratch, GLIDE-style, for the
 ``t2i_encoders`` comparison), ``gpu`` (a wider, longer run for one GPU).
 
-Rectified flow with the velocity target and logit-normal times (Esser et al. 2024), text
-dropped to the empty prompt for 10% of examples (Ho & Salimans 2022), cross-attention at
+The recipe is :func:`diffjax.configs.apply_shapes_t2i` (shared with the latent job):
+rectified flow with the velocity target and logit-normal times (Esser et al. 2024), text
+dropped to the empty prompt for 10% of examples (Ho & Salimans 2022); here cross-attention at
 16x16 and 8x8 plus a pooled text embedding in the time embedding (Rombach et al. 2022).
 Evaluated by ``shapes_eval`` (GenEval-style adherence, exact on this world) on the test
 captions and ``fd_shapes`` (Fréchet distance in the evaluator's features) with its floor.
@@ -26,12 +27,7 @@ def get_config(variant: str = "cpu"):
         raise ValueError(f"configs/shapes_t2i.py:{variant}: unknown variant; valid choices: "
                          f"{', '.join(VARIANTS)}")
     config = configs.default_config()
-    config.data.dataset = "shapes"
-    config.data.batch_size = 32
-    config.path = configs.default_path_config("rectified_flow")
     config.model = configs.default_model_config("unet")
-    config.model.target = "velocity"
-    config.model.text_encoder = "learned" if variant == "learned" else "minilm"
     # 32 -> 16 -> 8, one residual block a level: 1.5 GFLOP a training example (XLA's count).
     config.model.ch = 32
     config.model.ch_mult = (1, 2, 2)
@@ -39,25 +35,7 @@ def get_config(variant: str = "cpu"):
     config.model.attn_resolutions = (8,)
     config.model.cross_attn_resolutions = (16, 8)
     config.model.dropout = 0.0
-    config.text.max_length = 24
-    config.loss.time_sampling = "logit_normal"
-    config.loss.label_dropout = 0.1  # conditions (here: the text) -> the empty prompt
-    config.optim.lr = 2e-3
-    config.optim.warmup_steps = 100
-    config.optim.schedule = "cosine"
-    config.optim.end_lr_factor = 0.05
-    config.training.num_steps = 1200
-    config.training.log_every = 100
-    config.training.eval_every = 1200
-    config.training.checkpoint_every = 400
-    config.training.ema_decay = 0.995
-    config.sampling.sampler = "heun"
-    config.sampling.num_steps = 8
-    config.sampling.guidance_scale = 3.0
-    config.sampling.num_samples = 64
-    config.eval.metrics = "shapes_eval,fd_shapes"
-    config.eval.num_samples = 500
-    config.eval.batch_size = 250
+    configs.apply_shapes_t2i(config, "learned" if variant == "learned" else "minilm")
     if variant == "gpu":
         config.data.batch_size = 256
         config.model.ch = 128

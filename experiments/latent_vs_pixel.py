@@ -7,6 +7,8 @@ latents, at the same training budget (steps x batch), on this machine.
     python experiments/latent_vs_pixel.py --autoencoder=runs/shapes_ae --samplers_of=dit \
         --workdir=runs/experiments/latent_vs_pixel   # that arm with every sampler
         [--log_snr_range=0.999,0.001] [--adaptive=1e-3,200]
+    python experiments/latent_vs_pixel.py --autoencoder=runs/shapes_ae --curves=pixel,unet_ch128 \
+        --fd_target=200   # every checkpoint of finished arms scored: time to a fixed fd_shapes
 
 Arms: ``pixel`` = configs/shapes_t2i.py (U-Net on 32x32x3), ``unet`` / ``dit`` =
 configs/shapes_latent.py's variants on the autoencoder's cached 8x8x4 latents; every arm is a
@@ -41,10 +43,11 @@ def _records(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def train_seconds(records: list[dict]) -> tuple[float, float]:
-    """``(seconds, steps/s)`` of training: each logged interval's steps over its steps/s,
-    the first interval (compilation) replaced by the median rate of the others."""
-    logs = [r for r in records if "steps_per_sec" in r]
+def train_seconds(records: list[dict], upto: int | None = None) -> tuple[float, float]:
+    """``(seconds, steps/s)`` of training (to step ``upto``): each logged interval's steps
+    over its steps/s, the first interval (compilation) replaced by the median rate of the
+    others."""
+    logs = [r for r in records if "steps_per_sec" in r and (upto is None or r["step"] <= upto)]
     spans = [(b["step"] - a["step"], b["steps_per_sec"]) for a, b in zip(
         [{"step": 0}] + logs[:-1], logs)]
     rates = sorted(rate for _, rate in spans[1:]) or [spans[0][1]]
@@ -158,6 +161,37 @@ def every_sampler(arm: str, args) -> list[dict]:
     return rows
 
 
+def curve(arm: str, args) -> list[dict]:
+    """Every checkpoint of the finished run ``arm`` (a directory under ``--workdir``) scored
+    by the config's own evaluation (``--mode=eval --config.sampling.step=<step>``; the last
+    step's in-run evaluation is reused), with the training seconds and FLOPs to that step."""
+    workdir = os.path.join(args.workdir, arm)
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                   if d.isdigit())
+    in_run = {r["step"]: r for r in _records(workdir) if "shapes_eval" in r and "mode" not in r}
+    flops = step_flops(workdir) * 32  # batch 32
+    rows = []
+    for step in steps:
+        if step not in in_run:
+            cmd = [sys.executable, "-m", "diffjax.main",
+                   f"--config={CONFIGS[arm.split('_')[0]]}", f"--workdir={workdir}",
+                   "--mode=eval", f"--config.sampling.step={step}"]
+            if not arm.startswith("pixel"):
+                cmd += [*args.extra.split(), f"--config.latent.autoencoder={args.autoencoder}"]
+            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{arm} step {step}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+            record = [r for r in _records(workdir) if r.get("mode") == "eval"][-1]
+        else:
+            record = in_run[step]
+        seconds, _ = train_seconds(_records(workdir), upto=step)
+        rows.append({"arm": arm, "step": step, "train_s": seconds,
+                     "train_pflop": flops * step / 1e15,
+                     **{k: record[k] for k in ("shapes_eval", "fd_shapes", "fd_shapes_floor")}})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--autoencoder", required=True)
@@ -176,6 +210,10 @@ def main() -> None:
     parser.add_argument("--sampler_samples", type=int, default=200)
     parser.add_argument("--samplers", default="",
                         help="with --samplers_of: only these (comma-separated); default all")
+    parser.add_argument("--curves", default="",
+                        help="finished arms (e.g. pixel,unet_ch128): score every checkpoint")
+    parser.add_argument("--fd_target", type=float, default=200.0,
+                        help="with --curves: training seconds to reach this fd_shapes")
     parser.add_argument("--log_snr_range", default="0.999,0.001",
                         help="t_max,t_min of the samplers that need a finite log-SNR")
     parser.add_argument("--adaptive", default="1e-3,200",
@@ -199,6 +237,24 @@ def main() -> None:
                 se, fd = float(r["shapes_eval"]), float(r["fd_shapes"])
                 print(f"| {name} | {se:.3f} | {fd:.1f} ({float(r['fd_shapes_floor']):.2f}) "
                       f"| {r['wall_s']:.0f} |")
+        return
+    if args.curves:
+        out = os.path.join(args.workdir, f"curves{args.suffix}.json")
+        if os.path.exists(out):
+            raise SystemExit(f"{out} exists; choose another --suffix")
+        rows = [row for arm in args.curves.split(",") for row in curve(arm, args)]
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+        print("\n| arm | step | train s | train PFLOP | shapes_eval | fd_shapes |\n"
+              "|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['arm']} | {r['step']} | {r['train_s']:.0f} | {r['train_pflop']:.3f} | "
+                  f"{float(r['shapes_eval']):.3f} | {float(r['fd_shapes']):.1f} |")
+        for arm in args.curves.split(","):
+            hit = [r for r in rows if r["arm"] == arm and float(r["fd_shapes"]) <= args.fd_target]
+            print(f"{arm}: fd_shapes <= {args.fd_target:g} " + (
+                f"first at step {hit[0]['step']}, {hit[0]['train_s']:.0f} s of training"
+                if hit else "at no checkpoint"))
         return
     rows = []
     for arm in args.arms.split(","):
