@@ -59,7 +59,7 @@ def train_seconds(records: list[dict], upto: int | None = None) -> tuple[float, 
 def run_arm(name: str, args, workdir: str, steps: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "diffjax.main", f"--config={CONFIGS[name]}",
            f"--workdir={workdir}", f"--config.training.num_steps={steps}",
-           "--config.training.progress_bar=False", *extra]
+           "--config.training.progress_bar=False", f"--config.seed={args.seed}", *extra]
     if name != "pixel":
         cmd.append(f"--config.latent.autoencoder={args.autoencoder}")
     print("$ " + " ".join(cmd[1:]), flush=True)
@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--extra", default="",
                         help="flags for the latent arms, e.g. --config.model.ch=128")
     parser.add_argument("--suffix", default="", help="appended to the arms' workdir names")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="config.seed of every arm (initialisation, data order, noise)")
     parser.add_argument("--samplers_of", default="",
                         help="only evaluate this finished arm (e.g. dit) with every sampler")
     parser.add_argument("--sampler_steps", type=int, default=32)

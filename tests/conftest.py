@@ -49,6 +49,7 @@ GROUPS = {
     "test_shapes_data.py": "shapes_data",
     "test_autoencoder_adversarial.py": "autoencoder_adversarial",
     "test_latent_configs.py": "latent_configs",
+    "test_run_sampling_options.py": "run_sampling_options",  # one trained module fixture
 }
 # The 8-device test runs alone (in a process of its own): apart from the rest of
 # test_train.py, whose DDPM++ step it must not wait for (see tests/test_train.py).
@@ -66,6 +67,7 @@ COSTS = {
     "latent": 140,
     "autoencoder_adversarial": 60,
     "latent_configs": 45,
+    "run_sampling_options": 35,
     "models": 75,
     "test_reliability.py::test_kill_9_at_four_moments_then_the_same_command_equals_the_straight_run": 70,
     "main": 65,
