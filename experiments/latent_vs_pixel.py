@@ -9,6 +9,7 @@ latents, at the same training budget (steps x batch), on this machine.
         [--log_snr_range=0.999,0.001] [--adaptive=1e-3,200]
     python experiments/latent_vs_pixel.py --autoencoder=runs/shapes_ae --curves=pixel,unet_ch128 \
         --fd_target=200   # every checkpoint of finished arms scored: time to a fixed fd_shapes
+    python experiments/latent_vs_pixel.py --autoencoder=runs/shapes_ae --reconstructions
 
 Arms: ``pixel`` = configs/shapes_t2i.py (U-Net on 32x32x3), ``unet`` / ``dit`` =
 configs/shapes_latent.py's variants on the autoencoder's cached 8x8x4 latents; every arm is a
@@ -192,6 +193,40 @@ def curve(arm: str, args) -> list[dict]:
     return rows
 
 
+def reconstruction_adherence(args, n: int = 500) -> dict:
+    """``shapes_eval`` per category of the first ``n`` test images, real and passed through
+    the autoencoder (posterior mean, and a posterior sample as latent training sees it),
+    against their captions: what of a latent model's adherence gap the autoencoder explains."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from diffjax import config_loading, data as data_lib
+    from diffjax.autoencoder import latent
+    from diffjax.evaluate import shapes_eval
+    from diffjax.text import conditioning
+    from diffjax.training import frozen
+
+    x, _ = data_lib.load_arrays("shapes", "test", limit=n)
+    captions = list(conditioning.captions("shapes", "test")[:n])
+    config = config_loading.load(CONFIGS["unet"],
+                                 [f"--config.latent.autoencoder={args.autoencoder}"])
+    reference = frozen.load(latent.KEY, latent.reference_value(config))
+    latents = latent.latents_of(reference, config)
+    encode, decode = jax.jit(latents.encode), jax.jit(latents.decode)
+    out = {"real": shapes_eval.score(x, captions)}
+    for name, sampled in (("reconstructed (mean)", False), ("reconstructed (sampled)", True)):
+        images = []
+        for i in range(0, n, 100):
+            batch = jnp.asarray(x[i:i + 100])
+            shape = jax.eval_shape(lambda b=batch: encode(reference.params, b, None)).shape
+            eps = jax.random.normal(jax.random.PRNGKey(i), shape) if sampled else None
+            z = encode(reference.params, batch, eps)
+            images.append(np.asarray(decode(reference.params, z)))
+        out[name] = shapes_eval.score(np.clip(np.concatenate(images), -1, 1), captions)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--autoencoder", required=True)
@@ -212,6 +247,8 @@ def main() -> None:
     parser.add_argument("--sampler_samples", type=int, default=200)
     parser.add_argument("--samplers", default="",
                         help="with --samplers_of: only these (comma-separated); default all")
+    parser.add_argument("--reconstructions", action="store_true",
+                        help="only score the autoencoder's reconstructions with shapes_eval")
     parser.add_argument("--curves", default="",
                         help="finished arms (e.g. pixel,unet_ch128): score every checkpoint")
     parser.add_argument("--fd_target", type=float, default=200.0,
@@ -239,6 +276,11 @@ def main() -> None:
                 se, fd = float(r["shapes_eval"]), float(r["fd_shapes"])
                 print(f"| {name} | {se:.3f} | {fd:.1f} ({float(r['fd_shapes_floor']):.2f}) "
                       f"| {r['wall_s']:.0f} |")
+        return
+    if args.reconstructions:
+        for name, scores in reconstruction_adherence(args).items():
+            print(f"{name}: " + ", ".join(f"{k.replace('shapes_eval_', '')} {v:.3f}"
+                                          for k, v in scores.items()))
         return
     if args.curves:
         out = os.path.join(args.workdir, f"curves{args.suffix}.json")
