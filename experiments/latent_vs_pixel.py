@@ -130,6 +130,21 @@ def sampler_flags(sampler: str, args) -> list[str]:
     return []
 
 
+def evaluate(arm: str, args, *flags: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """``--mode=eval`` of the finished run ``arm`` (a directory under ``--workdir``) with
+    ``flags``; a latent arm also gets ``--extra`` and the autoencoder. Returns the process
+    and, when it succeeded, the eval record it appended to the run's metrics."""
+    workdir = os.path.join(args.workdir, arm)
+    cmd = [sys.executable, "-m", "diffjax.main", f"--config={CONFIGS[arm.split('_')[0]]}",
+           f"--workdir={workdir}", "--mode=eval", *flags]
+    if not arm.startswith("pixel"):
+        cmd += [*args.extra.split(), f"--config.latent.autoencoder={args.autoencoder}"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if out.returncode:
+        return out, None
+    return out, [r for r in _records(workdir) if r.get("mode") == "eval"][-1]
+
+
 def every_sampler(arm: str, args) -> list[dict]:
     """The trained ``arm`` run evaluated with every sampler that takes its path and target
     (``--mode=eval``, ``--sampler_samples`` samples, ``--sampler_steps`` steps each); the
@@ -137,25 +152,19 @@ def every_sampler(arm: str, args) -> list[dict]:
     from diffjax.samplers import SAMPLERS
 
     few_step = ("consistency", "mean_flow", "shortcut")
-    workdir = os.path.join(args.workdir, arm)
     rows = []
     chosen = args.samplers.split(",") if args.samplers else \
         [s for s in SAMPLERS if s not in few_step]
     for sampler in chosen:
-        cmd = [sys.executable, "-m", "diffjax.main", f"--config={CONFIGS[arm.split('_')[0]]}",
-               f"--workdir={workdir}", "--mode=eval", f"--config.sampling.sampler={sampler}",
-               *args.extra.split(),
-               f"--config.sampling.num_steps={args.sampler_steps}",
-               f"--config.eval.num_samples={args.sampler_samples}",
-               f"--config.latent.autoencoder={args.autoencoder}", *sampler_flags(sampler, args)]
+        flags = sampler_flags(sampler, args)
         start = time.perf_counter()
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        row = {"sampler": sampler, "wall_s": time.perf_counter() - start,
-               "flags": sampler_flags(sampler, args)}
-        if out.returncode:
+        out, record = evaluate(arm, args, f"--config.sampling.sampler={sampler}",
+                               f"--config.sampling.num_steps={args.sampler_steps}",
+                               f"--config.eval.num_samples={args.sampler_samples}", *flags)
+        row = {"sampler": sampler, "wall_s": time.perf_counter() - start, "flags": flags}
+        if record is None:
             row["error"] = (out.stdout + out.stderr).strip().splitlines()[-1][:160]
         else:
-            record = [r for r in _records(workdir) if r.get("mode") == "eval"][-1]
             row.update({k: record[k] for k in ("shapes_eval", "fd_shapes", "fd_shapes_floor")})
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -173,18 +182,11 @@ def curve(arm: str, args) -> list[dict]:
     flops = step_flops(workdir) * 32  # batch 32
     rows = []
     for step in steps:
-        if step not in in_run:
-            cmd = [sys.executable, "-m", "diffjax.main",
-                   f"--config={CONFIGS[arm.split('_')[0]]}", f"--workdir={workdir}",
-                   "--mode=eval", f"--config.sampling.step={step}"]
-            if not arm.startswith("pixel"):
-                cmd += [*args.extra.split(), f"--config.latent.autoencoder={args.autoencoder}"]
-            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-            if out.returncode:
+        record = in_run.get(step)
+        if record is None:
+            out, record = evaluate(arm, args, f"--config.sampling.step={step}")
+            if record is None:
                 raise SystemExit(f"{arm} step {step}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-            record = [r for r in _records(workdir) if r.get("mode") == "eval"][-1]
-        else:
-            record = in_run[step]
         seconds, _ = train_seconds(_records(workdir), upto=step)
         rows.append({"arm": arm, "step": step, "train_s": seconds,
                      "train_pflop": flops * step / 1e15,
