@@ -126,6 +126,42 @@ def test_progressive_round_two_starts_from_its_teacher_run(data_dir, tmp_path):
     assert np.all(np.isfinite(helpers.losses(str(tmp_path / "round2"))))
 
 
+def test_reflow_from_a_run_teacher_starts_as_that_teacher_unless_told_not_to(data_dir, tmp_path):
+    """Liu et al.'s k-rectified flow starts from the (k-1)-th: a reflow run whose teacher is a
+    run of the same network begins with the teacher's parameters (its EMA too);
+    ``init_from_teacher=False`` keeps the seed's fresh ones; anything but a bool is refused."""
+    from diffjax.training import tasks
+    from diffjax.training.setup import build
+    from diffjax.training.state import init_state
+    train.train(_config(data_dir, "reflow"), str(tmp_path / "first"))       # 1 -> 2-rectified
+    second = _config(data_dir, "reflow")
+    second.distill.teacher = str(tmp_path / "first")
+    refs = frozen.load_all({teacher_lib.TEACHER_KEY: second.distill.teacher})
+    teacher_params = refs[teacher_lib.TEACHER_KEY].params
+    fresh = init_state(build(second), second.seed)
+    started = tasks.for_config(second).initialize(fresh, refs)
+    for tree in (started.params, started.ema_params):
+        for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(teacher_params)):
+            np.testing.assert_array_equal(a, b)
+    second.distill.init_from_teacher = False
+    kept = tasks.for_config(second).initialize(fresh, refs)
+    for a, b in zip(jax.tree_util.tree_leaves(kept.params), jax.tree_util.tree_leaves(fresh.params)):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        jax.tree_util.tree_leaves(fresh.params), jax.tree_util.tree_leaves(teacher_params)))
+    second.distill.init_from_teacher = True
+    train.train(second, str(tmp_path / "second"))   # the teacher's buffers are not donated
+    assert np.all(np.isfinite(helpers.losses(str(tmp_path / "second"))))
+    with open(os.path.join(tmp_path, "second", frozen.REFERENCES_FILE)) as f:
+        assert list(json.load(f)) == [teacher_lib.TEACHER_KEY]
+    with second.unlocked():   # the typed default refuses a str; a hand-built config may not
+        del second.distill["init_from_teacher"]
+        second.distill.init_from_teacher = "yes"
+    with pytest.raises(ValueError, match="init_from_teacher='yes'"):
+        train.train(second, str(tmp_path / "third"))
+    assert not os.path.exists(os.path.join(tmp_path, "third", "checkpoints"))
+
+
 def test_reflow_couplings_reach_the_step_as_arguments_not_constants(data_dir):
     """The coupling set is data: the traced loss holds no constant of its size, and the
     couplings it reads are the teacher ODE's (same seed -> same pairs as reflow.couplings)."""

@@ -4,12 +4,13 @@ its teacher's, round after round, halving the step count each round.
 Round ``k`` of ``config.distill.steps = (N_0, N_1, ...)`` (each half the one before) trains a
 student of ``N = N_k`` steps on the grid ``t_i = t_max i / N`` from a teacher of ``2N`` steps
 (``config.distill.teacher``: the previous round's workdir, or any run/mixture for round 1);
-the student starts as its teacher when the teacher is a run with the same network.
+the student starts as its teacher when the teacher is a run with the same network
+(``config.distill.init_from_teacher``).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -92,23 +93,7 @@ class Progressive:
         return jnp.mean(weight * err), {}
 
 
-def _initialize(state: Any, references) -> Any:
-    """The student starts as its teacher when the teacher is a run whose parameters have the
-    student's tree and shapes (round 2 onwards: the previous round's student); from scratch
-    otherwise (e.g. the exact-mixture teacher)."""
-    ref = references[teacher_lib.TEACHER_KEY]
-    if isinstance(ref, teacher_lib.AnalyticReference):
-        return state
-    same = (jax.tree_util.tree_structure(ref.params) == jax.tree_util.tree_structure(state.params)
-            and all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(ref.params),
-                                                       jax.tree_util.tree_leaves(state.params))))
-    if not same:
-        return state
-    # Copies: the teacher's own buffers are also the step's frozen argument, and the step
-    # donates the state's.
-    params = jax.tree_util.tree_map(lambda p, s: jax.device_put(jnp.copy(p), s.sharding),
-                                    ref.params, state.params)
-    return state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params))
+_initialize = teacher_lib.start_from_teacher
 
 
 def build(setup: Setup, references) -> Progressive:

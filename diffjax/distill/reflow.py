@@ -6,7 +6,10 @@ from each (RK4), so the coupling set is a pure function of (teacher, seed, n, st
 ``reflow`` task then minimises the recipe's own denoising objective with ``(x0, eps)`` a
 coupled pair instead of independent draws; on the ``rectified_flow`` path with a velocity
 target that is Liu et al.'s ``|(eps - x0) - v(x_t, t)|^2``. :func:`straightness` is their
-``S = int_0^1 E|(x_1 - x_0) - dx_t/dt|^2 dt`` along a model's ODE.
+``S = int_0^1 E|(x_1 - x_0) - dx_t/dt|^2 dt`` along a model's ODE. As in Liu et al.'s
+k-rectified flows, the student starts as its teacher when the teacher is a run with the
+student's network (``config.distill.init_from_teacher``, default True): reflow then only has
+to straighten a field that already transports noise to data.
 """
 from __future__ import annotations
 
@@ -111,4 +114,5 @@ def build(setup: Setup, references) -> Reflow:
     return Reflow(setup, {COUPLINGS_KEY: {"eps": eps, "x0": x0}})
 
 
-tasks.register("reflow", tasks.TaskSpec(build, teacher_lib.teacher_key))
+tasks.register("reflow", tasks.TaskSpec(build, teacher_lib.teacher_key,
+                                        teacher_lib.start_from_teacher))

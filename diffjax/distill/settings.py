@@ -11,6 +11,9 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         # A trained run's workdir or "analytic:<mixture>" (diffjax.distill.teacher.MIXTURES).
         "teacher": ml_collections.FieldReference(None, field_type=str),
+        # progressive, reflow: the student starts as its teacher when the teacher is a run
+        # with the student's network (False: from the config's seed, for ablations).
+        "init_from_teacher": True,
         # progressive: teacher DDIM steps of round 1, then each round's half; this run
         # trains round `round` (student steps steps[round], teacher steps[round - 1]).
         "steps": (64, 32, 16, 8, 4, 2, 1),

@@ -14,11 +14,13 @@ import hashlib
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from diffjax import analytic, targets
+from diffjax.distill import settings
 from diffjax.paths import Path
-from diffjax.training import frozen
+from diffjax.training import frozen, tasks
 from diffjax.training.setup import Setup
 
 Array = jax.Array
@@ -140,6 +142,40 @@ def from_reference(setup: Setup, reference: frozen.Reference) -> Teacher:
 
 def teacher_of(setup: Setup, references: Mapping[str, frozen.Reference]) -> Teacher:
     return from_reference(setup, references[TEACHER_KEY])
+
+
+def start_from_teacher(state: Any, references: Mapping[str, frozen.Reference]) -> Any:
+    """``TaskSpec.initialize`` of a student that starts as its teacher (progressive
+    distillation's rounds, Salimans & Ho 2022; reflow's k-rectified flow from the (k-1)-th,
+    Liu et al. 2022): the teacher run's parameters, when they have the student's tree and
+    shapes; a fresh state otherwise (the exact mixture, another network).
+    ``config.distill.init_from_teacher = False`` keeps the fresh state (:func:`_no_init`)."""
+    ref = references[TEACHER_KEY]
+    if isinstance(ref, AnalyticReference):
+        return state
+    same = (jax.tree_util.tree_structure(ref.params) == jax.tree_util.tree_structure(state.params)
+            and all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(ref.params),
+                                                       jax.tree_util.tree_leaves(state.params))))
+    if not same:
+        return state
+    # Copies: the teacher's own buffers are also the step's frozen argument, and the step
+    # donates the state's.
+    params = jax.tree_util.tree_map(lambda p, s: jax.device_put(jnp.copy(p), s.sharding),
+                                    ref.params, state.params)
+    return state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params))
+
+
+def _no_init(config: ml_collections.ConfigDict, spec):
+    """The :data:`tasks.WRAPPERS` entry of ``config.distill.init_from_teacher``."""
+    value = settings.get(config, "init_from_teacher")
+    if not isinstance(value, bool):
+        raise ValueError(f"config.distill.init_from_teacher={value!r}: must be True or False")
+    if value or spec.initialize is not start_from_teacher:
+        return spec
+    return dataclasses.replace(spec, initialize=lambda state, references: state)
+
+
+tasks.WRAPPERS.append(_no_init)
 
 
 def frozen_params(frozen_tree: Any) -> Any:
