@@ -36,6 +36,11 @@ Same metrics and support; writes ``autoguidance_toy_trained.png``.
     python experiments/autoguidance_toy.py [--out runs/experiments/autoguidance_toy] [--quick]
     python experiments/autoguidance_toy.py --models=trained [--out ...] [--quick]
         [--main_steps=4096] [--main_width=64] [--main_blocks=4] [--main_fit=samples|exact]
+        [--guide_steps=512] [--guide_width=32]
+
+Trained networks are kept (EMA parameters, keyed by everything that determines them) in
+``autoguidance_toy_nets/`` next to ``--out``, so runs that differ only in the guide reuse the
+main model.
 """
 from __future__ import annotations
 
@@ -190,6 +195,10 @@ def main() -> None:
                         help="--models=trained: the main model's residual blocks")
     parser.add_argument("--main_fit", choices=("samples", "exact"), default="samples",
                         help="--models=trained: the main model's regression target (train())")
+    parser.add_argument("--guide_steps", type=int, default=512,
+                        help="--models=trained: the autoguidance guide's training steps")
+    parser.add_argument("--guide_width", type=int, default=32,
+                        help="--models=trained: the autoguidance guide's hidden width")
     args = parser.parse_args()
     if args.models == "trained":
         return main_trained(args)
@@ -258,17 +267,46 @@ SHOWN_SCALES = (1.0, 2.0, 4.0, 10.0)
 
 
 def models(quick: bool, main_steps: int = 4096, main_width: int = 64,
-           main_blocks: int = 4) -> dict:
+           main_blocks: int = 4, guide_steps: int = 512, guide_width: int = 32) -> dict:
     """The trained networks: name -> (hidden, residual blocks, steps, batch, label dropout,
-    classes). ``guide`` and ``uncond`` share size and training length (EDM2's toy guides: 32
-    wide, 512 steps); ``main_*`` size and train the main model (EDM2: 64 wide, 4 blocks, 4096
-    steps). ``quick`` divides every length by 4 (and the batch by 4)."""
-    steps, batch, short = (main_steps, 4096, 512)
+    classes). ``guide_*`` size and train the autoguidance guide (EDM2's toy guides: 32 wide,
+    512 steps); ``uncond`` (EDM2's toy CFG guide) is always 32 wide, 512 steps; ``main_*``
+    size and train the main model (EDM2: 64 wide, 4 blocks, 4096 steps). ``quick`` divides
+    every length by 4 (and the batch by 4)."""
+    steps, batch, short, uncond = (main_steps, 4096, guide_steps, 512)
     if quick:
-        steps, batch, short = steps // 4, batch // 4, short // 4
+        steps, batch, short, uncond = steps // 4, batch // 4, short // 4, uncond // 4
     return {"main": (main_width, main_blocks, steps, batch, 0.1, CLASSES),
-            "guide": (32, 4, short, batch, 0.0, CLASSES),
-            "uncond": (32, 4, short, batch, 0.0, 0)}
+            "guide": (guide_width, 4, short, batch, 0.0, CLASSES),
+            "uncond": (32, 4, uncond, batch, 0.0, 0)}
+
+
+def cached_train(spec: tuple, data: GaussianMixture, seed: int, fit: str,
+                 cache_dir: str) -> tuple:
+    """:func:`train`, its EMA parameters kept in ``cache_dir`` under a name made of everything
+    that determines them (spec, fit, seed), so a rerun with another guide reuses the main model.
+    Returns ``(Denoiser, EMA params, final loss, cached?)``."""
+    import flax.serialization
+
+    name = "_".join(str(v) for v in spec) + f"_{fit}_seed{seed}"
+    file = os.path.join(cache_dir, f"net_{name}.msgpack")
+    if os.path.exists(file):
+        den = denoiser(spec[0], spec[1], spec[5])
+        cond = {"label": jnp.zeros((1,), jnp.int32)} if spec[5] else {}
+        template = den.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)),
+                                cond)["params"]
+        with open(file, "rb") as f:
+            blob = flax.serialization.msgpack_restore(f.read())
+        return den, flax.serialization.from_state_dict(template, blob["params"]), \
+            float(blob["loss"]), True
+    den, params, loss = train(spec, data, jax.random.PRNGKey(seed), fit)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = file + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(
+            {"params": flax.serialization.to_state_dict(jax.device_get(params)), "loss": loss}))
+    os.replace(tmp, file)
+    return den, params, loss, False
 
 
 def _data_sampler(data: GaussianMixture):
@@ -383,17 +421,21 @@ def main_trained(args) -> None:
     threshold = support_threshold(data, n)
     exact_outside = float(outside(truth, truth_labels, data, threshold).mean())
     nets, trained = {}, []
-    specs = models(args.quick, args.main_steps, args.main_width, args.main_blocks)
+    specs = models(args.quick, args.main_steps, args.main_width, args.main_blocks,
+                   args.guide_steps, args.guide_width)
     for i, (name, spec) in enumerate(specs.items()):
         t0 = time.time()
         fit = args.main_fit if name == "main" else "samples"
-        den, params, loss = train(spec, data, jax.random.PRNGKey(1000 * args.seed + i), fit)
+        den, params, loss, cached = cached_train(
+            spec, data, 1000 * args.seed + i, fit,
+            os.path.join(os.path.dirname(os.path.abspath(args.out)), "autoguidance_toy_nets"))
         nets[name] = (den, params)
         trained.append(f"{name}: {spec[0]} wide, {spec[1]} residual blocks, {spec[2]} steps of "
                        f"batch {spec[3]}, label dropout {spec[4]:g}, "
                        f"{'class-conditional' if spec[5] else 'unconditional'}, "
                        f"fit to {'the exact denoiser' if fit == 'exact' else 'samples'}; "
-                       f"final loss {loss:.4f}; {time.time() - t0:.0f} s")
+                       f"final loss {loss:.4f}; "
+                       + ("read from the cache" if cached else f"{time.time() - t0:.0f} s"))
         print(trained[-1], flush=True)
     # the guides alone (w = 0) and the main model alone (w = 1), for reference
     alone = {}

@@ -11,7 +11,8 @@ Everything goes through the command line of DESIGN §3, so each step can be re-r
 2. each student: ``--config=configs/digits_distill.py:<method>`` with
    ``--config.distill.teacher=<teacher workdir>`` (reflow: couplings from the teacher's ODE;
    meanflow: the teacher's velocity as MeanFlow's ``v``), evaluated at 1, 2, 4 NFE with its
-   sampler (``euler``, ``mean_flow``).
+   sampler (``euler``, ``mean_flow``). ``reflow`` starts as the teacher (Liu et al.'s
+   k-rectified flows; ``config.distill.init_from_teacher``), ``reflow_scratch`` from the seed.
 
 Score: ``fd_classifier`` (500 samples, the in-project digits classifier) next to its
 real-data floor, from ``--mode=eval`` records in each run's ``metrics.jsonl``. Writes
@@ -28,7 +29,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NFES = (1, 2, 4)
-STUDENT_SAMPLER = {"reflow": "euler", "meanflow": "mean_flow"}
+# method -> (recipe of configs/digits_distill.py, few-step sampler, extra flags)
+METHODS = {"reflow": ("reflow", "euler", ()),      # starts as the teacher (Liu et al.)
+           "reflow_scratch": ("reflow", "euler", ("--config.distill.init_from_teacher=False",)),
+           "meanflow": ("meanflow", "mean_flow", ())}
 
 
 def main_cli(*flags: str) -> float:
@@ -57,13 +61,21 @@ def main():
     parser.add_argument("--teacher_steps", type=int, default=1300)
     parser.add_argument("--student_steps", type=int, default=1000)
     parser.add_argument("--methods", default="reflow")
+    parser.add_argument("--teacher", default=None,
+                        help="an existing configs/digits.py:flow run to distil (default: "
+                             "train one in WORKDIR/teacher)")
     args = parser.parse_args()
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; valid choices: {', '.join(METHODS)}")
     os.makedirs(args.workdir, exist_ok=True)
     out = os.path.join(args.workdir, "results.json")
     results = json.load(open(out)) if os.path.exists(out) else {"evals": {}, "wall_s": {}}
     save = lambda: json.dump(results, open(out, "w"), indent=2)  # noqa: E731
-    teacher = os.path.abspath(os.path.join(args.workdir, "teacher"))
+    teacher = os.path.abspath(args.teacher or os.path.join(args.workdir, "teacher"))
     tconfig = "configs/digits.py:flow"
+    if args.teacher:
+        results["wall_s"].setdefault("teacher", float("nan"))    # trained elsewhere
     if "teacher" not in results["wall_s"]:
         results["wall_s"]["teacher"] = main_cli(
             f"--config={tconfig}", f"--workdir={teacher}",
@@ -77,16 +89,17 @@ def main():
                                      for k in NFES}
     save()
     for method in args.methods.split(","):
-        sconfig = f"configs/digits_distill.py:{method}"
+        recipe, sampler, extra = METHODS[method]
+        sconfig = f"configs/digits_distill.py:{recipe}"
         wd = os.path.abspath(os.path.join(args.workdir, method))
         if method not in results["wall_s"]:
             results["wall_s"][method] = main_cli(
                 f"--config={sconfig}", f"--workdir={wd}", f"--config.distill.teacher={teacher}",
                 f"--config.training.num_steps={args.student_steps}",
                 f"--config.training.checkpoint_every={args.student_steps}",
-                "--config.training.progress_bar=False")
+                "--config.training.progress_bar=False", *extra)
             save()
-        rows[method] = {k: evaluate(sconfig, wd, STUDENT_SAMPLER[method], k, results["evals"])
+        rows[method] = {k: evaluate(sconfig, wd, sampler, k, results["evals"])
                         for k in NFES}
         save()
     floor = rows["teacher (flow, Heun)"][30]["fd_classifier_floor"]
