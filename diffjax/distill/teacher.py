@@ -170,8 +170,9 @@ def _no_init(config: ml_collections.ConfigDict, spec):
     value = settings.get(config, "init_from_teacher")
     if not isinstance(value, bool):
         raise ValueError(f"config.distill.init_from_teacher={value!r}: must be True or False")
-    if value or spec.initialize is not start_from_teacher:
-        return spec
+    base = tasks.TASKS.get(str(config.get("task", "denoise")))
+    if value or base is None or base.initialize is not start_from_teacher:
+        return spec   # (spec may be wrapped already, e.g. on latents: its start is the base's)
     return dataclasses.replace(spec, initialize=lambda state, references: state)
 
 
