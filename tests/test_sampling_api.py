@@ -148,6 +148,25 @@ def test_guidance_of_a_pytree_condition_is_one_batched_call_mixing_eps(x64):
     np.testing.assert_allclose(explicit, guided, atol=1e-12)
 
 
+def test_a_sweep_over_the_guidance_scale_compiles_once_and_mixes_each_scale(x64):
+    """w is a traced argument: scales 1.5, 2.5 and 4 share one program (w = 0 and 1, which
+    skip a model, are their own), and each equals its hand-mixed closure."""
+    def hand_mixed(w):
+        def fn(x, t):
+            eps_u = COND_EPS(x, t, {"label": jnp.full_like(LABEL, RING.num_classes)})
+            return eps_u + w * (COND_EPS(x, t, {"label": LABEL}) - eps_u)
+        return fn
+
+    model = lambda x, t, c: COND_EPS(x, t, c)  # noqa: E731  (a function no test compiled)
+    with _Traces() as traces:
+        guided = {w: _run(model, w, label=LABEL, num_classes=RING.num_classes)
+                  for w in (1.5, 2.5, 4.0)}
+    assert traces.count() == 1, traces.names
+    for w, x in guided.items():
+        np.testing.assert_allclose(x, _run(hand_mixed(w)), atol=1e-9)
+    assert float(jnp.max(jnp.abs(guided[1.5] - guided[4.0]))) > 0.1
+
+
 # -- autoguidance and the guidance interval ---------------------------------------------------
 def test_autoguidance_by_the_main_model_itself_is_the_main_model_at_any_scale(x64):
     main = RING.model_fn(PATH, "eps")

@@ -73,7 +73,9 @@ class _Static:
     shape: tuple
     plan: Plan
     options: tuple
-    guidance_scale: float
+    # 0 or 1 (the guide or the main model alone: decided when tracing); None: any other
+    # scale, a traced argument (arrays["guidance_scale"]), so a sweep over w compiles once.
+    guidance_scale: Optional[float]
     guide_fn: Optional[Callable]
     guide_has_params: bool
     guide_target: Optional[str]
@@ -120,11 +122,12 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
         x = jnp.sqrt(path.alpha(ts[0]) ** 2 + path.sigma(ts[0]) ** 2) * eps0
 
     cond = arrays.get("cond")
+    w = static.guidance_scale if static.guidance_scale is not None else arrays["guidance_scale"]
     model = guidance.bind(static.model_fn, static.has_params, arrays.get("params"), cond)
     guide = None if static.guide_fn is None else guidance.bind(
         static.guide_fn, static.guide_has_params, arrays.get("guide_params"), cond)
     guided = guidance.guided_denoiser(path, static.target, model, cond,
-                                      w=static.guidance_scale, uncond=arrays.get("uncond"),
+                                      w=w, uncond=arrays.get("uncond"),
                                       guide=guide, guide_target=static.guide_target,
                                       interval=static.interval)
 
@@ -143,7 +146,7 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
             jnp.full(x.shape[:1], t, x.dtype)
         model_s = guidance.bind(static.model_fn, static.has_params, arrays.get("params"), cond_s)
         x0, eps = clipping.apply(static.clip, path, *guidance.guided_denoiser(
-            path, static.target, model_s, cond_s, w=static.guidance_scale,
+            path, static.target, model_s, cond_s, w=w,
             uncond=None if uncond is None else end(uncond), guide=guide,
             guide_target=static.guide_target, interval=static.interval)(x, tb), x, tb)
         if static.callback is not None:
@@ -249,14 +252,17 @@ def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target
                        or spec.evaluates_at_t_min(opts))
     else:
         ts = jnp.asarray([t_max, t_min], dtype)
+    scale = float(opts["guidance_scale"])
     static = _Static(sampler, model_fn, opts["params"] is not None, path, target, shape,
                      the_plan, tuple(sorted((k, opts[k]) for k in spec.options)),
-                     float(opts["guidance_scale"]), opts["guide_fn"],
+                     scale if scale in (0.0, 1.0) else None, opts["guide_fn"],
                      opts["guide_params"] is not None, opts["guide_target"],
                      opts["guidance_interval"], opts["inpaint_noise"],
                      _StepCallback.of(opts["callback"]),
                      clipping.from_options(opts["clip_x0"], opts["dynamic_threshold"]))
     arrays = _arrays(opts, cond, uncond)
+    if scale not in (0.0, 1.0):
+        arrays["guidance_scale"] = jnp.asarray(scale, dtype)
     k_prior, k_loop, k_start = jax.random.split(key, 3)
     eps0 = jax.random.normal(k_prior, shape, dtype)
     fresh = opts["known"] is not None and opts["inpaint_noise"] == "fresh"

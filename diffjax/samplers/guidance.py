@@ -60,15 +60,18 @@ def guided_denoiser(path: Path, target: str, model: Callable, cond, *, w: float,
 
     model, guide: ``f(x, t, cond)`` (:func:`bind`). ``uncond`` (a condition of the same keys
     as ``cond``) selects classifier-free guidance, ``guide`` autoguidance; with neither, or
-    ``w = 1``, the main model alone.
+    ``w = 1``, the main model alone. ``w`` is a Python number or a traced scalar; a traced
+    ``w`` always mixes (the caller decides ``w = 0`` and ``w = 1`` statically), so one
+    compiled sampler serves every scale.
     """
+    fixed = isinstance(w, (int, float))
     def convert(tgt, out, x, t):
         return targets_lib.to_x0_eps(tgt, path, out, x, t)
 
     def main(x, t):
         return convert(target, model(x, t, cond), x, t)
 
-    if w == 1.0 or (uncond is None and guide is None):
+    if (fixed and w == 1.0) or (uncond is None and guide is None):
         return main
     if guide is not None:
         def other(x, t):
@@ -88,7 +91,7 @@ def guided_denoiser(path: Path, target: str, model: Callable, cond, *, w: float,
             (x0_c, x0_u), (eps_c, eps_u) = jnp.split(x0, 2), jnp.split(eps, 2)
             return (x0_c, eps_c), (x0_u, eps_u)
 
-    if w == 0.0:
+    if fixed and w == 0.0:
         guided = other
     else:
         def guided(x, t):
