@@ -2,6 +2,7 @@
 
     python experiments/few_step_trained.py --workdir=runs/experiments/few_step_trained \
         [--teacher_steps=1300] [--student_steps=1000] [--methods=reflow,meanflow]
+        [--couplings=4096] [--teacher=DIR]
 
 Everything goes through the command line of DESIGN §3, so each step can be re-run by hand:
 
@@ -61,6 +62,8 @@ def main():
     parser.add_argument("--teacher_steps", type=int, default=1300)
     parser.add_argument("--student_steps", type=int, default=1000)
     parser.add_argument("--methods", default="reflow")
+    parser.add_argument("--couplings", type=int, default=4096,
+                        help="reflow: couplings of the teacher's ODE (config.distill.num_couplings)")
     parser.add_argument("--teacher", default=None,
                         help="an existing configs/digits.py:flow run to distil (default: "
                              "train one in WORKDIR/teacher)")
@@ -97,7 +100,9 @@ def main():
                 f"--config={sconfig}", f"--workdir={wd}", f"--config.distill.teacher={teacher}",
                 f"--config.training.num_steps={args.student_steps}",
                 f"--config.training.checkpoint_every={args.student_steps}",
-                "--config.training.progress_bar=False", *extra)
+                "--config.training.progress_bar=False", *extra,
+                *([f"--config.distill.num_couplings={args.couplings}"]
+                  if recipe == "reflow" else []))
             save()
         rows[method] = {k: evaluate(sconfig, wd, sampler, k, results["evals"])
                         for k in NFES}

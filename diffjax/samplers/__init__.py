@@ -82,6 +82,8 @@ Options every sampler takes:
   ``num_classes=`` for labels) gives classifier-free guidance in one batched call;
   ``guide_fn`` (+ ``guide_params``, ``guide_target``) gives autoguidance instead;
   ``guidance_interval=(lo, hi)`` in ``sigma/alpha`` guides only inside that noise range.
+  ``w`` is a traced argument (only ``w = 0`` and ``w = 1``, which evaluate one model, are
+  programs of their own), so a sweep over scales compiles once.
 * ``callback``: ``fn(i, t, x, x0_hat)`` called on the host after every grid step ``i`` (``t``
   the step's end time, ``x`` the sample there, ``x0_hat`` the last denoiser estimate of the
   step), through ordered ``jax.debug.callback``; off (None) by default, and then absent from
