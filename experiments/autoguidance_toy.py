@@ -36,7 +36,7 @@ Same metrics and support; writes ``autoguidance_toy_trained.png``.
     python experiments/autoguidance_toy.py [--out runs/experiments/autoguidance_toy] [--quick]
     python experiments/autoguidance_toy.py --models=trained [--out ...] [--quick]
         [--main_steps=4096] [--main_width=64] [--main_blocks=4] [--main_fit=samples|exact]
-        [--guide_steps=512] [--guide_width=32]
+        [--guide_steps=512] [--guide_width=32] [--guide_fit=samples|exact]
 
 Trained networks are kept (EMA parameters, keyed by everything that determines them) in
 ``autoguidance_toy_nets/`` next to ``--out``, so runs that differ only in the guide reuse the
@@ -199,6 +199,9 @@ def main() -> None:
                         help="--models=trained: the autoguidance guide's training steps")
     parser.add_argument("--guide_width", type=int, default=32,
                         help="--models=trained: the autoguidance guide's hidden width")
+    parser.add_argument("--guide_fit", choices=("samples", "exact"), default="samples",
+                        help="--models=trained: the guides' regression target (both guides; "
+                             "EDM2's toy fits every network to the exact score)")
     args = parser.parse_args()
     if args.models == "trained":
         return main_trained(args)
@@ -255,10 +258,12 @@ def _plot(shown, data: GaussianMixture, path: str) -> None:
 # (betas 0.9, 0.99) at lr 1e-2 / sqrt(max(step / 512, 1)), a power-function EMA of std 0.010;
 # main model 64 wide for 4096 steps, guides 32 wide stopped at step 512. EDM2 regresses on the
 # exact noised score of its mixture; ``--main_fit=exact`` does the same for the main model
-# (the EDM loss against the exact denoiser at the noisy input, :func:`train`), the guides are
-# always fit to samples (the EDM denoising loss on fresh samples of the mixture). Other
-# differences: EDM2 has magnitude-preserving layers and an energy (log-density) output, here
-# diffjax's residual MLP (``diffjax.models.MLP``, Fourier noise embedding, learned labels).
+# (the EDM loss against the exact denoiser at the noisy input, :func:`train`), ``--guide_fit``
+# for both guides (default: fit to samples, the EDM denoising loss on fresh samples of the
+# mixture). Other differences: EDM2 has magnitude-preserving layers and an energy
+# (log-density) output, here diffjax's residual MLP (``diffjax.models.MLP``, Fourier noise
+# embedding, learned labels); an EDM2-style energy MLP fit to the exact score was tried
+# (seed 0: its unguided main model left 12.6% of samples outside, worse than this MLP's 8%).
 
 TRAINED_KINDS = {"cfg": "CFG, the main model's own unconditional branch (label dropout)",
                  "cfg_small": "CFG, a small short-trained unconditional MLP (EDM2's toy CFG)",
@@ -425,7 +430,7 @@ def main_trained(args) -> None:
                    args.guide_steps, args.guide_width)
     for i, (name, spec) in enumerate(specs.items()):
         t0 = time.time()
-        fit = args.main_fit if name == "main" else "samples"
+        fit = args.main_fit if name == "main" else args.guide_fit
         den, params, loss, cached = cached_train(
             spec, data, 1000 * args.seed + i, fit,
             os.path.join(os.path.dirname(os.path.abspath(args.out)), "autoguidance_toy_nets"))
