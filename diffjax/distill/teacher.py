@@ -157,6 +157,9 @@ def start_from_teacher(state: Any, references: Mapping[str, frozen.Reference]) -
             and all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(ref.params),
                                                        jax.tree_util.tree_leaves(state.params))))
     if not same:
+        if jax.process_index() == 0:
+            print(f"the teacher {ref.identity['workdir']} has another network than the student: "
+                  "the student starts from its seed", flush=True)
         return state
     # Copies: the teacher's own buffers are also the step's frozen argument, and the step
     # donates the state's.
