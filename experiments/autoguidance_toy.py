@@ -24,8 +24,10 @@ i.e. outside the 99% highest-density region), and the sliced Wasserstein-2 dista
 samples of the same classes (next to its floor: exact vs exact). Writes ``results.md``,
 ``results.csv`` and ``autoguidance_toy.png`` (samples at each scale) under ``--out``.
 
-``--models=trained`` replaces the exact denoisers by small MLPs trained on samples of the same
-mixture (EDM2's toy recipe, ``toy_example.py``; :func:`train`), since the off-data samples of
+``--models=trained`` replaces the exact denoisers by small MLPs trained on the same mixture
+(EDM2's toy recipe, ``toy_example.py``: every network regresses on the exact noised denoiser;
+``--main_fit``/``--guide_fit=samples`` fit to samples instead; :func:`train`), since the
+off-data samples of
 EDM2's CFG come from the errors of trained networks: a class-conditional main model (EDM
 preconditioning, EDM loss, log-normal noise levels, Adam with inverse-sqrt decay,
 power-function EMA; label dropout so it has an unconditional branch), CFG with that branch
@@ -35,8 +37,8 @@ Same metrics and support; writes ``autoguidance_toy_trained.png``.
 
     python experiments/autoguidance_toy.py [--out runs/experiments/autoguidance_toy] [--quick]
     python experiments/autoguidance_toy.py --models=trained [--out ...] [--quick]
-        [--main_steps=4096] [--main_width=64] [--main_blocks=4] [--main_fit=samples|exact]
-        [--guide_steps=512] [--guide_width=32] [--guide_fit=samples|exact]
+        [--main_steps=4096] [--main_width=64] [--main_blocks=4] [--main_fit=exact|samples]
+        [--guide_steps=512] [--guide_width=32] [--guide_fit=exact|samples] [--sigma_max=S]
 
 Trained networks are kept (EMA parameters, keyed by everything that determines them) in
 ``autoguidance_toy_nets/`` next to ``--out``, so runs that differ only in the guide reuse the
@@ -61,6 +63,7 @@ from diffjax.evaluate.distances import sliced_wasserstein
 SCALES = (1.0, 2.0, 3.0, 4.0, 6.0, 10.0)
 CLASSES = 2
 INSIDE = 0.99   # the support: the highest-density region holding 99% of a class's mass
+FAR = 1.5       # samples beyond this radius have left the plot (the data lie within 1.1)
 
 
 def tree(std_scale: float = 1.0, depth: int = 6, seed: int = 2) -> GaussianMixture:
@@ -166,7 +169,8 @@ def sweep(draw_at, kinds, data, threshold, reference, ref_labels, out_dir: str):
             x, labels = draw_at(kind, w)
             rows.append({"guidance": kind, "w": w,
                          "outside": float(outside(x, labels, data, threshold).mean()),
-                         "sliced_w2": distance(x, labels, reference, ref_labels)})
+                         "sliced_w2": distance(x, labels, reference, ref_labels),
+                         "far": int(np.sum(~(np.linalg.norm(x, axis=-1) <= FAR)))})
             shown[kind, w] = (x, labels)
             print(f"{kind:9s} w={w:<4g} outside={rows[-1]['outside']:.3f} "
                   f"sliced_w2={rows[-1]['sliced_w2']:.4f}", flush=True)
@@ -193,13 +197,16 @@ def main() -> None:
                         help="--models=trained: the main model's hidden width")
     parser.add_argument("--main_blocks", type=int, default=4,
                         help="--models=trained: the main model's residual blocks")
-    parser.add_argument("--main_fit", choices=("samples", "exact"), default="samples",
+    parser.add_argument("--main_fit", choices=("samples", "exact"), default="exact",
                         help="--models=trained: the main model's regression target (train())")
     parser.add_argument("--guide_steps", type=int, default=512,
                         help="--models=trained: the autoguidance guide's training steps")
     parser.add_argument("--guide_width", type=int, default=32,
                         help="--models=trained: the autoguidance guide's hidden width")
-    parser.add_argument("--guide_fit", choices=("samples", "exact"), default="samples",
+    parser.add_argument("--sigma_max", type=float, default=None,
+                        help="--models=trained: the sampler's first noise level (default: the "
+                             "edm path's 80; EDM2's toy samples from 5)")
+    parser.add_argument("--guide_fit", choices=("samples", "exact"), default="exact",
                         help="--models=trained: the guides' regression target (both guides; "
                              "EDM2's toy fits every network to the exact score)")
     args = parser.parse_args()
@@ -259,8 +266,8 @@ def _plot(shown, data: GaussianMixture, path: str) -> None:
 # main model 64 wide for 4096 steps, guides 32 wide stopped at step 512. EDM2 regresses on the
 # exact noised score of its mixture; ``--main_fit=exact`` does the same for the main model
 # (the EDM loss against the exact denoiser at the noisy input, :func:`train`), ``--guide_fit``
-# for both guides (default: fit to samples, the EDM denoising loss on fresh samples of the
-# mixture). Other differences: EDM2 has magnitude-preserving layers and an energy
+# for both guides; both are the default (``samples``: the EDM denoising loss on fresh samples
+# of the mixture, the ablation). Other differences: EDM2 has magnitude-preserving layers and an energy
 # (log-density) output, here diffjax's residual MLP (``diffjax.models.MLP``, Fourier noise
 # embedding, learned labels); an EDM2-style energy MLP fit to the exact score was tried
 # (seed 0: its unguided main model left 12.6% of samples outside, worse than this MLP's 8%).
@@ -394,13 +401,17 @@ def train(spec: tuple, data: GaussianMixture, key, fit: str = "samples") -> tupl
     return den, ema, float(jnp.mean(losses[-max(steps // 16, 1):]))
 
 
-def draw_trained(kind: str, w: float, n: int, steps: int, nets: dict, seed: int = 0):
+def draw_trained(kind: str, w: float, n: int, steps: int, nets: dict, seed: int = 0,
+                 sigma_max: float | None = None):
     """``n`` samples (alternating classes) of the trained main model guided by ``kind``
-    (:data:`TRAINED_KINDS`) at scale ``w``; the same initial noise for every kind and scale."""
+    (:data:`TRAINED_KINDS`) at scale ``w``; the same initial noise for every kind and scale.
+    ``sigma_max``: the first noise level (None: the ``edm`` path's 80; EDM2's toy starts at 5)."""
     main_den, main_params = nets["main"]
     labels = jnp.arange(n) % CLASSES
     options = dict(target="x0", sampler="heun", num_steps=steps, grid="karras",
                    params=main_params, cond={"label": labels}, guidance_scale=w)
+    if sigma_max is not None:
+        options["t_max"] = float(paths.get("edm").t_from_logsnr(-2.0 * np.log(sigma_max)))
     if kind == "cfg":
         options["num_classes"] = CLASSES          # the null label: the model's own branch
     elif kind == "cfg_small":
@@ -447,14 +458,17 @@ def main_trained(args) -> None:
     for label, kind, w in (("main model", "auto", 1.0), ("guide (auto, w=0)", "auto", 0.0),
                            ("main's unconditional branch (cfg, w=0)", "cfg", 0.0),
                            ("small unconditional (cfg_small, w=0)", "cfg_small", 0.0)):
-        x, labels = draw_trained(kind, w, n, steps, nets)
+        x, labels = draw_trained(kind, w, n, steps, nets, sigma_max=args.sigma_max)
         alone[label] = (float(outside(x, labels, data, threshold).mean()),
                         distance(x, labels, reference, ref_labels))
-    rows, shown = sweep(lambda kind, w: draw_trained(kind, w, n, steps, nets), TRAINED_KINDS,
+    rows, shown = sweep(lambda kind, w: draw_trained(kind, w, n, steps, nets,
+                                                     sigma_max=args.sigma_max), TRAINED_KINDS,
                         data, threshold, reference, ref_labels, args.out)
     kinds = list(TRAINED_KINDS)
     lines = [f"exact samples: outside {exact_outside:.3f}, sliced W2 floor {floor:.4f} "
-             f"({n} samples, {steps} Heun NFE, trained models, seed {args.seed})", ""]
+             f"({n} samples, {steps} Heun NFE from sigma "
+             f"{args.sigma_max if args.sigma_max else paths.get('edm').sigma_max:g}, trained "
+             f"models, seed {args.seed})", ""]
     lines += [f"- {t}" for t in trained] + [""]
     lines += [f"- {k}: outside {o:.3f}, sliced W2 {d:.4f}" for k, (o, d) in alone.items()]
     lines += ["", "| w | " + " | ".join(f"outside: {k}" for k in kinds) + " | "
@@ -464,6 +478,9 @@ def main_trained(args) -> None:
         got = {r["guidance"]: r for r in rows if r["w"] == w}
         lines.append(f"| {w:g} | " + " | ".join(f"{got[k]['outside']:.3f}" for k in kinds)
                      + " | " + " | ".join(f"{got[k]['sliced_w2']:.4f}" for k in kinds) + " |")
+    lines.append(f"\nsamples beyond radius {FAR:g} (diverged; the data lie within 1.1), of {n}: "
+                 + "; ".join(f"{k} " + ", ".join(f"w={r['w']:g}: {r['far']}" for r in rows
+                                                 if r["guidance"] == k) for k in kinds))
     for kind in ("cfg", "cfg_small"):
         met = [w for w in SCALES
                if any(r["guidance"] == kind and r["w"] == w and r["outside"] >= 0.2 for r in rows)
