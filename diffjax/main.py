@@ -153,13 +153,16 @@ def _sample(config, workdir: str, source: str) -> None:
         from diffjax.controlnet import cli
         return cli.run(config, workdir, source, prompts)
     recipe, state, step = train.restore_for_inference(config, source)
+    bar = bool(config.training.get("progress_bar", True))  # over the sampler's steps
     if prompts is not None:
         expanded = np.repeat(np.asarray(prompts, dtype=object), per)
         samples, what = train.generate(recipe, state.ema_params, config.sampling,
-                                       len(expanded), config.eval.batch_size, prompts=expanded)
+                                       len(expanded), config.eval.batch_size, prompts=expanded,
+                                       steps_bar=bar)
     else:
         samples, what = train.generate(recipe, state.ema_params, config.sampling,
-                                       config.sampling.num_samples, config.eval.batch_size)
+                                       config.sampling.num_samples, config.eval.batch_size,
+                                       steps_bar=bar)
     if parallel.is_main_process():
         name = f"sample_{step:07d}"
         if prompts is not None:  # one file per prompt set and scale: earlier grids stay

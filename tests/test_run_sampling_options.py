@@ -115,3 +115,24 @@ def test_sampling_step_reads_that_checkpoint_and_refuses_one_that_is_not_there(t
     chosen.sampling.ema, chosen.sampling.step = "", -1
     with pytest.raises(ConfigError, match=r"config.sampling.step=-1 must be a checkpoint step"):
         config_validation.validate(chosen)
+
+
+def test_generate_shows_a_bar_over_every_sampler_step_of_every_batch(trained, capsys):
+    """``--mode=sample``'s bar (generate(steps_bar=True)): batches x in-program chunks x grid
+    steps, with the samples of the run without it."""
+    import diffjax
+    from diffjax.training import evaluation
+    config, setup, params, _ = trained
+    _, info = diffjax.sample(lambda x, t: 0 * x, setup.denoiser.path, (1, 2),
+                             jax.random.PRNGKey(0), target=setup.denoiser.target,
+                             sampler="ddim", num_steps=6, return_info=True)
+    steps = info.ts.shape[0] - 1                      # the grid's steps at 6 DDIM NFE
+    for micro, chunks in ((0, 1), (4, 2)):
+        cfg = _sampling(config, sampler="ddim", num_steps=6, micro_batch=micro)
+        plain, _ = evaluation.generate(setup, params, cfg, 24, 8, progress=False)
+        capsys.readouterr()
+        shown, _ = evaluation.generate(setup, params, cfg, 24, 8, steps_bar=True)
+        err = capsys.readouterr().err
+        total = 3 * chunks * steps                    # 24 / 8 = 3 batches
+        assert f"{total}/{total}" in err and "step" in err, err[-500:]
+        np.testing.assert_allclose(shown, plain, rtol=1e-5, atol=1e-5)

@@ -304,3 +304,29 @@ def test_callback_is_refused_where_steps_are_chosen_at_run_time():
     with pytest.raises(ValueError, match="'adaptive' does not take callback"):
         samplers.check(PATH, (4, 2), target="eps", sampler="adaptive", num_steps=100,
                        callback=print)
+
+
+def test_progress_reports_each_step_index_once_without_the_sample_and_is_absent_when_off():
+    """``progress(i, n)``: every grid step i = 0 .. n-1 once, n = the grid's steps (for a
+    one-evaluation sampler and for Heun's two), from an unordered callback of a scalar;
+    the samples are those of the run without it, and off it is not in the program."""
+    model = RING.model_fn(PATH, "x0")
+    for sampler, nfe in (("euler", 6), ("heun", 7)):
+        seen = []
+        run = functools.partial(diffjax.sample, model, PATH, (4, 2), jax.random.PRNGKey(0),
+                                target="x0", sampler=sampler, num_steps=nfe, return_info=True)
+        x, info = run(progress=lambda i, n: seen.append((i, n)))
+        jax.effects_barrier()
+        n = info.ts.shape[0] - 1
+        assert sorted(seen) == [(i, n) for i in range(n)] and n >= 3
+        np.testing.assert_allclose(run()[0], x, rtol=1e-6, atol=1e-6)
+    lowered = lambda **kw: jax.jit(lambda k: diffjax.sample(
+        model, PATH, (4, 2), k, target="x0", sampler="euler", num_steps=6, **kw)).lower(
+            jax.random.PRNGKey(0)).as_text()
+    assert "callback" not in lowered() and "callback" in lowered(progress=lambda i, n: None)
+    with pytest.raises(ValueError, match="does not take progress"):
+        diffjax.sample(model, PATH, (4, 2), jax.random.PRNGKey(0), target="x0",
+                       sampler="adaptive", num_steps=50, progress=print)
+    with pytest.raises(ValueError, match="progress must be a function"):
+        diffjax.sample(model, PATH, (4, 2), jax.random.PRNGKey(0), target="x0",
+                       sampler="euler", num_steps=4, progress=True)

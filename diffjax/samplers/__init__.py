@@ -87,7 +87,10 @@ Options every sampler takes:
 * ``callback``: ``fn(i, t, x, x0_hat)`` called on the host after every grid step ``i`` (``t``
   the step's end time, ``x`` the sample there, ``x0_hat`` the last denoiser estimate of the
   step), through ordered ``jax.debug.callback``; off (None) by default, and then absent from
-  the program. Fixed-step samplers only.
+  the program. ``progress``: ``fn(i, n)`` after every grid step ``i`` of ``n``, the index
+  alone through an unordered callback (so it runs on a mesh of several devices, where ordered
+  effects cannot, and moves no sample to the host); the CLI's progress bar. Fixed-step
+  samplers only.
 * SDEdit: ``x_init`` (``shape``) starts from ``alpha(t_max) x_init + sigma(t_max) eps``; pass
   ``t_max`` = the editing strength.
 * Inpainting: ``known`` (``shape``) and ``mask`` (broadcastable, 1 = known) re-impose the known

@@ -83,6 +83,7 @@ class _Static:
     inpaint_noise: str
     callback: Optional["_StepCallback"] = None
     clip: Optional[clipping.Clip] = None
+    progress: Optional[Callable] = None
 
 
 class _StepCallback:
@@ -160,7 +161,8 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
                                                    static.inpaint_noise == "fresh")
         x = constrain(x, ts[0], arrays.get("start_key"))
 
-    problem = Problem(path, denoise, _reporting(constrain, static.callback, ts), denoise_to)
+    problem = Problem(path, denoise, _reporting(constrain, static.callback, ts,
+                                                static.progress), denoise_to)
     x, aux = spec.fn(problem, x, ts, keys, static.plan, **dict(static.options))
     if spec.fixed_step:
         trajectory, nfe, finished = aux, static.plan.evals, None
@@ -174,15 +176,23 @@ def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays:
     return x, trajectory, nfe, finished
 
 
-def _reporting(constrain: Callable, callback: Optional[_StepCallback], ts: Array) -> Callable:
-    """``constrain`` (run after every grid step) that also reports the step to ``callback``."""
-    if callback is None:
+def _reporting(constrain: Callable, callback: Optional[_StepCallback], ts: Array,
+               progress: Optional[Callable] = None) -> Callable:
+    """``constrain`` (run after every grid step) that also reports the step to ``callback``
+    (ordered, with the sample) and its index to ``progress`` (unordered, a scalar only: it
+    runs on meshes of several devices, where ordered effects cannot, and moves no sample to
+    the host)."""
+    if callback is None and progress is None:
         return constrain
+    total = int(ts.shape[0]) - 1
 
     def constrain_and_report(x, s, key):
         x = constrain(x, s, key)
         i = jnp.sum(ts > s) - 1                       # the step that ended at s
-        jax.debug.callback(callback.stepped, i, s, x, ordered=True)
+        if callback is not None:
+            jax.debug.callback(callback.stepped, i, s, x, ordered=True)
+        if progress is not None:
+            jax.debug.callback(lambda i: progress(int(i), total), i)
         return x
 
     return constrain_and_report
@@ -259,7 +269,8 @@ def _prepare(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target
                      opts["guide_params"] is not None, opts["guide_target"],
                      opts["guidance_interval"], opts["inpaint_noise"],
                      _StepCallback.of(opts["callback"]),
-                     clipping.from_options(opts["clip_x0"], opts["dynamic_threshold"]))
+                     clipping.from_options(opts["clip_x0"], opts["dynamic_threshold"]),
+                     opts["progress"])
     arrays = _arrays(opts, cond, uncond)
     if scale not in (0.0, 1.0):
         arrays["guidance_scale"] = jnp.asarray(scale, dtype)

@@ -21,7 +21,8 @@ from diffjax.samplers.registry import Sampler, get
 COMMON = {"t_min": None, "t_max": None, "denoise_to_zero": None, "return_info": False,
           "return_trajectory": False, "label": None, "num_classes": None, "nulls": None,
           "guide_fn": None, "guide_params": None, "guide_target": None,
-          "guidance_interval": None, "callback": None, "x_init": None, "known": None, "mask": None,
+          "guidance_interval": None, "callback": None, "progress": None, "x_init": None,
+          "known": None, "mask": None,
           "inpaint_noise": "fixed", "clip_x0": None, "dynamic_threshold": None}
 GRID = {"grid": None, "rho": 7.0}
 # Arguments of sample() that are not options: they are handled here all the same.
@@ -41,13 +42,16 @@ def resolve(sampler: str, spec: Sampler, options: Mapping[str, Any]) -> dict:
     elif spec.fixed_step:
         _check_grid_option(opts)
     else:
-        for name in ("return_trajectory", "callback"):
+        for name in ("return_trajectory", "callback", "progress"):
             if opts[name]:
                 raise ValueError(f"Sampler {sampler!r} does not take {name}: its steps are "
                                  "chosen at run time")
     if opts["callback"] is not None and not callable(opts["callback"]):
         raise ValueError(f"option callback must be a function (i, t, x, x0_hat), got "
                          f"{opts['callback']!r}")
+    if opts["progress"] is not None and not callable(opts["progress"]):
+        raise ValueError(f"option progress must be a function (i, n), got "
+                         f"{opts['progress']!r}")
     spec.check(opts)
     clipping.from_options(opts["clip_x0"], opts["dynamic_threshold"])
     return opts

@@ -47,8 +47,11 @@ class Sampler:
     """
 
     def __init__(self, setup: Setup, sampling_cfg: ml_collections.ConfigDict, batch_size: int,
-                 mesh: Optional[jax.sharding.Mesh] = None):
+                 mesh: Optional[jax.sharding.Mesh] = None, step_progress: bool = False):
         self.setup, self.cfg = setup, sampling_cfg
+        # step_progress: the program reports each finished grid step (a scalar, no sample)
+        # to ``self.on_step(i, n)`` when that is set (generate's progress bar).
+        self.step_progress, self.on_step = step_progress, None
         self.mesh = mesh or parallel.make_mesh()
         n = self.mesh.size
         self.batch_size = math.ceil(batch_size / n) * n
@@ -76,6 +79,8 @@ class Sampler:
                            guide_params=guide_params, guide_target=self.guide.target)
         if cfg.get("guidance_interval") is not None:
             options["guidance_interval"] = tuple(cfg.guidance_interval)
+        if self.step_progress:
+            options["progress"] = self._stepped
         # Parameters are traced arguments of the network function (never constants of the
         # program): one compiled sampler serves every evaluation of the run.
         def draw(rows, key, cond):
@@ -92,6 +97,16 @@ class Sampler:
         if not 0 < micro < self.batch_size:
             return draw(self.batch_size, key, cond)
         return _in_chunks(draw, self.batch_size, micro, key, cond)
+
+    def _stepped(self, i: int, n: int) -> None:
+        if self.on_step is not None:
+            self.on_step(i, n)
+
+    @property
+    def chunks(self) -> int:
+        """Sampler calls of ``micro_batch`` rows inside one program (1 without micro-batches)."""
+        micro = int(self.cfg.get("micro_batch", 0) or 0)
+        return -(-self.batch_size // micro) if 0 < micro < self.batch_size else 1
 
     def __call__(self, params: Any, key: Array, cond: Any = None) -> Array:
         if cond is not None and not isinstance(cond, dict):
@@ -176,28 +191,50 @@ def eval_conditions(setup: Setup, start: int, size: int,
 
 def generate(setup: Setup, params: Any, sampling_cfg: ml_collections.ConfigDict,
              num_samples: int, batch_size: int, *, sampler: Optional[Sampler] = None,
-             progress: bool = True,
+             progress: bool = True, steps_bar: bool = False,
              prompts: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """``num_samples`` samples (numpy, on every process) and what they were conditioned on
     (:func:`eval_conditions`: labels, prompts, or None), drawn from ``sampling_cfg.seed``.
 
     ``sampler`` reuses a compiled :class:`Sampler` (built here otherwise); ``progress``
-    prints one line per batch on the main process.
+    prints one line per batch on the main process; ``steps_bar`` (with ``progress``) shows
+    a progress bar over the sampler's steps instead (``--mode=sample``: a long run moves
+    while a batch is being drawn).
     """
-    sampler = sampler or Sampler(setup, sampling_cfg, min(batch_size, num_samples))
+    steps_bar = steps_bar and progress
+    sampler = sampler or Sampler(setup, sampling_cfg, min(batch_size, num_samples),
+                                 step_progress=steps_bar)
     b = sampler.batch_size
     key = jax.random.PRNGKey(sampling_cfg.seed)
     chunks, whats = [], []
     num_batches = math.ceil(num_samples / b)
     start = time.perf_counter()
-    for i in range(num_batches):
-        cond, what = eval_conditions(setup, i * b, b, prompts)
-        if what is not None:
-            whats.append(what)
-        chunks.append(parallel.to_host(sampler(params, jax.random.fold_in(key, i), cond)))
-        if progress and parallel.is_main_process():
-            print(f"sampling: batch {i + 1}/{num_batches} ({min((i + 1) * b, num_samples)}/"
-                  f"{num_samples} samples, {time.perf_counter() - start:.1f}s)", flush=True)
+    bar = None
+    if steps_bar and sampler.step_progress and parallel.is_main_process():
+        from tqdm import tqdm
+        bar = tqdm(unit="step", desc=f"sampling {num_samples} ({num_batches} batch"
+                   f"{'es' if num_batches > 1 else ''})", dynamic_ncols=True)
+        calls = num_batches * sampler.chunks
+
+        def on_step(i, n):
+            if bar.total is None:
+                bar.total = calls * n
+            bar.update(1)
+        sampler.on_step = on_step
+    try:
+        for i in range(num_batches):
+            cond, what = eval_conditions(setup, i * b, b, prompts)
+            if what is not None:
+                whats.append(what)
+            chunks.append(parallel.to_host(sampler(params, jax.random.fold_in(key, i), cond)))
+            if progress and bar is None and parallel.is_main_process():
+                print(f"sampling: batch {i + 1}/{num_batches} ({min((i + 1) * b, num_samples)}"
+                      f"/{num_samples} samples, {time.perf_counter() - start:.1f}s)", flush=True)
+    finally:
+        if bar is not None:
+            jax.effects_barrier()
+            sampler.on_step = None
+            bar.close()
     samples = np.concatenate(chunks)[:num_samples]
     return samples, (np.concatenate(whats)[:num_samples] if whats else None)
 
