@@ -304,9 +304,7 @@ def cached_train(spec: tuple, data: GaussianMixture, seed: int, fit: str,
     file = os.path.join(cache_dir, f"net_{name}.msgpack")
     if os.path.exists(file):
         den = denoiser(spec[0], spec[1], spec[5])
-        cond = {"label": jnp.zeros((1,), jnp.int32)} if spec[5] else {}
-        template = den.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)),
-                                cond)["params"]
+        template = init_params(den, spec[5], jax.random.PRNGKey(0))
         with open(file, "rb") as f:
             blob = flax.serialization.msgpack_restore(f.read())
         return den, flax.serialization.from_state_dict(template, blob["params"]), \
@@ -341,6 +339,12 @@ def _data_sampler(data: GaussianMixture):
     return draw
 
 
+def init_params(den, classes: int, key):
+    """Fresh parameters of a :func:`denoiser`'s network (the tree a cached file restores to)."""
+    cond = {"label": jnp.zeros((1,), jnp.int32)} if classes else {}
+    return den.net.init(key, jnp.zeros((1, 2)), jnp.zeros((1,)), cond)["params"]
+
+
 def denoiser(hidden: int, depth: int, classes: int):
     from diffjax.denoiser import Denoiser
     from diffjax.models.mlp import MLP
@@ -368,8 +372,7 @@ def train(spec: tuple, data: GaussianMixture, key, fit: str = "samples") -> tupl
         raise ValueError(f"fit must be 'samples' or 'exact', got {fit!r}")
     draw = _data_sampler(data)
     k_init, k_train = jax.random.split(key)
-    cond = {"label": jnp.zeros((1,), jnp.int32)} if classes else {}
-    params = den.net.init(k_init, jnp.zeros((1, 2)), jnp.zeros((1,)), cond)["params"]
+    params = init_params(den, classes, k_init)
     schedule = lambda i: 1e-2 / jnp.sqrt(jnp.maximum(i / 512, 1.0))  # noqa: E731
     opt = optax.adam(schedule, b1=0.9, b2=0.99)
     gamma = phema.sigma_rel_to_gamma(0.010)

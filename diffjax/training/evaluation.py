@@ -93,8 +93,8 @@ class Sampler:
                              num_steps=cfg.num_steps, return_info=True, **chunk)
             return x, jnp.asarray(info.finished, bool)
 
-        micro = int(cfg.get("micro_batch", 0) or 0)
-        if not 0 < micro < self.batch_size:
+        micro = self.micro_batch
+        if micro is None:
             return draw(self.batch_size, key, cond)
         return _in_chunks(draw, self.batch_size, micro, key, cond)
 
@@ -103,10 +103,16 @@ class Sampler:
             self.on_step(i, n)
 
     @property
-    def chunks(self) -> int:
-        """Sampler calls of ``micro_batch`` rows inside one program (1 without micro-batches)."""
+    def micro_batch(self) -> Optional[int]:
+        """Rows per in-program chunk (:func:`_in_chunks`), None when the batch runs whole."""
         micro = int(self.cfg.get("micro_batch", 0) or 0)
-        return -(-self.batch_size // micro) if 0 < micro < self.batch_size else 1
+        return micro if 0 < micro < self.batch_size else None
+
+    @property
+    def chunks(self) -> int:
+        """Sampler calls inside one program: ``_in_chunks``' chunk count, 1 without them."""
+        micro = self.micro_batch
+        return 1 if micro is None else -(-self.batch_size // micro)
 
     def __call__(self, params: Any, key: Array, cond: Any = None) -> Array:
         if cond is not None and not isinstance(cond, dict):
