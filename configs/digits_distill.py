@@ -3,6 +3,12 @@
     python -m diffjax.main --config=configs/digits_distill.py:meanflow --workdir=runs/mf
     python -m diffjax.main --config=configs/digits_distill.py:progressive \
         --config.distill.teacher=runs/digits_v --config.distill.round=1 --workdir=runs/pd1
+    # reflow a configs/digits.py:flow run, then distil the reflowed flow for 2 Euler steps
+    python -m diffjax.main --config=configs/digits_distill.py:reflow \
+        --config.distill.teacher=runs/digits_flow --workdir=runs/rf2
+    python -m diffjax.main --config=configs/digits_distill.py:reflow \
+        --config.distill.teacher=runs/digits_flow --config.distill.init_from=runs/rf2 \
+        --config.distill.reflow_steps=2 --config.optim.lr=5e-4 --workdir=runs/rf2_k2
 
 Recipes (after ``:``): progressive, consistency_distillation, consistency_training, reflow,
 shortcut, meanflow. The teacher (``config.distill.teacher``) defaults to the exact digits

@@ -1,7 +1,7 @@
 """few_step: one- and few-step generation on the exact 64-d digits mixture (issue 16).
 
     python experiments/few_step.py --workdir=runs/few_step [--quick] [--steps=N]
-        [--methods=meanflow,...] [--lr=...] [--couplings=...]
+        [--methods=meanflow,...] [--lr=...] [--couplings=...] [--set=model.ch=64 ...]
 
 Data and teacher are the exact mixture ``GaussianMixture.digits()`` (training batches are its
 exact samples; distillation teachers are ``analytic:digits``). Each method of
@@ -29,11 +29,16 @@ sys.path.insert(0, REPO)
 
 from configs import digits_distill  # noqa: E402
 import diffjax  # noqa: E402
-from diffjax import analytic, paths, train  # noqa: E402
+from diffjax import analytic, config_loading, paths, train  # noqa: E402
 from diffjax.distill import reflow  # noqa: E402
+from diffjax.errors import ConfigError  # noqa: E402
 from diffjax.evaluate.frechet import frechet_distance  # noqa: E402
 
 NFES = (1, 2, 4, 8)
+# --methods: the recipes of configs/digits_distill.py, and reflow_distill (Liu et al.'s k-step
+# distillation of the reflow student: one student per k, started from it, trained on the same
+# couplings at the k-step Euler times only; config.distill.init_from / reflow_steps).
+METHODS = tuple(digits_distill.RECIPES) + ("reflow_distill",)
 # Consistency re-noising times (edm path, t = 1 is sigma_max) for 1, 2, 4, 8 steps.
 CM_TIMES = {1: (1.0,), 2: (1.0, 0.45), 4: (1.0, 0.6, 0.45, 0.3),
             8: (1.0, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3)}
@@ -112,11 +117,17 @@ def teacher_best(mixture, nfe: int, n: int) -> dict:
     return best
 
 
-def straightness(reflow_dir: str, mixture, n: int, num_steps: int = 32) -> dict:
+def method_config(method: str, overrides=()):
+    """``configs/digits_distill.py:<method>`` with ``--set`` overrides (``model.ch=64``)."""
+    return config_loading.load(os.path.join(REPO, "configs", f"digits_distill.py:{method}"),
+                               list(overrides), lock=False)
+
+
+def straightness(reflow_dir: str, mixture, n: int, overrides=(), num_steps: int = 32) -> dict:
     """Liu et al.'s straightness of the exact teacher's ODE and of the reflowed flow, from the
     same ``n`` noises (Euler, ``num_steps`` evaluations)."""
     from diffjax.training.loop import restore_for_inference
-    config = digits_distill.get_config("reflow")
+    config = method_config("reflow", overrides)
     setup, state, _ = restore_for_inference(config, reflow_dir)
     path = setup.denoiser.path
     x1 = jax.random.normal(jax.random.PRNGKey(2), (n,) + mixture.event_shape)
@@ -126,38 +137,48 @@ def straightness(reflow_dir: str, mixture, n: int, num_steps: int = 32) -> dict:
             "reflowed": float(reflow.straightness(student, x1, num_steps))}
 
 
+def runs_of(method: str, args) -> list:
+    """``(workdir suffix, config.distill keys, steps, peak lr, NFEs scored)`` of each run of
+    ``method``: progressive's rounds, reflow_distill's one student per k, else one run."""
+    if method == "progressive":
+        return [(f"_round{r}", dict(steps=PD_STEPS, round=r), args.steps, args.lr,
+                 (PD_STEPS[r],)) for r in range(1, len(PD_STEPS))]
+    if method == "reflow_distill":
+        start = os.path.abspath(args.reflow or os.path.join(args.workdir, "reflow"))
+        return [(f"_k{k}", dict(init_from=start, reflow_steps=k), args.distill_steps,
+                 args.distill_lr or args.lr, (k,)) for k in NFES]
+    return [("", {}, args.steps, args.lr, NFES)]
+
+
 def train_method(method: str, args, mixture, n: int) -> dict:
-    """Trains ``method`` (progressive: its rounds) and scores its samples at every NFE."""
+    """Trains ``method`` (each of its runs) and scores its samples at its NFEs."""
     from diffjax.training.setup import build
     t0 = time.perf_counter()
-    rounds = ([dict(steps=PD_STEPS, round=r) for r in range(1, len(PD_STEPS))]
-              if method == "progressive" else [{}])
-    teacher, row = "analytic:digits", {}
-    for extra in rounds:
-        wd = os.path.join(args.workdir, method + (f"_round{extra['round']}" if extra else ""))
+    teacher, row, total = "analytic:digits", {}, 0
+    recipe = "reflow" if method == "reflow_distill" else method
+    for suffix, extra, steps, lr, nfes in runs_of(method, args):
+        wd = os.path.join(args.workdir, method + suffix)
         if method == "progressive":
             extra["teacher"] = teacher
-        config = digits_distill.get_config(method)
-        config.training.num_steps = args.steps
-        config.training.checkpoint_every = args.steps
+        config = method_config(recipe, args.set)
+        config.training.num_steps = steps
+        config.training.checkpoint_every = steps
         config.training.progress_bar = False
-        config.training.log_every = max(1, args.steps // 4)
-        if args.lr:
-            config.optim.lr = args.lr
-        if method == "reflow" and args.couplings:
+        config.training.log_every = max(1, steps // 4)
+        if lr:
+            config.optim.lr = lr
+        if recipe == "reflow" and args.couplings:
             config.distill.num_couplings = args.couplings
         for k, v in extra.items():
             config.distill[k] = v
         state = train.train(config, wd, batches_fn=lambda c, i, m: MixtureBatches(
             mixture, c.data.batch_size, c.seed))
         setup = build(config)
-        teacher = wd
-        nfes = (extra["steps"][extra["round"]],) if method == "progressive" else NFES
+        teacher, total = wd, total + steps
         for nfe in nfes:
             x, used = samples(config, setup, state.ema_params, nfe, n, jax.random.PRNGKey(1))
             row[str(used)] = fd(x, mixture)
-    return {"fd_by_nfe": row, "train_steps": args.steps * len(rounds),
-            "wall_s": time.perf_counter() - t0}
+    return {"fd_by_nfe": row, "train_steps": total, "wall_s": time.perf_counter() - t0}
 
 
 def table(results: dict, methods, n: int) -> str:
@@ -197,8 +218,25 @@ def main():
     parser.add_argument("--couplings", type=int, default=0, help="reflow's coupling count")
     parser.add_argument("--methods", default="meanflow,shortcut,consistency_distillation,"
                         "reflow,consistency_training,progressive")
+    parser.add_argument("--reflow", default=None,
+                        help="reflow_distill: the reflowed run it starts from (default: "
+                             "WORKDIR/reflow)")
+    parser.add_argument("--distill_steps", type=int, default=1500,
+                        help="reflow_distill: training steps of each k-step student")
+    parser.add_argument("--distill_lr", type=float, default=5e-4,
+                        help="reflow_distill: peak learning rate")
     parser.add_argument("--no-teacher", action="store_true", help="skip the teacher's rows")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override of every method, as on the command line "
+                             "(model.ch=64, data.batch_size=256); repeatable")
     args = parser.parse_args()
+    for method in args.methods.split(","):
+        if method not in METHODS:
+            parser.error(f"--methods: unknown {method!r}; valid choices: {', '.join(METHODS)}")
+        try:  # a bad --set key or value fails here, before any compute
+            method_config("reflow" if method == "reflow_distill" else method, args.set)
+        except ConfigError as e:
+            parser.error(f"--set: {e}")
     args.steps = args.steps or (300 if args.quick else 3000)
     n = 500 if args.quick else 2000
     methods = args.methods.split(",")
@@ -206,6 +244,11 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
     out = os.path.join(args.workdir, "results.json")
     results = json.load(open(out)) if os.path.exists(out) else {}
+    settings = {"n": n, "steps": args.steps, "couplings": args.couplings, "lr": args.lr,
+                "set": args.set}
+    if results.setdefault("settings", settings) != settings:
+        parser.error(f"{out} holds results of other settings {results['settings']} than "
+                     f"{settings}; use another --workdir")
     results["floor"] = {"fd": float(np.mean([
         fd(mixture.sample(jax.random.PRNGKey(10_000 + s), n)[0], mixture) for s in range(3)]))}
     for nfe in () if args.no_teacher else NFES + (32,):
@@ -217,11 +260,14 @@ def main():
         if method in results:
             continue
         results[method] = train_method(method, args, mixture, n)
+        if method == "reflow_distill":
+            results[method]["settings"] = {"reflow": args.reflow, "steps": args.distill_steps,
+                                           "lr": args.distill_lr}
         json.dump(results, open(out, "w"), indent=2)
         print(method, results[method], flush=True)
     reflow_dir = os.path.join(args.workdir, "reflow")
     if "straightness" not in results and os.path.isdir(reflow_dir):
-        results["straightness"] = straightness(reflow_dir, mixture, n)
+        results["straightness"] = straightness(reflow_dir, mixture, n, args.set)
     json.dump(results, open(out, "w"), indent=2)
     text = table(results, methods, n)
     open(os.path.join(args.workdir, "results.md"), "w").write(text)

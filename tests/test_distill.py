@@ -157,6 +157,38 @@ def test_reflow_of_straight_couplings_is_a_fixed_point(x64):
     assert float(reflow.straightness(v_teacher, eps, 64)) > 1e-3
 
 
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_k_step_distillation_trains_where_the_k_step_euler_sampler_evaluates(k):
+    """Liu et al.'s k-step distillation draws t from the times at which diffjax.sample's
+    k-step Euler evaluates the model (recorded from the sampler, not recomputed), and on
+    straight couplings one Euler step from x_t at such a time, with the chord velocity as the
+    model, lands on the line's next grid point: k steps reach x0."""
+    import diffjax
+    path = paths.get("rectified_flow")
+    seen = []
+    x0 = jnp.array([1.0, -0.5]) + 0.3 * jax.random.normal(jax.random.PRNGKey(1), (8, 2))
+
+    def chord(x, t):  # d x_t / dt on the line (1 - t) x0 + t eps through the start eps
+        jax.debug.callback(lambda t: seen.append(float(np.asarray(t)[0])), t)
+        return (x - x0) / t[:, None]
+
+    out = diffjax.sample(chord, path, (8, 2), jax.random.PRNGKey(2), target="velocity",
+                         sampler="euler", num_steps=k)
+    out.block_until_ready()
+    jax.effects_barrier()
+    times = reflow.euler_times(path, k)
+    np.testing.assert_allclose(sorted(seen, reverse=True), times, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(out, x0, atol=1e-5)
+
+    class Setup:  # only the objective's sampler is read when times are None
+        objective = None
+    task = reflow.Reflow(Setup(), {}, times)
+    draws = np.asarray(task.sample_t(jax.random.PRNGKey(3), 4096))
+    np.testing.assert_array_equal(np.unique(draws), np.unique(np.float32(times)))
+    with pytest.raises(ValueError, match="reflow_steps=0"):
+        reflow.euler_times(path, 0)
+
+
 def test_shortcut_bootstrap_of_an_exact_average_velocity_is_itself(x64):
     from diffjax.distill import shortcut
     path = paths.get("rectified_flow")

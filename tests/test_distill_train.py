@@ -162,6 +162,50 @@ def test_reflow_from_a_run_teacher_starts_as_that_teacher_unless_told_not_to(dat
     assert not os.path.exists(os.path.join(tmp_path, "third", "checkpoints"))
 
 
+def test_reflow_init_from_starts_from_that_run_and_refuses_what_cannot_start(data_dir, tmp_path):
+    """``config.distill.init_from``: the student starts from that run's parameters (here with
+    the exact mixture as teacher, whose couplings it keeps), recorded beside the teacher; a run
+    of another network, the exact mixture, a task that does not start from a run and
+    ``init_from_teacher=False`` are refused before any training."""
+    import dataclasses
+    from diffjax.training import tasks
+    from diffjax.training.setup import build
+    from diffjax.training.state import init_state
+    train.train(_config(data_dir, "reflow"), str(tmp_path / "first"))
+    tuned = _config(data_dir, "reflow")
+    tuned.distill.init_from = str(tmp_path / "first")
+    tuned.distill.reflow_steps = 2
+    refs = frozen.load_all(tasks.for_config(tuned).references(tuned))
+    assert sorted(refs) == [teacher_lib.INIT_KEY, teacher_lib.TEACHER_KEY]
+    start = refs[teacher_lib.INIT_KEY].params
+    fresh = init_state(build(tuned), tuned.seed)
+    started = tasks.for_config(tuned).initialize(fresh, refs)
+    for tree in (started.params, started.ema_params):
+        for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(start)):
+            np.testing.assert_array_equal(a, b)
+    train.train(tuned, str(tmp_path / "tuned"))
+    assert np.all(np.isfinite(helpers.losses(str(tmp_path / "tuned"))))
+    with open(os.path.join(tmp_path, "tuned", frozen.REFERENCES_FILE)) as f:
+        assert sorted(json.load(f)) == [teacher_lib.INIT_KEY, teacher_lib.TEACHER_KEY]
+    other = dict(refs, **{teacher_lib.INIT_KEY: dataclasses.replace(
+        refs[teacher_lib.INIT_KEY], params=jax.tree_util.tree_map(lambda p: p[..., :1], start))})
+    with pytest.raises(ValueError, match="another network"):
+        tasks.for_config(tuned).initialize(fresh, other)
+    bad = [("init_from", "analytic:ring", {}, "has no network"),
+           ("reflow_steps", -1, {}, "reflow_steps=-1"),
+           ("init_from_teacher", False, {}, "unset one of them"),
+           ("init_from", str(tmp_path / "first"), {"task": "meanflow"}, "does not start")]
+    for i, (key, value, top, match) in enumerate(bad):
+        config = _config(data_dir, "reflow")
+        config.distill.init_from = str(tmp_path / "first")
+        config.distill[key] = value
+        for k, v in top.items():
+            config[k] = v
+        with pytest.raises(ValueError, match=match):
+            train.train(config, str(tmp_path / f"bad{i}"))
+        assert not os.path.exists(os.path.join(tmp_path, f"bad{i}", "checkpoints"))
+
+
 def test_reflow_couplings_reach_the_step_as_arguments_not_constants(data_dir):
     """The coupling set is data: the traced loss holds no constant of its size, and the
     couplings it reads are the teacher ODE's (same seed -> same pairs as reflow.couplings)."""

@@ -104,7 +104,7 @@ def build(setup: Setup, references) -> Progressive:
 
 def references(config: ml_collections.ConfigDict) -> dict[str, str]:
     check_rounds(settings.get(config, "steps"), int(settings.get(config, "round")))
-    return teacher_lib.teacher_key(config)
+    return teacher_lib.teacher_and_start_keys(config)
 
 
 tasks.register("progressive", tasks.TaskSpec(build, references, _initialize))

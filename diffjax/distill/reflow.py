@@ -9,12 +9,21 @@ target that is Liu et al.'s ``|(eps - x0) - v(x_t, t)|^2``. :func:`straightness`
 ``S = int_0^1 E|(x_1 - x_0) - dx_t/dt|^2 dt`` along a model's ODE. As in Liu et al.'s
 k-rectified flows, the student starts as its teacher when the teacher is a run with the
 student's network (``config.distill.init_from_teacher``, default True): reflow then only has
-to straighten a field that already transports noise to data.
+to straighten a field that already transports noise to data; ``config.distill.init_from``
+starts it from another run instead.
+
+``config.distill.reflow_steps = k >= 1`` is Liu et al.'s k-step distillation: the same loss
+on the same couplings, with ``t`` drawn from the ``k`` times at which the ``k``-step Euler
+sampler evaluates the model (``uniform`` grid over the path's ``[t_min, t_max]``) instead of
+the recipe's continuous distribution. On straight couplings the Euler step from ``x_t`` at
+such a time lands on the next grid point of the same line, so the student learns exactly
+the jumps its sampler takes; a student fine-tuned this way from a reflowed run
+(``init_from``) serves one step count.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +31,7 @@ import jax.numpy as jnp
 from diffjax.distill import ode, settings
 from diffjax.distill import teacher as teacher_lib
 from diffjax.paths import Path
+from diffjax.samplers.grids import time_grid
 from diffjax.training import tasks
 from diffjax.training.setup import Setup
 
@@ -78,6 +88,14 @@ class Reflow:
 
     setup: Setup
     frozen_arrays: dict
+    times: Optional[tuple[float, ...]] = None   # k-step distillation's grid; None: reflow
+
+    def sample_t(self, key: Array, n: int) -> Array:
+        """``[n]`` training times: the recipe's, or uniform over :attr:`times`."""
+        if self.times is None:
+            return self.setup.objective.sample_t(key, n)
+        times = jnp.asarray(self.times, jnp.float32)
+        return times[jax.random.randint(key, (n,), 0, len(self.times))]
 
     def loss(self, params, batch, key, frozen, rows=None):
         pairs = frozen[COUPLINGS_KEY]  # the teacher was read once, into the couplings
@@ -87,7 +105,7 @@ class Reflow:
         take = (lambda a: a) if rows is None else rows.take
         k_idx, k_t, k_drop = jax.random.split(key, 3)
         idx = take(jax.random.randint(k_idx, (total,), 0, pairs["eps"].shape[0]))
-        t = take(self.setup.objective.sample_t(k_t, total))
+        t = take(self.sample_t(k_t, total))
 
         def model(x, s, c):
             return self.setup.denoiser.apply({"params": params}, x, s, c, train=True,
@@ -98,9 +116,30 @@ class Reflow:
         return jnp.mean(per), {}
 
 
+def _check_steps(k, zero: bool = True) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < (0 if zero else 1):
+        raise ValueError(f"config.distill.reflow_steps={k!r}: an int, 0 (reflow at the recipe's "
+                         "times) or k >= 1 (k-step distillation at the k-step Euler grid)")
+
+
+def euler_times(path: Path, k: int) -> tuple[float, ...]:
+    """The ``k`` times at which ``k`` Euler steps on the ``uniform`` grid of ``path``'s
+    ``[t_min, t_max]`` evaluate the model (the sampler's default grid), from ``t_max`` down.
+
+    Raises:
+      ValueError: ``k`` not an int >= 1.
+    """
+    _check_steps(k, zero=False)
+    ts = time_grid("uniform", path, k, float(path.t_min), float(path.t_max))
+    return tuple(float(t) for t in ts[:-1])
+
+
 def build(setup: Setup, references) -> Reflow:
     """Generates the couplings once (the teacher's ODE), before the first step."""
     config = setup.config
+    k = settings.get(config, "reflow_steps")
+    _check_steps(k)
+    times = euler_times(setup.denoiser.path, k) if k else None
     if setup.cond_kinds:
         raise ValueError("config.task='reflow' couples noise with unconditional teacher "
                          "samples; set model.class_conditional=False")
@@ -111,8 +150,14 @@ def build(setup: Setup, references) -> Reflow:
                         (n,) + tuple(setup.data_info.shape),
                         int(settings.get(config, "coupling_seed")),
                         int(settings.get(config, "ode_steps")))
-    return Reflow(setup, {COUPLINGS_KEY: {"eps": eps, "x0": x0}})
+    return Reflow(setup, {COUPLINGS_KEY: {"eps": eps, "x0": x0}}, times)
 
 
-tasks.register("reflow", tasks.TaskSpec(build, teacher_lib.teacher_key,
+def references(config) -> dict[str, str]:
+    """The teacher (and ``init_from``); checks ``reflow_steps`` before anything is read."""
+    _check_steps(settings.get(config, "reflow_steps"))
+    return teacher_lib.teacher_and_start_keys(config)
+
+
+tasks.register("reflow", tasks.TaskSpec(build, references,
                                         teacher_lib.start_from_teacher))

@@ -14,6 +14,10 @@ def default_config() -> ml_collections.ConfigDict:
         # progressive, reflow: the student starts as its teacher when the teacher is a run
         # with the student's network (False: from the config's seed, for ablations).
         "init_from_teacher": True,
+        # progressive, reflow: start from this run's EMA parameters instead (a run of the
+        # student's network, e.g. a reflow student fine-tuned at its sampler's times on the
+        # original teacher's couplings); None: the teacher's.
+        "init_from": ml_collections.FieldReference(None, field_type=str),
         # progressive: teacher DDIM steps of round 1, then each round's half; this run
         # trains round `round` (student steps steps[round], teacher steps[round - 1]).
         "steps": (64, 32, 16, 8, 4, 2, 1),
@@ -29,6 +33,9 @@ def default_config() -> ml_collections.ConfigDict:
         "num_couplings": 4096,
         "coupling_seed": 0,
         "ode_steps": 32,               # RK4 steps of the teacher ODE per coupling
+        # reflow: 0 trains at the recipe's time distribution (Liu et al.'s reflow); k >= 1 at
+        # the k times of the k-step Euler grid only (their k-step distillation).
+        "reflow_steps": 0,
         # shortcut: step sizes 2^-j, j < log2_levels; this fraction of rows bootstraps.
         "log2_levels": 7,
         "bootstrap_fraction": 0.25,

@@ -25,6 +25,7 @@ from diffjax.training.setup import Setup
 
 Array = jax.Array
 TEACHER_KEY = "distill.teacher"
+INIT_KEY = "distill.init_from"
 SCHEME = "analytic"
 
 # name -> mixture constructor; ``analytic:<name>`` in config.distill.teacher.
@@ -91,6 +92,17 @@ def teacher_key(config: ml_collections.ConfigDict) -> dict[str, str]:
     return {TEACHER_KEY: str(teacher)}
 
 
+def teacher_and_start_keys(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """:func:`teacher_key` plus ``config.distill.init_from`` when set: the references of a
+    student that starts from a run (:func:`start_from_teacher`)."""
+    keys = teacher_key(config)
+    start = settings.get(config, "init_from")
+    if start and str(start).startswith(SCHEME + ":"):
+        raise ValueError(f"config.distill.init_from={start!r} is an exact mixture, which has no "
+                         "network: name a run of the student's")
+    return {**keys, INIT_KEY: str(start)} if start else keys
+
+
 def optional_teacher_key(config: ml_collections.ConfigDict) -> dict[str, str]:
     """As :func:`teacher_key`, ``{}`` when no teacher is set (a method that can train alone)."""
     teacher = config.get("distill", {}).get("teacher")
@@ -149,19 +161,30 @@ def start_from_teacher(state: Any, references: Mapping[str, frozen.Reference]) -
     distillation's rounds, Salimans & Ho 2022; reflow's k-rectified flow from the (k-1)-th,
     Liu et al. 2022): the teacher run's parameters, when they have the student's tree and
     shapes; a fresh state otherwise (the exact mixture, another network).
-    ``config.distill.init_from_teacher = False`` keeps the fresh state (:func:`_no_init`)."""
-    ref = references[TEACHER_KEY]
+    ``config.distill.init_from = DIR`` starts from that run instead (its network must be the
+    student's); ``config.distill.init_from_teacher = False`` keeps the fresh state
+    (:func:`_no_init`).
+
+    Raises:
+      ValueError: ``config.distill.init_from`` names a run of another network.
+    """
+    explicit = INIT_KEY in references
+    ref = references[INIT_KEY if explicit else TEACHER_KEY]
     if isinstance(ref, AnalyticReference):
         return state
     same = (jax.tree_util.tree_structure(ref.params) == jax.tree_util.tree_structure(state.params)
             and all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(ref.params),
                                                        jax.tree_util.tree_leaves(state.params))))
     if not same:
+        if explicit:
+            raise ValueError(f"config.distill.init_from={ref.identity['workdir']} has another "
+                             "network (parameter tree or shapes) than the student: name a run "
+                             "of the student's config.model")
         if jax.process_index() == 0:
             print(f"the teacher {ref.identity['workdir']} has another network than the student: "
                   "the student starts from its seed", flush=True)
         return state
-    # Copies: the teacher's own buffers are also the step's frozen argument, and the step
+    # Copies: the run's own buffers are also the step's frozen argument, and the step
     # donates the state's.
     params = jax.tree_util.tree_map(lambda p, s: jax.device_put(jnp.copy(p), s.sharding),
                                     ref.params, state.params)
@@ -174,6 +197,16 @@ def _no_init(config: ml_collections.ConfigDict, spec):
     if not isinstance(value, bool):
         raise ValueError(f"config.distill.init_from_teacher={value!r}: must be True or False")
     base = tasks.TASKS.get(str(config.get("task", "denoise")))
+    start = settings.get(config, "init_from")
+    if start and (base is None or base.initialize is not start_from_teacher):
+        starts = ", ".join(k for k, v in tasks.TASKS.items()
+                           if v.initialize is start_from_teacher)
+        raise ValueError(f"config.distill.init_from={start!r}: config.task="
+                         f"{config.get('task', 'denoise')!r} does not start from a run; the "
+                         f"tasks that do: {starts}")
+    if start and not value:
+        raise ValueError(f"config.distill.init_from={start!r} with "
+                         "config.distill.init_from_teacher=False: unset one of them")
     if value or base is None or base.initialize is not start_from_teacher:
         return spec   # (spec may be wrapped already, e.g. on latents: its start is the base's)
     return dataclasses.replace(spec, initialize=lambda state, references: state)
