@@ -102,6 +102,40 @@ def test_stored_scale_and_shift_make_held_out_latents_unit_variance(ae, ae_dir, 
     assert abs(stats["latent_std"] - 1.0) > 0.1  # the raw latents were not unit-variance
 
 
+def test_per_channel_standardisation_makes_each_held_out_channel_unit_variance(ae, ae_dir,
+                                                                              data_dir):
+    """``config.latent.per_channel`` (EDM2): every channel of held-out latents is near zero mean
+    and unit variance (the shared scale leaves channels unequal), and decoding inverts the
+    standardisation: decode(from_moments(m)) is the decoder of m itself."""
+    ref, codec = ae
+    config = latent_config(data_dir, ae_dir, 2)
+    config.latent.per_channel = True
+    lat = latent.latents_of(ref, config)
+    assert len(lat.scale) == len(lat.shift) == 4
+    x, _ = load_arrays("digits", "test", data_dir)
+    mean, logvar = codec.encode(ref.params, x)
+    eps = jnp.asarray(np.random.default_rng(5).standard_normal(mean.shape), jnp.float32)
+    per = np.asarray(lat.from_moments(mean, logvar, eps)).reshape(-1, 4)
+    np.testing.assert_allclose(per.mean(0), 0.0, atol=0.15)
+    np.testing.assert_allclose(per.std(0), 1.0, atol=0.15)
+    stats = ae_task.read_stats(ae_dir)
+    shared = (stats["scale"] * (np.asarray(mean) - stats["shift"])).reshape(-1, 4)
+    assert np.ptp(shared.std(0)) > 3 * np.ptp(per.std(0))   # what the shared scale leaves
+    np.testing.assert_allclose(lat.decode(ref.params, lat.from_moments(mean, logvar)),
+                               codec.decode(ref.params, np.asarray(mean)), atol=1e-4)
+    for change, message in ((dict(scale=0.5), "unset config.latent.scale"),
+                            (dict(per_channel="yes"), "per_channel='yes'")):
+        bad = latent_config(data_dir, ae_dir, 2)
+        with bad.unlocked():
+            bad.latent.per_channel = True
+            for k, v in change.items():
+                if k == "per_channel":
+                    del bad.latent["per_channel"]
+                bad.latent[k] = v
+        with pytest.raises(config_validation.ConfigError, match=message):
+            config_validation.validate(bad)
+
+
 class _Probe:
     """An inner task whose loss is the mean of the data it is handed, which it records."""
 

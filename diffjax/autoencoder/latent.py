@@ -15,14 +15,15 @@ folder) changes a run in three places, nowhere else:
 ``scale``/``shift``: ``config.latent.scale``/``shift`` when set; else the run's
 ``latent_stats.json`` (measured on its training data when it was evaluated), measured afresh
 when that file does not belong to the checkpoint read; a diffusers folder's
-``scaling_factor``/``shift_factor``.
+``scaling_factor``/``shift_factor``. ``config.latent.per_channel``: one scale and shift per
+latent channel from the same statistics (EDM2's standardisation), broadcast on the last axis.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -68,11 +69,12 @@ def reference_value(config) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Latents:
-    """The frozen autoencoder as a latent run reads it: ``x = scale * (z - shift)``."""
+    """The frozen autoencoder as a latent run reads it: ``x = scale * (z - shift)``
+    (``scale``, ``shift``: floats, or tuples over the channels, the last axis)."""
 
     module: AutoencoderKL
-    scale: float
-    shift: float
+    scale: Union[float, tuple[float, ...]]
+    shift: Union[float, tuple[float, ...]]
     sample_posterior: bool = True
 
     def encode(self, params: Any, pixels: Array, eps: Optional[Array] = None) -> Array:
@@ -82,25 +84,31 @@ class Latents:
     def from_moments(self, mean: Array, logvar: Array, eps: Optional[Array] = None) -> Array:
         """``scale * (z - shift)``, ``z`` the posterior's mean or ``mean + std * eps``."""
         z = mean if eps is None else mean + jnp.exp(0.5 * logvar) * eps
-        return self.scale * (z - self.shift)
+        return (jnp.asarray(self.scale, z.dtype) * (z - jnp.asarray(self.shift, z.dtype)))
 
     def decode(self, params: Any, x: Array) -> Array:
-        z = x / self.scale + self.shift
+        z = x / jnp.asarray(self.scale, x.dtype) + jnp.asarray(self.shift, x.dtype)
         return self.module.apply({"params": params}, z, method=AutoencoderKL.decode)
 
 
 def latents_of(reference: frozen.Reference, config) -> Latents:
     """The :class:`Latents` of a loaded reference, ``config.latent`` overriding scale/shift."""
     group = config.get("latent") or spec.latent_config()
+    per_channel = bool(group.get("per_channel", False))
     if isinstance(reference, VAEReference):
         module, scale, shift = reference.vae.module, reference.vae.scaling_factor, \
             reference.vae.shift_factor
     else:
         module = reference.setup.net
         stats = ae_task.read_stats(reference.identity["workdir"])
-        if stats is None or stats.get("params_sha256") != reference.identity["params_sha256"]:
+        if (stats is None or stats.get("params_sha256") != reference.identity["params_sha256"]
+                or (per_channel and "channel_std" not in stats)):   # (older stats files)
             stats = ae_task.measure_stats(reference.setup.config, module, reference.params)
         scale, shift = stats["scale"], stats["shift"]
+        if per_channel:
+            scale = tuple(1.0 / float(v) for v in stats["channel_std"])
+            shift = tuple(float(v) for v in stats["channel_mean"])
+            return Latents(module, scale, shift, bool(group.get("sample_posterior", True)))
     scale = group.get("scale") if group.get("scale") is not None else scale
     shift = group.get("shift") if group.get("shift") is not None else shift
     return Latents(module, float(scale), float(shift), bool(group.get("sample_posterior", True)))

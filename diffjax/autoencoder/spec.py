@@ -35,6 +35,11 @@ def latent_config() -> ml_collections.ConfigDict:
         # its data when it was trained, or the diffusers folder's scaling/shift factors).
         "scale": ml_collections.FieldReference(None, field_type=float),
         "shift": ml_collections.FieldReference(None, field_type=float),
+        # Standardise each latent channel by its own mean and std over the autoencoder's
+        # training data (EDM2, Karras et al. 2024) instead of one scale and shift for all
+        # entries (LDM): a channel of small variance is otherwise drowned by the noise
+        # earlier than the others. Needs a diffjax autoencoder run (its data is known).
+        "per_channel": False,
         # z drawn from the encoder's posterior (SD, DiT) or its mean.
         "sample_posterior": True,
         # Encode the training split once and read the stored posteriors (diffjax.autoencoder.
@@ -157,6 +162,16 @@ def check(config: ml_collections.ConfigDict, info: Any) -> None:
         value = latent.get(key)
         if value is not None and not (key == "shift" or value > 0):
             raise ConfigError(f"config.latent.{key}={value!r} must be > 0")
+    per_channel = latent.get("per_channel", False)
+    if not isinstance(per_channel, bool):
+        raise ConfigError(f"config.latent.per_channel={per_channel!r} must be True or False")
+    if per_channel and (latent.get("scale") is not None or latent.get("shift") is not None):
+        raise ConfigError("config.latent.per_channel=True measures a scale and shift per "
+                          "channel; unset config.latent.scale / shift, or per_channel")
+    if per_channel and latent_dir(config) and describe(latent_dir(config)).kind != "run":
+        raise ConfigError(f"config.latent.per_channel=True needs channel statistics of the "
+                          f"autoencoder's training data; config.{KEY}={latent_dir(config)!r} "
+                          "is a diffusers folder (use its scaling_factor, per_channel=False)")
     data_info(config, info)
     if latent_dir(config):
         names = config.eval.metrics

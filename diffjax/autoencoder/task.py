@@ -192,14 +192,17 @@ class Codec:
         return np.clip(self.decode(params, self.encode(params, x)[0]), -1.0, 1.0)
 
 
-def latent_moments(codec: Codec, params: Any, x: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Mean and std of ``z ~ q(z|x)`` over all of ``x`` (every latent entry), and the
-    ``shift = mean``, ``scale = 1 / std`` that make them zero-mean, unit-variance."""
+def latent_moments(codec: Codec, params: Any, x: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Mean and std of ``z ~ q(z|x)`` over all of ``x`` (every latent entry), the
+    ``shift = mean``, ``scale = 1 / std`` that make them zero-mean, unit-variance, and the same
+    per channel (``channel_mean``, ``channel_std``: lists over the last axis)."""
     mean, logvar = codec.encode(params, x)
     eps = np.random.default_rng(seed).standard_normal(mean.shape).astype(np.float32)
     z = mean + np.exp(0.5 * logvar) * eps
     m, s = float(z.mean()), float(z.std())
-    return {"latent_mean": m, "latent_std": s, "shift": m, "scale": 1.0 / s}
+    per = z.reshape(-1, z.shape[-1]).astype(np.float64)
+    return {"latent_mean": m, "latent_std": s, "shift": m, "scale": 1.0 / s,
+            "channel_mean": per.mean(0).tolist(), "channel_std": per.std(0).tolist()}
 
 
 def write_stats(workdir: str, stats: dict[str, Any]) -> None:
