@@ -12,6 +12,10 @@ from diffjax.choices import DATA_LOADER_KEYS
 
 # config.model keys that change how the network computes, not what its parameters are.
 _MODEL_KEYS_FREE_TO_CHANGE = ("dtype", "dropout")
+# config.latent keys that say what a latent run's network models, x = scale * (z - shift),
+# with their defaults (absent from older config.json files): sampling under others decodes
+# the samples wrongly.
+_LATENT_KEYS = {"scale": None, "shift": None, "per_channel": False}
 
 
 def _data_signature(config: ml_collections.ConfigDict) -> Optional[tuple]:
@@ -44,6 +48,9 @@ def incompatibilities(old: ml_collections.ConfigDict,
             found.append(f"data.dataset: {old.data.dataset!r} -> {new.data.dataset!r}")
     elif old_data != new_data:
         found.append(f"data (shape, num_classes): {old_data} -> {new_data}")
+    latent = [{k: (d if _get(c, f"latent.{k}") is _UNSET else _get(c, f"latent.{k}"))
+               for k, d in _LATENT_KEYS.items()} for c in (old, new)]
+    found += _differences(*latent, "latent")
     return found
 
 

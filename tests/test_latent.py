@@ -134,6 +134,15 @@ def test_per_channel_standardisation_makes_each_held_out_channel_unit_variance(a
                 bad.latent[k] = v
         with pytest.raises(config_validation.ConfigError, match=message):
             config_validation.validate(bad)
+    # A run trained on standardised latents is not sampled under the shared scale (its samples
+    # would decode wrongly); a config.json from before the key compares as its default.
+    from diffjax.config_compat import incompatibilities
+    plain = latent_config(data_dir, ae_dir, 2)
+    assert incompatibilities(config, plain) == ["latent.per_channel: True -> False"]
+    older = latent_config(data_dir, ae_dir, 2)
+    with older.unlocked():
+        del older.latent["per_channel"]
+    assert incompatibilities(older, plain) == []
 
 
 class _Probe:
