@@ -2,6 +2,7 @@
 
     python experiments/few_step.py --workdir=runs/few_step [--quick] [--steps=N]
         [--methods=meanflow,...] [--lr=...] [--couplings=...] [--set=model.ch=64 ...]
+        [--reflow=DIR --distill_steps=1500 --distill_lr=5e-4 --distill_ks=1,2,4,8]
 
 Data and teacher are the exact mixture ``GaussianMixture.digits()`` (training batches are its
 exact samples; distillation teachers are ``analytic:digits``). Each method of
@@ -146,7 +147,8 @@ def runs_of(method: str, args) -> list:
     if method == "reflow_distill":
         start = os.path.abspath(args.reflow or os.path.join(args.workdir, "reflow"))
         return [(f"_k{k}", dict(init_from=start, reflow_steps=k), args.distill_steps,
-                 args.distill_lr or args.lr, (k,)) for k in NFES]
+                 args.distill_lr or args.lr, (k,))
+                for k in (int(k) for k in args.distill_ks.split(","))]
     return [("", {}, args.steps, args.lr, NFES)]
 
 
@@ -223,6 +225,8 @@ def main():
                              "WORKDIR/reflow)")
     parser.add_argument("--distill_steps", type=int, default=1500,
                         help="reflow_distill: training steps of each k-step student")
+    parser.add_argument("--distill_ks", default="1,2,4,8",
+                        help="reflow_distill: the step counts k, one student each")
     parser.add_argument("--distill_lr", type=float, default=5e-4,
                         help="reflow_distill: peak learning rate")
     parser.add_argument("--no-teacher", action="store_true", help="skip the teacher's rows")
@@ -237,6 +241,8 @@ def main():
             method_config("reflow" if method == "reflow_distill" else method, args.set)
         except ConfigError as e:
             parser.error(f"--set: {e}")
+    if not set(args.distill_ks.split(",")) <= {str(k) for k in NFES}:
+        parser.error(f"--distill_ks={args.distill_ks}: each k one of {NFES}")
     args.steps = args.steps or (300 if args.quick else 3000)
     n = 500 if args.quick else 2000
     methods = args.methods.split(",")
@@ -262,7 +268,7 @@ def main():
         results[method] = train_method(method, args, mixture, n)
         if method == "reflow_distill":
             results[method]["settings"] = {"reflow": args.reflow, "steps": args.distill_steps,
-                                           "lr": args.distill_lr}
+                                           "lr": args.distill_lr, "ks": args.distill_ks}
         json.dump(results, open(out, "w"), indent=2)
         print(method, results[method], flush=True)
     reflow_dir = os.path.join(args.workdir, "reflow")
