@@ -87,8 +87,8 @@ def main():
                         help="reflow_distill: training steps of each k-step student")
     parser.add_argument("--distill_ks", default="1,2,4",
                         help="reflow_distill: the step counts k, one student each")
-    parser.add_argument("--distill_lr", type=float, default=0.0,
-                        help="reflow_distill: peak learning rate (default: the recipe's)")
+    parser.add_argument("--distill_lr", type=float, default=5e-4,
+                        help="reflow_distill: peak learning rate (0: the recipe's)")
     parser.add_argument("--seeds", default="1",
                         help="sampling seeds (config.sampling.seed) of the teacher's 30-NFE and "
                              "the students' cells; a cell is their mean (default: 1)")
