@@ -266,8 +266,8 @@ def _plot(shown, data: GaussianMixture, path: str) -> None:
 # main model 64 wide for 4096 steps, guides 32 wide stopped at step 512. EDM2 regresses on the
 # exact noised score of its mixture; ``--main_fit=exact`` does the same for the main model
 # (the EDM loss against the exact denoiser at the noisy input, :func:`train`), ``--guide_fit``
-# for both guides; both are the default (``samples``: the EDM denoising loss on fresh samples
-# of the mixture, the ablation). Other differences: EDM2 has magnitude-preserving layers and an energy
+# for both guides; ``exact`` is the default of both, ``samples`` (the EDM denoising loss on
+# fresh samples of the mixture) the ablation. Other differences: EDM2 has magnitude-preserving layers and an energy
 # (log-density) output, here diffjax's residual MLP (``diffjax.models.MLP``, Fourier noise
 # embedding, learned labels); an EDM2-style energy MLP fit to the exact score was tried
 # (seed 0: its unguided main model left 12.6% of samples outside, worse than this MLP's 8%).
