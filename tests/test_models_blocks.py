@@ -8,7 +8,7 @@ from flax.traverse_util import flatten_dict
 
 from diffjax import models
 from diffjax.models import blocks
-from diffjax.models.unet import ResBlock
+from diffjax.models.unet import AttnBlock, CrossAttnBlock, ResBlock, check_unet
 
 
 def key(seed):
@@ -174,6 +174,47 @@ def test_position_embedding_similarity_depends_only_on_the_offset():
     # Half the channels see only the row, half only the column.
     np.testing.assert_array_equal(pe[2, 0, :dim // 2], pe[2, 4, :dim // 2])
     np.testing.assert_array_equal(pe[0, 3, dim // 2:], pe[4, 3, dim // 2:])
+
+
+@pytest.mark.parametrize("block", ["self", "cross"])
+def test_unet_attention_sees_positions_only_with_a_position_embedding(block):
+    # Attention without positions is permutation-equivariant: transposing the image transposes
+    # the output, and a constant image gives the same output everywhere, exactly. With the
+    # sin-cos embedding (same parameters) both must fail: the block now knows where it is.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 4, 8)).astype(np.float32)
+    context = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    mask = np.array([[True, True, False], [True, True, True]])
+    make = {"self": lambda pe: (AttnBlock(num_heads=2, position_embedding=pe), ()),
+            "cross": lambda pe: (CrossAttnBlock(num_heads=2, position_embedding=pe),
+                                 (context, mask))}[block]
+    module, extra = make("none")
+    variables = _random_params(module, x, *extra)
+    transpose = lambda a: np.swapaxes(np.asarray(a), 1, 2)  # noqa: E731
+    out = module.apply(variables, x, *extra)
+    np.testing.assert_allclose(module.apply(variables, transpose(x), *extra), transpose(out),
+                               rtol=1e-5, atol=1e-5)
+    flat = np.broadcast_to(x[:, :1, :1], x.shape)
+    out_flat = np.asarray(module.apply(variables, flat, *extra))
+    np.testing.assert_allclose(out_flat, np.broadcast_to(out_flat[:, :1, :1], x.shape),
+                               rtol=1e-5, atol=1e-5)
+    with_pe, _ = make("sincos")
+    out_pe = np.asarray(with_pe.apply(variables, x, *extra))
+    assert np.abs(np.asarray(with_pe.apply(variables, transpose(x), *extra))
+                  - transpose(out_pe)).max() > 1e-2
+    out_pe_flat = np.asarray(with_pe.apply(variables, flat, *extra))
+    assert np.abs(out_pe_flat - out_pe_flat[:, :1, :1]).max() > 1e-2
+
+
+def test_unet_position_embedding_is_checked():
+    kw = dict(ch=6, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+              cross_attn_resolutions=(), num_heads=1, dropout=0.0, embedding="sinusoidal",
+              embedding_scale=None, attn_implementation=None)
+    with pytest.raises(ValueError, match=r"model.position_embedding='rope'.*none, sincos"):
+        check_unet((8, 8, 3), **kw, position_embedding="rope")
+    with pytest.raises(ValueError, match=r"divisible by 4.*6 channels"):
+        check_unet((8, 8, 3), **kw, position_embedding="sincos")
+    check_unet((8, 8, 3), **{**kw, "ch": 8}, position_embedding="sincos")
 
 
 # --- remat ---------------------------------------------------------------------------------------

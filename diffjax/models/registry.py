@@ -52,8 +52,8 @@ def default_unet_config() -> ml_collections.ConfigDict:
         # None → the embedding's default (1000 for sinusoidal with noise_cond in [0, 1], 16 for
         # fourier).
         "embedding_scale": _typed_none(float), "resblock_updown": False, "scale_shift": False,
-        "remat": False, "attn_implementation": _typed_none(str), "class_conditional": False,
-        "dtype": "float32"})
+        "remat": False, "position_embedding": "none", "attn_implementation": _typed_none(str),
+        "class_conditional": False, "dtype": "float32"})
 
 
 def default_mlp_config() -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from diffjax.models.blocks import (AdaGroupNorm, Attention, NoiseEmbedding, PooledContext,
                                    check_embedding, check_implementation, context_for,
-                                   downsample_avg, group_norm, layer_norm, maybe_remat,
+                                   downsample_avg, group_norm, layer_norm, maybe_remat, sincos_2d,
                                    upsample_nearest)
 
 Dtype = Any
@@ -30,6 +30,12 @@ Dtype = Any
 # DDPM++ divides every residual sum by sqrt(2) ("skip_rescale") so activations keep unit scale
 # however many blocks are stacked.
 _SKIP_SCALE = 1.0 / math.sqrt(2.0)
+
+# Where the attention blocks learn where they are (model.position_embedding): "none" (the
+# DDPM++/ADM/LDM U-Net: attention is blind to position, which only the convolutions' zero
+# padding reveals) or "sincos" (the fixed 2-D sin-cos embedding of ViT/DiT added to the
+# normalised input of every self- and cross-attention block).
+POSITION_EMBEDDINGS = ("none", "sincos")
 
 
 def level_resolutions(image_shape: Sequence[int], ch_mult: Sequence[int]) -> list[tuple[int, int]]:
@@ -58,7 +64,7 @@ def check_unet(data_shape: Sequence[int], *, ch: int, ch_mult: Sequence[int],
                num_res_blocks: int, attn_resolutions: Sequence[int],
                cross_attn_resolutions: Sequence[int], num_heads: int, dropout: float,
                embedding: str, embedding_scale: float | None,
-               attn_implementation: str | None) -> None:
+               attn_implementation: str | None, position_embedding: str = "none") -> None:
     """Raises ValueError naming the offending ``model.*`` key for any invalid U-Net setting.
 
     A level's resolution, as matched against ``attn_resolutions``, is its height.
@@ -75,6 +81,9 @@ def check_unet(data_shape: Sequence[int], *, ch: int, ch_mult: Sequence[int],
         raise ValueError(f"model.dropout={dropout!r} must be in [0, 1)")
     check_embedding(embedding, embedding_scale)
     check_implementation(attn_implementation)
+    if position_embedding not in POSITION_EMBEDDINGS:
+        raise ValueError(f"model.position_embedding={position_embedding!r} is unknown; valid "
+                         f"choices: {', '.join(POSITION_EMBEDDINGS)}")
     sizes = level_resolutions(data_shape, ch_mult)
     heights = [s[0] for s in sizes]
     for key, resolutions in (("attn_resolutions", attn_resolutions),
@@ -91,6 +100,10 @@ def check_unet(data_shape: Sequence[int], *, ch: int, ch_mult: Sequence[int],
         if channels % num_heads:
             raise ValueError(f"model.num_heads={num_heads} does not divide the {channels} channels "
                              f"of the attention at resolution {heights[i]}")
+        if position_embedding == "sincos" and channels % 4:
+            raise ValueError(f"model.position_embedding='sincos' needs the attention width "
+                             f"divisible by 4; the attention at resolution {heights[i]} has "
+                             f"{channels} channels (model.ch * model.ch_mult[{i}])")
 
 
 def _conv(features: int, module: nn.Module, kernel: int = 3, stride: int = 1,
@@ -98,6 +111,14 @@ def _conv(features: int, module: nn.Module, kernel: int = 3, stride: int = 1,
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                    kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal(),
                    dtype=module.dtype, param_dtype=module.param_dtype, name=name)
+
+
+def with_positions(h: jnp.ndarray, position_embedding: str) -> jnp.ndarray:
+    """``h`` [B, H, W, C] plus the fixed 2-D sin-cos embedding of its grid when asked."""
+    if position_embedding == "none":
+        return h
+    _, hgt, wid, c = h.shape
+    return h + jnp.asarray(sincos_2d(hgt, wid, c), h.dtype).reshape(hgt, wid, c)
 
 
 class ResBlock(nn.Module):
@@ -136,6 +157,7 @@ class AttnBlock(nn.Module):
     """Self-attention over all H*W positions: x: [B, H, W, C] → [B, H, W, C]."""
     num_heads: int
     implementation: str | None = None
+    position_embedding: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -143,8 +165,9 @@ class AttnBlock(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         b, hgt, wid, c = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = group_norm(c, **kw)(x).reshape(b, hgt * wid, c)
-        out = Attention(self.num_heads, implementation=self.implementation, name="attn", **kw)(h)
+        h = with_positions(group_norm(c, **kw)(x), self.position_embedding)
+        out = Attention(self.num_heads, implementation=self.implementation, name="attn",
+                        **kw)(h.reshape(b, hgt * wid, c))
         return (x + out.reshape(x.shape)) * _SKIP_SCALE
 
 
@@ -156,6 +179,7 @@ class CrossAttnBlock(nn.Module):
     """
     num_heads: int
     implementation: str | None = None
+    position_embedding: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -163,9 +187,9 @@ class CrossAttnBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, context: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
         b, hgt, wid, c = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = layer_norm(affine=True, **kw)(x).reshape(b, hgt * wid, c)
+        h = with_positions(layer_norm(affine=True, **kw)(x), self.position_embedding)
         out = Attention(self.num_heads, implementation=self.implementation, name="attn",
-                        **kw)(h, context, mask)
+                        **kw)(h.reshape(b, hgt * wid, c), context, mask)
         return x + out.reshape(x.shape)
 
 
@@ -214,6 +238,9 @@ class UNet(nn.Module):
         nearest-neighbour upsampling followed by a conv.
       scale_shift: ADM's adaptive GroupNorm instead of adding the embedding.
       remat: recompute each block's activations in the backward pass (saves memory).
+      position_embedding: "none" or "sincos": the fixed 2-D sin-cos embedding of each level's
+        grid added to the (normalised) input of its self- and cross-attention blocks, so they
+        can tell where a position is, not only what is there (see ``POSITION_EMBEDDINGS``).
       attn_implementation: None (``"blocked"`` on CPU, JAX's choice elsewhere), "xla",
         "cudnn" (the fused GPU kernel) or "blocked" (:mod:`diffjax.models.blocks.attention`).
       num_classes: number of classes; 0 = unconditional.
@@ -233,6 +260,7 @@ class UNet(nn.Module):
     resblock_updown: bool = False
     scale_shift: bool = False
     remat: bool = False
+    position_embedding: str = "none"
     attn_implementation: str | None = None
     num_classes: int = 0
     out_channels: int | None = None
@@ -254,7 +282,8 @@ class UNet(nn.Module):
                    cross_attn_resolutions=self.cross_attn_resolutions, num_heads=self.num_heads,
                    dropout=self.dropout, embedding=self.embedding,
                    embedding_scale=self.embedding_scale,
-                   attn_implementation=self.attn_implementation)
+                   attn_implementation=self.attn_implementation,
+                   position_embedding=self.position_embedding)
         context, mask = context_for(
             cond, x.shape[0], enabled_by="model.cross_attn_resolutions",
             enabled=bool(self.cross_attn_resolutions), initializing=self.is_initializing(),
@@ -271,10 +300,10 @@ class UNet(nn.Module):
             middle); modules named ``{where}_attn{index}``, ``{where}_xattn{index}``."""
             mid = where == "mid"
             if h.shape[1] in self.attn_resolutions or mid:
-                h = attn_cls(self.num_heads, self.attn_implementation,
+                h = attn_cls(self.num_heads, self.attn_implementation, self.position_embedding,
                              name=f"{where}_attn{index}", **kw)(h)
             if context is not None and (h.shape[1] in self.cross_attn_resolutions or mid):
-                h = xattn_cls(self.num_heads, self.attn_implementation,
+                h = xattn_cls(self.num_heads, self.attn_implementation, self.position_embedding,
                               name=f"{where}_xattn{index}", **kw)(h, context, mask)
             return h
 
