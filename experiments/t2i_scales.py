@@ -7,7 +7,11 @@ training is the same config and seed). Same samples per scale (same noise, the f
 floor; a markdown table on stdout and in ``WORKDIR/t2i_scales_<prompt_set>.md``.
 
     python experiments/t2i_scales.py --workdir=runs/shapes_t2i [--scales=0,1,2,3,5,7.5,12]
-        [--num_samples=500] [--prompt_set=test|reordered|reworded]
+        [--num_samples=500] [--prompt_set=test|reordered|reworded] [--intervals="run;none;0,2"]
+
+``--intervals``: the guidance intervals to cross with the scales (Kynkäänniemi et al. 2024,
+``(lo, hi)`` in ``sigma / alpha``), ``;``-separated: ``run`` (the default) is the run's own
+``sampling.guidance_interval``, ``none`` guides at every noise level, ``lo,hi`` only there.
 """
 from __future__ import annotations
 
@@ -28,34 +32,61 @@ COLUMNS = ("shapes_eval", "shapes_eval_single_object", "shapes_eval_two_object",
            "shapes_eval_color_attr", "fd_shapes")
 
 
-def evaluate(workdir: str, scales: list[float], num_samples: int, prompt_set: str) -> list[dict]:
+def parse_intervals(text: str) -> list:
+    """``"run;none;0,2"`` -> ``["run", None, (0.0, 2.0)]`` (SystemExit naming a bad entry)."""
+    out = []
+    for part in text.split(";"):
+        part = part.strip()
+        if part in ("run", "none"):
+            out.append(None if part == "none" else "run")
+            continue
+        try:
+            lo, hi = (float(v) for v in part.split(","))
+        except ValueError:
+            raise SystemExit(f"--intervals: {part!r} is not 'run', 'none' or 'lo,hi'") from None
+        if not 0 <= lo < hi:
+            raise SystemExit(f"--intervals: {part!r} needs 0 <= lo < hi")
+        out.append((lo, hi))
+    return out
+
+
+def evaluate(workdir: str, scales: list[float], num_samples: int, prompt_set: str,
+             intervals: list | None = None) -> list[dict]:
     config = checkpoint.load_config(workdir)
     if config is None:
         raise SystemExit(f"{workdir} holds no config.json (train it first)")
     config.eval.prompt_set = prompt_set
     setup, state, step = train.restore_for_inference(config, workdir)
     rows = []
-    for w in scales:
+    own = config.sampling.get("guidance_interval")
+    for interval, w in [(i, w) for i in (intervals or ["run"]) for w in scales]:
         start = time.time()
         sampling = copy.deepcopy(config.sampling)
         sampling.guidance_scale = float(w)
+        interval = (tuple(own) if own is not None else None) if interval == "run" else interval
+        sampling.guidance_interval = interval
         samples, prompts = evaluation.generate(setup, state.ema_params, sampling, num_samples,
                                                config.eval.batch_size, progress=False)
         result = metrics_lib.evaluate_samples(
             samples, metrics=["shapes_eval", "fd_shapes"], dataset=config.data.dataset,
             cache_dir=config.eval.cache_dir or os.path.expanduser("~/.cache/diffjax/eval"),
             prompts=list(prompts), data_dir=config.data.get("data_dir"))
-        rows.append({"w": w, "step": step, "seconds": time.time() - start, **result})
-        print(f"w={w:g}: shapes_eval={result['shapes_eval']:.3f} "
+        rows.append({"w": w, "interval": interval, "step": step,
+                     "seconds": time.time() - start, **result})
+        print(f"w={w:g} interval={_interval(interval)}: shapes_eval={result['shapes_eval']:.3f} "
               f"fd_shapes={result['fd_shapes']:.1f} ({rows[-1]['seconds']:.0f} s)", flush=True)
     return rows
 
 
+def _interval(interval) -> str:
+    return "all" if interval is None else f"({interval[0]:g}, {interval[1]:g}]"
+
+
 def table(rows: list[dict]) -> str:
-    head = "| w | " + " | ".join(c.replace("shapes_eval_", "") for c in COLUMNS) + " |"
-    lines = [head, "|" + "---:|" * (len(COLUMNS) + 1)]
+    head = "| w | interval | " + " | ".join(c.replace("shapes_eval_", "") for c in COLUMNS) + " |"
+    lines = [head, "|---:|---|" + "---:|" * len(COLUMNS)]
     for r in rows:
-        lines.append(f"| {r['w']:g} | " + " | ".join(
+        lines.append(f"| {r['w']:g} | {_interval(r['interval'])} | " + " | ".join(
             f"{r[c]:.1f}" if c == "fd_shapes" else f"{r[c]:.3f}" for c in COLUMNS) + " |")
     r = rows[0]
     lines.append(f"\nfd_shapes floor {r['fd_shapes_floor']:.2f}; real test images score "
@@ -69,9 +100,12 @@ def main() -> None:
     parser.add_argument("--scales", default="0,1,2,3,5,7.5,12")
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--prompt_set", default="test")
+    parser.add_argument("--intervals", default="run",
+                        help="';'-separated guidance intervals: run | none | lo,hi")
     args = parser.parse_args()
+    intervals = parse_intervals(args.intervals)
     rows = evaluate(args.workdir, [float(s) for s in args.scales.split(",")], args.num_samples,
-                    args.prompt_set)
+                    args.prompt_set, intervals)
     text = table(rows)
     print(text)
     with open(os.path.join(args.workdir, f"t2i_scales_{args.prompt_set}.md"), "w") as f:
