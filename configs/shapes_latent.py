@@ -9,9 +9,9 @@ Any run becomes a latent run with ``--config.latent.autoencoder=DIR`` (a trained
 workdir, or a diffusers AutoencoderKL folder such as sd-vae-ft-ema): the network models
 ``scale * (z - shift)`` of the frozen encoder's latents (scale/shift stored with the
 autoencoder; here one per channel, ``latent.per_channel``, which a diffusers folder cannot
-give: add ``--config.latent.per_channel=False`` to use its scaling_factor), samples are decoded and scored by the same evaluator as the pixel job
-(``shapes_eval`` on the test captions, ``fd_shapes`` against real 32x32 images). The training
-split's latents are encoded once and cached (``config.latent.cache``, shared by every run of
+give: add ``--config.latent.per_channel=False`` to use its scaling_factor), samples are
+decoded and scored by the same evaluator as the pixel job (``shapes_eval`` on the test
+captions, ``fd_shapes`` against real 32x32 images). The training split's latents are encoded once and cached (``config.latent.cache``, shared by every run of
 the same autoencoder and data; 75 s once on the 2-core CPU, then each step 1.2x faster;
 ``False`` encodes every batch inside the step instead).
 

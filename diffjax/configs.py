@@ -325,10 +325,11 @@ def apply_shapes_t2i(config: ConfigDict, text_encoder: str = "minilm") -> Config
     (pixels) and configs/shapes_latent.py (latents), in place, after ``config.model`` is
     chosen: rectified flow with the velocity target and logit-normal times (Esser et al.
     2024), the text dropped to the empty prompt for 10% of examples (Ho & Salimans 2022),
-    2000 steps of batch 32 (what fills the pixel job's 20 CPU minutes), Heun sampling with guidance 3 applied only at ``sigma/alpha <= 2``
-    (a guidance interval, Kynkäänniemi et al. 2024: guiding at high noise, where the layout
-    is decided, extrapolates the object count of a vague prompt to empty images), and
-    ``shapes_eval`` and ``fd_shapes`` on 500 test captions."""
+    2000 steps of batch 32 (what fills the pixel job's 20 CPU minutes), Heun sampling with
+    guidance 3 applied only at ``sigma/alpha <= 2`` (a guidance interval, Kynkäänniemi et al.
+    2024: guiding at high noise, where the layout is decided, extrapolates the object count of
+    a vague prompt to empty images), and ``shapes_eval`` and ``fd_shapes`` on 500 test
+    captions."""
     config.data.dataset = "shapes"
     config.data.batch_size = 32
     config.path = default_path_config("rectified_flow")
