@@ -11,9 +11,10 @@ workdir, or a diffusers AutoencoderKL folder such as sd-vae-ft-ema): the network
 autoencoder; here one per channel, ``latent.per_channel``, which a diffusers folder cannot
 give: add ``--config.latent.per_channel=False`` to use its scaling_factor), samples are
 decoded and scored by the same evaluator as the pixel job (``shapes_eval`` on the test
-captions, ``fd_shapes`` against real 32x32 images). The training split's latents are encoded once and cached (``config.latent.cache``, shared by every run of
-the same autoencoder and data; 75 s once on the 2-core CPU, then each step 1.2x faster;
-``False`` encodes every batch inside the step instead).
+captions, ``fd_shapes`` against real 32x32 images). The training split's latents are
+encoded once and cached (``config.latent.cache``, shared by every run of the same
+autoencoder and data; 75 s once on the 2-core CPU, then each step 1.2x faster; ``False``
+encodes every batch inside the step instead).
 
 Variants (after ``:``): ``unet`` (default; shapes_t2i's U-Net design at latent size: 8x8 ->
 4x4, channels 128/256, cross-attention at both levels: 1.46 GFLOP a training example against
