@@ -79,7 +79,7 @@ def evaluate(workdir: str, scales: list[float], num_samples: int, prompt_set: st
 
 
 def _interval(interval) -> str:
-    return "all" if interval is None else f"({interval[0]:g}, {interval[1]:g}]"
+    return "all" if interval is None else f"[{interval[0]:g}, {interval[1]:g}]"  # closed
 
 
 def table(rows: list[dict]) -> str:
