@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.blocks import conv_general_dilated
+
 Array = jax.Array
 Dtype = Any
 # diffusers clamps the log-variance of its DiagonalGaussianDistribution to this range.
@@ -38,7 +40,8 @@ def _norm(groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
 def _conv(features: int, dtype: Dtype, name: str | None, kernel: int = 3, stride: int = 1,
           padding: Any = "SAME") -> nn.Conv:
     return nn.Conv(features, (kernel, kernel), (stride, stride),
-                   padding=padding if kernel > 1 else "VALID", dtype=dtype, name=name)
+                   padding=padding if kernel > 1 else "VALID", dtype=dtype, name=name,
+                   conv_general_dilated=conv_general_dilated)
 
 
 class ResnetBlock(nn.Module):

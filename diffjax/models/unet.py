@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 from diffjax.models.blocks import (AdaGroupNorm, Attention, NoiseEmbedding, PooledContext,
                                    check_embedding, check_implementation, context_for,
-                                   downsample_avg, group_norm, layer_norm, maybe_remat, sincos_2d,
-                                   upsample_nearest)
+                                   conv_general_dilated, downsample_avg, group_norm, layer_norm,
+                                   maybe_remat, sincos_2d, upsample_nearest)
 
 Dtype = Any
 
@@ -110,7 +110,8 @@ def _conv(features: int, module: nn.Module, kernel: int = 3, stride: int = 1,
           zero: bool = False, name: str | None = None) -> nn.Conv:
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                    kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal(),
-                   dtype=module.dtype, param_dtype=module.param_dtype, name=name)
+                   dtype=module.dtype, param_dtype=module.param_dtype, name=name,
+                   conv_general_dilated=conv_general_dilated)
 
 
 def with_positions(h: jnp.ndarray, position_embedding: str) -> jnp.ndarray:

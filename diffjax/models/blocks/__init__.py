@@ -1,5 +1,6 @@
-"""Building blocks shared by every backbone (U-Net, MLP, DiT, and the coming ControlNet and
-autoencoder): embeddings, attention, adaptive norms, resampling, and rematerialisation.
+"""Building blocks shared by every backbone (U-Net, MLP, DiT, ControlNet, autoencoder):
+embeddings, attention, adaptive norms, resampling, convolution with a fast kernel gradient on
+CPU, and rematerialisation.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import flax.linen as nn
 from diffjax.models.blocks.attention import (IMPLEMENTATIONS, Attention, PooledContext,
                                              check_implementation, context_for, context_from,
                                              masked_mean)
+from diffjax.models.blocks.conv import conv_general_dilated
 from diffjax.models.blocks.embeddings import (DEFAULT_EMBEDDING_SCALE, EMBEDDINGS, NoiseEmbedding,
                                               check_embedding, fourier_embedding,
                                               resolve_embedding_scale, resolve_labels, sincos_1d,
@@ -35,7 +37,8 @@ def maybe_remat(block: M, remat: bool, static_argnums: Sequence[int] = ()) -> M:
 __all__ = [
     "AdaGroupNorm", "AdaLNZero", "Attention", "DEFAULT_EMBEDDING_SCALE", "EMBEDDINGS",
     "IMPLEMENTATIONS", "NoiseEmbedding", "PooledContext", "check_embedding",
-    "check_implementation", "check_patchable", "context_for", "context_from", "downsample_avg",
+    "check_implementation", "check_patchable", "context_for", "context_from",
+    "conv_general_dilated", "downsample_avg",
     "fourier_embedding", "group_norm", "layer_norm", "masked_mean", "maybe_remat", "modulate",
     "num_groups", "patchify", "resolve_embedding_scale", "resolve_labels", "sincos_1d",
     "sincos_2d", "sinusoidal_embedding", "unpatchify", "upsample_nearest",

@@ -1,0 +1,143 @@
+"""A convolution whose kernel gradient XLA:CPU computes fast.
+
+``lax.conv_general_dilated`` differentiates into three convolutions: the output, the input
+gradient and the kernel gradient. On XLA:CPU the first two run near matmul speed, but the
+kernel gradient (a "convolution" whose window is the whole feature map and whose output is
+the k x k kernel) runs several times slower and grows faster than the batch: measured on the
+2-core CPU it was 43% of the shapes_t2i U-Net's training step and 40% of the 6.5M bench U-Net's
+(``experiments/benchmarks/conv_grad.py`` times it per layer shape, and whole steps with and
+without this module).
+
+:func:`conv_general_dilated` has the signature of ``lax.conv_general_dilated`` (``flax.linen.Conv``
+takes it as ``conv_general_dilated=``). Its output and its input gradient are ``lax``'s own. Its
+kernel gradient is the same sum written as one matmul per kernel tap,
+
+    dK[i, j] = sum_{b, h, w} x[b, h, w, :]^T  dy[b, h - i + p, w - j + p, :]     ([C_in, C_out]),
+
+with the output cotangent shifted (not the input: nothing extra is kept from the forward pass).
+The numbers are the same up to float32 summation order. It is a ``jax.custom_jvp`` whose
+tangent rule is linear in (dx, dK), so reverse mode transposes it into the above and forward
+mode (MeanFlow's ``jax.jvp`` through the network) evaluates it as written.
+
+Used for 2-D NHWC/HWIO stride-1 convolutions without dilation or groups, on the CPU backend
+(GPUs and TPUs have fast kernel-gradient convolutions of their own); every other call goes to
+``lax`` unchanged. :func:`lax_kernel_gradient` turns it off while tracing (for comparisons).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_enabled = True
+
+
+@contextlib.contextmanager
+def lax_kernel_gradient() -> Iterator[None]:
+    """Inside this context (at trace time) every convolution differentiates as ``lax`` does."""
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def _stride1_padding(padding: Any, kernel: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
+    if isinstance(padding, str):
+        if padding.upper() == "SAME":
+            return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)  # lax's SAME
+        if padding.upper() == "VALID":
+            return tuple((0, 0) for _ in kernel)
+        return None
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _dims_are_nhwc(dimension_numbers: Any) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    return tuple(dimension_numbers) == _NHWC
+
+
+def conv_by_taps(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """The stride-1 convolution of ``x`` [B, H, W, C] with ``kernel`` [kh, kw, C, O] written as
+    one matmul per tap of the *unshifted* input, ``x @ K[i, j]``, each product shifted into
+    place (``lax.pad``; negative padding crops) and summed.
+
+    Slower than ``lax`` forwards; it is here for its transpose in the kernel, which JAX derives
+    as: shift the output cotangent back, then one matmul ``x^T dy_shifted`` per tap."""
+    b, hi, wi, c = x.shape
+    kh, kw, _, o = kernel.shape
+    ho = hi + pads[0][0] + pads[0][1] - kh + 1
+    wo = wi + pads[1][0] + pads[1][1] - kw + 1
+    flat = x.reshape(-1, c)
+    zero = jnp.zeros((), x.dtype)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = (flat @ kernel[i, j]).reshape(b, hi, wi, o)
+            a, d = i - pads[0][0], j - pads[1][0]  # out[h, w] = tap[h + a, w + d]
+            tap = lax.pad(tap, zero, ((0, 0, 0), (-a, ho - hi + a, 0), (-d, wo - wi + d, 0),
+                                      (0, 0, 0)))
+            out = tap if out is None else out + tap
+    return out
+
+
+def _lax_conv(x: jax.Array, kernel: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _conv(x: jax.Array, kernel: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    return _lax_conv(x, kernel, pads)
+
+
+def _conv_jvp(pads, primals, tangents):
+    x, kernel = primals
+    dx, dk = tangents
+    y = _conv(x, kernel, pads)
+    dy = None
+    if not isinstance(dx, SymbolicZero):
+        dy = _lax_conv(dx, kernel, pads)
+    if not isinstance(dk, SymbolicZero):
+        dy_k = conv_by_taps(x, dk, pads)
+        dy = dy_k if dy is None else dy + dy_k
+    return y, jnp.zeros_like(y) if dy is None else dy
+
+
+# Symbolic zeros: a jvp in the input alone (MeanFlow) computes no kernel term.
+_conv.defjvp(_conv_jvp, symbolic_zeros=True)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: Any, lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> jax.Array:
+    """``lax.conv_general_dilated`` with the fast kernel gradient where it applies (module
+    docstring); the same call to ``lax`` everywhere else."""
+    plain = (_enabled and jax.default_backend() == "cpu"
+             and lhs.ndim == 4 and _dims_are_nhwc(dimension_numbers)
+             and tuple(int(s) for s in window_strides) == (1, 1)
+             and feature_group_count == 1 and batch_group_count == 1
+             and all(d == 1 for d in (lhs_dilation or (1, 1)))
+             and all(d == 1 for d in (rhs_dilation or (1, 1)))
+             and precision is None and preferred_element_type is None
+             and lhs.dtype == rhs.dtype)
+    pads = _stride1_padding(padding, rhs.shape[:2]) if plain else None
+    if pads is None or any(lo < 0 or hi < 0 for lo, hi in pads):
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+            precision=precision, preferred_element_type=preferred_element_type)
+    return _conv(lhs, rhs, pads)
