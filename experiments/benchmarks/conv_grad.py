@@ -1,21 +1,28 @@
 """The kernel gradient of a convolution on XLA:CPU: lax's against diffjax's (one matmul per tap).
 
-    python experiments/benchmarks/conv_grad.py [--layers] [--steps] [--models=shapes_t2i,digits]
-        [--batch=32] [--step_batch=0] [--rounds=2]
+    python experiments/benchmarks/conv_grad.py [--layers] [--steps] [--profile]
+        [--models=shapes_t2i,digits] [--batch=32] [--step_batch=0] [--rounds=2]
 
 ``--layers``: for the 3x3 and 1x1 layer shapes of the shapes_t2i and bench U-Nets, the time of
 the kernel gradient alone (``jax.vjp`` in the kernel, jitted) through ``lax.conv_general_dilated``
 and through :mod:`diffjax.models.blocks.conv`, and their largest relative difference.
 ``--steps``: whole training steps (``train_throughput.py``'s jitted step on a fixed batch) traced
 with lax's kernel gradient (:func:`~diffjax.models.blocks.conv.lax_kernel_gradient`) and with
-diffjax's, alternated round by round, medians. Both by default. Prints markdown tables.
+diffjax's, alternated round by round, medians. Both by default. ``--profile``: where a training
+step's time goes, with each kernel gradient (lax's and diffjax's): ``jax.profiler`` over a few
+steps, XLA's ops summed over threads, the kernel-gradient convolutions found by their output
+shape ``[C_in, k, k, C_out]`` in the compiled program. Prints markdown tables.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
 import os
+import re
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
@@ -93,10 +100,58 @@ def steps(models: list[str], batch: int, rounds: int, nsteps: int) -> None:
         print(f"| {name} | {sizes[name]} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
 
 
+def _op_times(run, steps: int = 3) -> dict[str, float]:
+    """Seconds per step of each XLA op (summed over threads) over ``steps`` traced steps."""
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        run(steps)
+        jax.profiler.stop_trace()
+        (path,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        data = jax.profiler.ProfileData.from_file(path)
+    times: dict[str, float] = collections.defaultdict(float)
+    for plane in data.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):  # XLA:CPU's worker threads
+                continue
+            for event in line.events:
+                if "Execute" not in event.name and "Await" not in event.name:
+                    times[event.name] += event.duration_ns * 1e-9 / steps
+    return times
+
+
+def profile(models: list[str], batch: int) -> None:
+    print("\nOp time of one training step (XLA ops summed over threads), seconds:\n")
+    print("| config | kernel gradient | all ops | kernel-gradient convolutions | share | "
+          "largest op (share) |")
+    print("|---|---|---:|---:|---:|---|")
+    for name in models:
+        for kind in ("lax", "diffjax"):
+            if kind == "lax":
+                with conv.lax_kernel_gradient():
+                    row = train_throughput.benchmark(name, batch, 1)
+            else:
+                row = train_throughput.benchmark(name, batch, 1)
+            shapes = dict(re.findall(r"^\s*%?([\w.-]+) = (f32\[[\d,]+\])",
+                                     row["compiled"].as_text(), flags=re.M))
+
+            def kernel_grad(op: str) -> bool:
+                dims = shapes.get(op, "")[4:-1].split(",")
+                return "fusion" in op and len(dims) == 4 and dims[1] == dims[2] in ("1", "3")
+
+            times = _op_times(row["run"])
+            total = sum(times.values())
+            kgrad = sum(t for op, t in times.items() if kernel_grad(op))
+            top, top_t = max(times.items(), key=lambda kv: kv[1])
+            print(f"| {name} (batch {row['batch']}) | {kind} | {total:.2f} | {kgrad:.2f} | "
+                  f"{100 * kgrad / total:.0f}% | {top} {shapes.get(top, '')} "
+                  f"({100 * top_t / total:.0f}%) |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", action="store_true")
     parser.add_argument("--steps", action="store_true")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--models", default="shapes_t2i,digits")
     parser.add_argument("--batch", type=int, default=32, help="--layers' batch")
     parser.add_argument("--step_batch", type=int, default=0,
@@ -104,12 +159,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--nsteps", type=int, default=8, help="timed steps per round")
     args = parser.parse_args()
-    both = not (args.layers or args.steps)
+    both = not (args.layers or args.steps or args.profile)
     print(train_throughput.machine())
     if args.layers or both:
         layers(args.batch)
     if args.steps or both:
         steps(args.models.split(","), args.step_batch, args.rounds, args.nsteps)
+    if args.profile:
+        profile(args.models.split(","), args.step_batch)
 
 
 if __name__ == "__main__":

@@ -95,9 +95,19 @@ def benchmark(name: str, batch_size: int, steps: int) -> dict:
     jax.block_until_ready((state, metrics))
     seconds = (time.perf_counter() - start) / steps
     params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    box = [state]
+
+    def run(n: int) -> None:
+        """n more steps on the same batch, waited for (for profilers: conv_grad.py)."""
+        s = box[0]
+        for _ in range(n):
+            s, out = compiled(s, batch)
+        jax.block_until_ready((s, out))
+        box[0] = s
+
     return dict(name=name, params=params, batch=b, shape=info.shape, compile_s=compile_s,
                 steps_per_s=1 / seconds, examples_per_s=b / seconds,
-                flops=step_flops(compiled) / seconds)
+                flops=step_flops(compiled) / seconds, compiled=compiled, run=run)
 
 
 def machine() -> str:

@@ -4,9 +4,9 @@
 gradient and the kernel gradient. On XLA:CPU the first two run near matmul speed, but the
 kernel gradient (a "convolution" whose window is the whole feature map and whose output is
 the k x k kernel) runs several times slower and grows faster than the batch: measured on the
-2-core CPU it was 43% of the shapes_t2i U-Net's training step and 40% of the 6.5M bench U-Net's
-(``experiments/benchmarks/conv_grad.py`` times it per layer shape, and whole steps with and
-without this module).
+2-core CPU it was 37-38% of the shapes_t2i U-Net's training step and 39% of the 6.5M bench
+U-Net's (``experiments/benchmarks/conv_grad.py``: ``--profile`` for those shares, ``--layers``
+per layer shape, ``--steps`` whole steps with and without this module).
 
 :func:`conv_general_dilated` has the signature of ``lax.conv_general_dilated`` (``flax.linen.Conv``
 takes it as ``conv_general_dilated=``). Its output and its input gradient are ``lax``'s own. Its
