@@ -4,6 +4,7 @@
     python -m diffjax.main --config=configs/digits_distill.py:progressive \
         --config.distill.teacher=runs/digits_v --config.distill.round=1 --workdir=runs/pd1
     # reflow a configs/digits.py:flow run, then distil the reflowed flow for 2 Euler steps
+    # (the second run reads the couplings the first solved: config.distill.couplings_cache)
     python -m diffjax.main --config=configs/digits_distill.py:reflow \
         --config.distill.teacher=runs/digits_flow --workdir=runs/rf2
     python -m diffjax.main --config=configs/digits_distill.py:reflow \

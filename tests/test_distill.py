@@ -133,6 +133,30 @@ def test_reflow_couplings_are_reproducible_from_their_seed():
     assert not np.allclose(a[0], c[0])
 
 
+def test_coupling_solve_takes_the_teacher_params_as_an_argument():
+    """DESIGN §6: a teacher's parameters are traced, not constants of the compiled solve. The
+    ODE of x0_hat = scale * x (a Gaussian's) with two parameter sets: the same program runs
+    both (x0_fn is traced once), and each gives the couplings of the teacher whose scale is
+    baked into a closure instead, an independent computation."""
+    path = paths.get("rectified_flow")
+    traces = []
+
+    def x0_fn(params, x, t):
+        traces.append(1)
+        return params["scale"] * x
+
+    for scale in (0.5, 0.8):
+        eps, x0 = reflow.couplings(x0_fn, path, (64, 2), seed=3, num_steps=8,
+                                   params={"scale": jnp.float32(scale)})
+        baked = reflow.couplings(lambda x, t, c=scale: c * x, path, (64, 2), seed=3,
+                                 num_steps=8)
+        np.testing.assert_array_equal(eps, baked[0])
+        np.testing.assert_allclose(x0, baked[1], rtol=1e-6, atol=1e-6)
+        if scale == 0.5:
+            first = len(traces)
+    assert first > 0 and len(traces) == first   # the second set reused the first's program
+
+
 def test_reflow_of_straight_couplings_is_a_fixed_point(x64):
     """A Gaussian teacher N(mu, s^2 I) on rectified flow couples eps with mu + s eps (its ODE is
     affine); those lines never cross, so their rectified flow is straight and reflowing it

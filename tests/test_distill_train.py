@@ -46,6 +46,7 @@ def _config(data_dir, task, num_steps=2):
     config.distill.teacher = teacher
     config.distill.num_couplings = 128
     config.distill.ode_steps = 4
+    config.distill.couplings_cache = os.path.join(data_dir, "couplings")  # not ~/.cache
     return config
 
 
@@ -225,3 +226,49 @@ def test_reflow_couplings_reach_the_step_as_arguments_not_constants(data_dir):
     assert all(np.size(c) < 128 * 2 for c in jaxpr.consts)
     eps = jax.random.normal(jax.random.PRNGKey(config.distill.coupling_seed), (128, 2))
     np.testing.assert_array_equal(pairs["eps"], eps)
+
+
+def test_reflow_couplings_are_solved_once_and_read_back_by_content(data_dir, tmp_path,
+                                                                   monkeypatch):
+    """A second reflow build with the same teacher, seed, n and ODE steps reads the stored set
+    (the teacher's ODE is not solved again) and gets the first build's pairs exactly; another
+    seed is solved anew; an unreadable stored set is solved and replaced; "off" stores
+    nothing."""
+    from diffjax.distill import reflow
+    from diffjax.training import tasks
+    from diffjax.training.setup import build
+
+    def pairs(config):
+        refs = frozen.load_all(tasks.get("reflow").references(config))
+        return tasks.get("reflow").build(build(config), refs).frozen_arrays[reflow.COUPLINGS_KEY]
+
+    config = _config(data_dir, "reflow")
+    config.distill.couplings_cache = str(tmp_path / "cache")
+    config.distill.coupling_seed = 7
+    first = pairs(config)
+    (stored,) = os.listdir(tmp_path / "cache")
+    solve = reflow.couplings
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher's ODE was solved again")
+
+    monkeypatch.setattr(reflow, "couplings", refuse)
+    again = pairs(config)
+    for name in ("eps", "x0"):
+        np.testing.assert_array_equal(again[name], first[name])
+    config.distill.coupling_seed = 8
+    with pytest.raises(AssertionError, match="solved again"):
+        pairs(config)
+    monkeypatch.setattr(reflow, "couplings", solve)
+    with open(tmp_path / "cache" / stored, "wb") as f:
+        f.write(b"not an npz")
+    config.distill.coupling_seed = 7
+    np.testing.assert_array_equal(pairs(config)["x0"], first["x0"])
+    assert os.listdir(tmp_path / "cache") == [stored]   # replaced in place, no temporary left
+    monkeypatch.setattr(reflow, "couplings", refuse)
+    np.testing.assert_array_equal(pairs(config)["x0"], first["x0"])   # readable again
+    config.distill.couplings_cache = "off"
+    config.distill.coupling_seed = 9
+    monkeypatch.setattr(reflow, "couplings", solve)
+    pairs(config)
+    assert os.listdir(tmp_path / "cache") == [stored]   # "off" stored nothing

@@ -2,7 +2,10 @@
 couplings of a teacher's ODE, which straightens its trajectories.
 
 :func:`couplings` draws ``n`` noises from a seed and solves the teacher's probability-flow ODE
-from each (RK4), so the coupling set is a pure function of (teacher, seed, n, steps). The
+from each (RK4), so the coupling set is a pure function of (teacher, seed, n, steps); a
+solved set is kept in ``config.distill.couplings_cache`` under a digest of exactly those
+(:func:`cached`), so every student of one teacher (the reflow run, then each k-step
+distillation of it) solves the teacher's ODE once. The
 ``reflow`` task then minimises the recipe's own denoising objective with ``(x0, eps)`` a
 coupled pair instead of independent draws; on the ``rectified_flow`` path with a velocity
 target that is Liu et al.'s ``|(eps - x0) - v(x_t, t)|^2``. :func:`straightness` is their
@@ -23,10 +26,16 @@ the jumps its sampler takes; a student fine-tuned this way from a reflowed run
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+import functools
+import hashlib
+import json
+import os
+import uuid
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.distill import ode, settings
 from diffjax.distill import teacher as teacher_lib
@@ -38,11 +47,23 @@ from diffjax.training.setup import Setup
 Array = jax.Array
 
 
-def couplings(x0_fn: Callable[[Array, Array], Array], path: Path, shape: tuple[int, ...],
-              seed: int, num_steps: int, batch: int = 1024) -> tuple[Array, Array]:
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
+def _solve(path: Path, x0_fn, params, eps: Array, num_steps: int, std: float) -> Array:
+    """The teacher ODE's samples from ``std * eps`` at ``t_max``; ``params`` traced."""
+    return ode.solve_to_data(path, lambda x, t: x0_fn(params, x, t), std * eps,
+                             jnp.full(eps.shape[:1], path.t_max, eps.dtype), num_steps)
+
+
+def couplings(x0_fn: Callable[..., Array], path: Path, shape: tuple[int, ...],
+              seed: int, num_steps: int, batch: int = 1024,
+              params: Any = None) -> tuple[Array, Array]:
     """``(eps, x0)``, each ``[n, ...]`` for ``shape = (n, ...)``: ``eps ~ N(0, I)`` drawn from
     ``seed``, and ``x0`` the teacher ODE's sample from the prior point ``prior_std * eps`` at
     ``t = 1`` (RK4, ``num_steps`` steps; in chunks of ``batch`` rows).
+
+    ``x0_fn(x, t)``, or with ``params`` ``x0_fn(params, x, t)``: the parameters are then a
+    traced argument of the compiled solve (DESIGN §6), never its constants, and another set
+    of them (another checkpoint of the same network) reuses the compiled program.
 
     Raises:
       ValueError: ``n`` or ``num_steps`` below 1.
@@ -50,12 +71,14 @@ def couplings(x0_fn: Callable[[Array, Array], Array], path: Path, shape: tuple[i
     n = shape[0]
     if n < 1 or num_steps < 1:
         raise ValueError(f"reflow couplings need n >= 1 and num_steps >= 1, got {n}, {num_steps}")
+    if params is None:
+        fn, params = (lambda p, x, t: x0_fn(x, t)), {}
+    else:
+        fn = x0_fn
     eps = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
     std = path.prior_std()  # a Python float: computed outside the trace
-    solve = jax.jit(lambda e: ode.solve_to_data(
-        path, x0_fn, std * e, jnp.full(e.shape[:1], path.t_max, e.dtype),
-        num_steps))
-    x0 = jnp.concatenate([solve(eps[i:i + batch]) for i in range(0, n, batch)])
+    x0 = jnp.concatenate([_solve(path, fn, params, eps[i:i + batch], num_steps, std)
+                          for i in range(0, n, batch)])
     return eps, x0
 
 
@@ -77,6 +100,7 @@ def straightness(velocity_fn: Callable[[Array, Array], Array], x1: Array,
 
 
 COUPLINGS_KEY = "distill.couplings"
+CACHE_FORMAT = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,13 +168,48 @@ def build(setup: Setup, references) -> Reflow:
         raise ValueError("config.task='reflow' couples noise with unconditional teacher "
                          "samples; set model.class_conditional=False")
     teacher = teacher_lib.teacher_of(setup, references)
-    params = references[teacher_lib.TEACHER_KEY].params
-    n = int(settings.get(config, "num_couplings"))
-    eps, x0 = couplings(lambda x, t: teacher.x0_hat(params, x, t), setup.denoiser.path,
-                        (n,) + tuple(setup.data_info.shape),
-                        int(settings.get(config, "coupling_seed")),
-                        int(settings.get(config, "ode_steps")))
+    reference = references[teacher_lib.TEACHER_KEY]
+    shape = (int(settings.get(config, "num_couplings")),) + tuple(setup.data_info.shape)
+    seed, steps = int(settings.get(config, "coupling_seed")), int(settings.get(config, "ode_steps"))
+    solve = lambda: couplings(teacher.x0_hat, setup.denoiser.path, shape, seed,  # noqa: E731
+                              steps, params=reference.params)
+    digest = reference.identity.get("params_sha256")
+    eps, x0 = cached(settings.get(config, "couplings_cache") if digest else "off", {
+        "teacher": [digest, reference.identity.get("config_sha256")],
+        "path": repr(setup.denoiser.path), "shape": list(shape), "seed": seed,
+        "ode_steps": steps}, solve)
     return Reflow(setup, {COUPLINGS_KEY: {"eps": eps, "x0": x0}}, times)
+
+
+def cached(folder: Optional[str], spec: dict, solve: Callable[[], tuple]) -> tuple:
+    """``solve()``'s ``(eps, x0)``, kept in ``folder`` under a name that digests ``spec`` (what
+    determines the couplings) and the backend; read back by any later run with the same spec
+    instead of solving the teacher's ODE again. Written to a temporary file and renamed, so
+    an interrupted or concurrent write leaves no partial set; an unreadable file is solved
+    and written again. ``folder`` None or ``"off"``: ``solve()``."""
+    if not folder or str(folder) == "off":
+        return solve()
+    blob = json.dumps({"format": CACHE_FORMAT, "backend": jax.default_backend(), **spec},
+                      sort_keys=True)
+    folder = os.path.expanduser(str(folder))
+    name = os.path.join(folder, f"couplings_{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz")
+    try:
+        with np.load(name) as stored:
+            if str(stored["spec"]) == blob:
+                return jnp.asarray(stored["eps"]), jnp.asarray(stored["x0"])
+    except (OSError, ValueError, KeyError):   # absent or unreadable: solve it
+        pass
+    eps, x0 = solve()
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"   # this writer's own
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, eps=np.asarray(eps), x0=np.asarray(x0), spec=np.asarray(blob))
+        os.replace(tmp, name)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return eps, x0
 
 
 def references(config) -> dict[str, str]:

@@ -33,6 +33,10 @@ def default_config() -> ml_collections.ConfigDict:
         "num_couplings": 4096,
         "coupling_seed": 0,
         "ode_steps": 32,               # RK4 steps of the teacher ODE per coupling
+        # reflow: where solved coupling sets are kept, keyed by their content (teacher
+        # weights and config, path, shape, n, seed, ode_steps), so the k-step students of
+        # one teacher solve its ODE once; "off": solve in every run.
+        "couplings_cache": "~/.cache/diffjax/couplings",
         # reflow: 0 trains at the recipe's time distribution (Liu et al.'s reflow); k >= 1 at
         # the k times of the k-step Euler grid only (their k-step distillation).
         "reflow_steps": 0,
