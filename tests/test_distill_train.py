@@ -260,8 +260,8 @@ def test_reflow_couplings_are_solved_once_and_read_back_by_content(data_dir, tmp
     with pytest.raises(AssertionError, match="solved again"):
         pairs(config)
     monkeypatch.setattr(reflow, "couplings", solve)
-    with open(tmp_path / "cache" / stored, "wb") as f:
-        f.write(b"not an npz")
+    with open(tmp_path / "cache" / stored, "r+b") as f:   # a truncated set
+        f.truncate(100)
     config.distill.coupling_seed = 7
     np.testing.assert_array_equal(pairs(config)["x0"], first["x0"])
     assert os.listdir(tmp_path / "cache") == [stored]   # replaced in place, no temporary left

@@ -29,8 +29,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import uuid
+import zipfile
 from typing import Any, Callable, Optional
 
 import jax
@@ -186,7 +188,8 @@ def cached(folder: Optional[str], spec: dict, solve: Callable[[], tuple]) -> tup
     determines the couplings) and the backend; read back by any later run with the same spec
     instead of solving the teacher's ODE again. Written to a temporary file and renamed, so
     an interrupted or concurrent write leaves no partial set; an unreadable file is solved
-    and written again. ``folder`` None or ``"off"``: ``solve()``."""
+    and written again, and a failed write (a full disk) only logs a warning. ``folder`` None
+    or ``"off"``: ``solve()``."""
     if not folder or str(folder) == "off":
         return solve()
     blob = json.dumps({"format": CACHE_FORMAT, "backend": jax.default_backend(), **spec},
@@ -197,15 +200,17 @@ def cached(folder: Optional[str], spec: dict, solve: Callable[[], tuple]) -> tup
         with np.load(name) as stored:
             if str(stored["spec"]) == blob:
                 return jnp.asarray(stored["eps"]), jnp.asarray(stored["x0"])
-    except (OSError, ValueError, KeyError):   # absent or unreadable: solve it
-        pass
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass   # absent or unreadable: solve it
     eps, x0 = solve()
-    os.makedirs(folder, exist_ok=True)
     tmp = f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"   # this writer's own
     try:
+        os.makedirs(folder, exist_ok=True)
         with open(tmp, "wb") as f:
             np.savez(f, eps=np.asarray(eps), x0=np.asarray(x0), spec=np.asarray(blob))
         os.replace(tmp, name)
+    except OSError as e:   # a full or read-only disk costs the next run a solve, not this run
+        logging.warning("reflow couplings not cached in %s: %s", folder, e)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
