@@ -134,25 +134,25 @@ def test_reflow_couplings_are_reproducible_from_their_seed():
 
 
 def test_coupling_solve_takes_the_teacher_params_as_an_argument():
-    """DESIGN §6: a teacher's parameters are traced, not constants of the compiled solve. The
-    ODE of x0_hat = scale * x (a Gaussian's) with two parameter sets: the same program runs
-    both (x0_fn is traced once), and each gives the couplings of the teacher whose scale is
-    baked into a closure instead, an independent computation."""
+    """DESIGN §6: a teacher's parameters are traced, not constants of the compiled solve. A
+    Gaussian teacher N(mu, s^2 I) on rectified flow, E[x0 | x_t] with (mu, s) as its params,
+    couples eps with mu + s eps exactly (its ODE is affine): two parameter sets give their
+    closed-form couplings from one program (x0_fn is traced once)."""
     path = paths.get("rectified_flow")
     traces = []
 
-    def x0_fn(params, x, t):
+    def x0_fn(params, x, t):   # the Gaussian's posterior mean on x_t = (1 - t) x0 + t eps
         traces.append(1)
-        return params["scale"] * x
+        mu, s = params["mu"], params["s"]
+        a = (1 - t)[:, None]
+        gain = a * s**2 / (a**2 * s**2 + t[:, None] ** 2)
+        return mu + gain * (x - a * mu)
 
-    for scale in (0.5, 0.8):
-        eps, x0 = reflow.couplings(x0_fn, path, (64, 2), seed=3, num_steps=8,
-                                   params={"scale": jnp.float32(scale)})
-        baked = reflow.couplings(lambda x, t, c=scale: c * x, path, (64, 2), seed=3,
-                                 num_steps=8)
-        np.testing.assert_array_equal(eps, baked[0])
-        np.testing.assert_allclose(x0, baked[1], rtol=1e-6, atol=1e-6)
-        if scale == 0.5:
+    for mu, s in (([1.0, -0.5], 0.4), ([-2.0, 0.3], 1.5)):
+        params = {"mu": jnp.asarray(mu, jnp.float32), "s": jnp.float32(s)}
+        eps, x0 = reflow.couplings(x0_fn, path, (64, 2), seed=3, num_steps=64, params=params)
+        np.testing.assert_allclose(x0, np.asarray(mu) + s * np.asarray(eps), atol=1e-4)
+        if s == 0.4:
             first = len(traces)
     assert first > 0 and len(traces) == first   # the second set reused the first's program
 
