@@ -17,10 +17,18 @@ Time budget: the whole suite in under about 10 minutes on 2 cores. Three things 
 * The longest groups and tests are handed out first (:data:`COSTS`); the many short tests
   fill in at the end, so both workers finish together.
 """
+import contextlib
 import os
 
-import jax
-import pytest
+# The suite compiles hundreds of small programs and runs each for a few steps, so XLA's
+# backend optimisation (LLVM's passes over the generated CPU code) costs more than it saves:
+# JAX's own switch for this turns it off for the tests and every process they start (it
+# leaves the programs' HLO and their semantics alone; no fast-math). About a fifth of the
+# suite's time on 2 cores. ``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` tests the optimised code.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # diffjax.main (in-process or as a subprocess) must not fill the real ~/.cache/diffjax/jax;
 # the session's shared cache (``compilation_cache`` below) replaces this once tests run.
@@ -173,6 +181,24 @@ def text_base(tmp_path_factory):
     import _text_base
 
     return _text_base.train_base(str(tmp_path_factory.mktemp("text_base")))
+
+
+@pytest.fixture(scope="session")
+def optimized_xla():
+    """A context manager under which XLA optimises fully again (see the top of this file):
+    for the few fixtures that train a model for hundreds of steps, where the optimised
+    program pays for its compile many times over."""
+
+    @contextlib.contextmanager
+    def optimized():
+        previous = jax.config.values["jax_disable_most_optimizations"]
+        jax.config.update("jax_disable_most_optimizations", False)
+        try:
+            yield
+        finally:
+            jax.config.update("jax_disable_most_optimizations", previous)
+
+    return optimized
 
 
 @pytest.fixture

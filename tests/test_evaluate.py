@@ -181,8 +181,9 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def digits_classifier(cache_dir):
-    return evaluate.load_or_train("digits", cache_dir)
+def digits_classifier(cache_dir, optimized_xla):
+    with optimized_xla():
+        return evaluate.load_or_train("digits", cache_dir)
 
 
 @pytest.fixture(scope="module")

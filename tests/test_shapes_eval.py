@@ -24,8 +24,9 @@ def test_chunk() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory) -> shapes_detector.Detector:
-    return shapes_detector.load_or_train(str(tmp_path_factory.mktemp("eval")), **TINY)
+def detector(tmp_path_factory, optimized_xla) -> shapes_detector.Detector:
+    with optimized_xla():
+        return shapes_detector.load_or_train(str(tmp_path_factory.mktemp("eval")), **TINY)
 
 
 def _perfect_head(scene: dict[str, np.ndarray]) -> np.ndarray:
