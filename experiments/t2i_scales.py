@@ -8,10 +8,13 @@ floor; a markdown table on stdout and in ``WORKDIR/t2i_scales_<prompt_set>.md``.
 
     python experiments/t2i_scales.py --workdir=runs/shapes_t2i [--scales=0,1,2,3,5,7.5,12]
         [--num_samples=500] [--prompt_set=test|reordered|reworded] [--intervals="run;none;0,2"]
+        [--num_steps=N] [--grid=NAME]
 
 ``--intervals``: the guidance intervals to cross with the scales (Kynkäänniemi et al. 2024,
 ``(lo, hi)`` in ``sigma / alpha``), ``;``-separated: ``run`` (the default) is the run's own
 ``sampling.guidance_interval``, ``none`` guides at every noise level, ``lo,hi`` only there.
+``--num_steps`` / ``--grid`` replace the run's ``sampling.num_steps`` (NFE) and
+``sampling.grid`` (a name of ``diffjax.samplers.grids.GRIDS``) for every row.
 """
 from __future__ import annotations
 
@@ -51,11 +54,12 @@ def parse_intervals(text: str) -> list:
 
 
 def evaluate(workdir: str, scales: list[float], num_samples: int, prompt_set: str,
-             intervals: list | None = None) -> list[dict]:
+             intervals: list | None = None, sampling_changes: dict | None = None) -> list[dict]:
     config = checkpoint.load_config(workdir)
     if config is None:
         raise SystemExit(f"{workdir} holds no config.json (train it first)")
     config.eval.prompt_set = prompt_set
+    config.sampling.update(sampling_changes or {})
     setup, state, step = train.restore_for_inference(config, workdir)
     rows = []
     own = config.sampling.get("guidance_interval")
@@ -102,13 +106,26 @@ def main() -> None:
     parser.add_argument("--prompt_set", default="test")
     parser.add_argument("--intervals", default="run",
                         help="';'-separated guidance intervals: run | none | lo,hi")
+    parser.add_argument("--num_steps", type=int, default=None,
+                        help="the sampler's NFE (default: the run's sampling.num_steps)")
+    parser.add_argument("--grid", default=None,
+                        help="the time grid (default: the run's sampling.grid)")
     args = parser.parse_args()
     intervals = parse_intervals(args.intervals)
+    changes = {k: v for k, v in (("num_steps", args.num_steps), ("grid", args.grid))
+               if v is not None}
+    if changes:
+        from diffjax.samplers import grids
+        if args.grid is not None and args.grid not in grids.GRIDS:
+            raise SystemExit(f"--grid={args.grid!r}: valid choices: {', '.join(grids.GRIDS)}")
+        if args.num_steps is not None and args.num_steps < 1:
+            raise SystemExit(f"--num_steps={args.num_steps}: must be >= 1")
     rows = evaluate(args.workdir, [float(s) for s in args.scales.split(",")], args.num_samples,
-                    args.prompt_set, intervals)
+                    args.prompt_set, intervals, changes)
     text = table(rows)
     print(text)
-    with open(os.path.join(args.workdir, f"t2i_scales_{args.prompt_set}.md"), "w") as f:
+    tag = "".join(f"_{k}{v}" for k, v in changes.items())
+    with open(os.path.join(args.workdir, f"t2i_scales_{args.prompt_set}{tag}.md"), "w") as f:
         f.write(text + "\n")
 
 
