@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from diffjax import atomic
 from diffjax import parallel
 from diffjax.config_compat import data_loader_changes, incompatibilities
 from diffjax.errors import BrokenCheckpointWarning, CheckpointReadError, WorkdirError
@@ -109,11 +110,8 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes ``workdir/config.json`` atomically (process 0 only)."""
     if jax.process_index() != 0:
         return
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config.to_json(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic.write_text(os.path.join(workdir, CONFIG_FILE),
+                      config.to_json(indent=2, sort_keys=True))
 
 
 # --------------------------------------------------------------------------- errors

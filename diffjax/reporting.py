@@ -14,6 +14,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from diffjax import atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -96,10 +98,7 @@ def _drop_records_after(path: str, step: int) -> None:
                       "(a write cut short)")
     if len(kept) == len(lines) and not torn:
         return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(kept))
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import atomic
 from diffjax import parallel, reporting
 from diffjax.autoencoder import spec
 from diffjax.autoencoder.model import AutoencoderKL
@@ -209,11 +210,7 @@ def write_stats(workdir: str, stats: dict[str, Any]) -> None:
     """``workdir/latent_stats.json`` (atomically, main process)."""
     if not parallel.is_main_process():
         return
-    path = os.path.join(workdir, STATS_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic.write_json(os.path.join(workdir, STATS_FILE), stats, indent=2, sort_keys=True)
 
 
 def read_stats(workdir: str) -> Optional[dict[str, Any]]:

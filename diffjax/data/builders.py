@@ -61,6 +61,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from diffjax import atomic
 from diffjax.data.generators import (_TOY2D, DIGITS_NUM_TEST, DIGITS_NUM_TRAIN,
                                      TOY2D_NUM_TEST, TOY2D_NUM_TRAIN, digits_split,
                                      toy2d_points)
@@ -223,9 +224,7 @@ def _write_manifest(version_dir: Path) -> None:
     for required in ("dataset_info.json", "features.json"):
         if required not in files:
             raise RuntimeError(f"tfds left no {required} in {version_dir}")
-    tmp = version_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=2, sort_keys=True))
-    os.replace(tmp, version_dir / MANIFEST_NAME)
+    atomic.write_json(version_dir / MANIFEST_NAME, {"files": files}, indent=2, sort_keys=True)
 
 
 def cache_problem(version_dir: Path) -> str | None:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 import zipfile
 from typing import Any, Callable, Optional
 
@@ -39,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import atomic
 from diffjax.distill import ode, settings
 from diffjax.distill import teacher as teacher_lib
 from diffjax.paths import Path
@@ -203,17 +203,11 @@ def cached(folder: Optional[str], spec: dict, solve: Callable[[], tuple]) -> tup
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass   # absent or unreadable: solve it
     eps, x0 = solve()
-    tmp = f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"   # this writer's own
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, eps=np.asarray(eps), x0=np.asarray(x0), spec=np.asarray(blob))
-        os.replace(tmp, name)
+        atomic.write_npz(name, eps=np.asarray(eps), x0=np.asarray(x0), spec=np.asarray(blob))
     except OSError as e:   # a full or read-only disk costs the next run a solve, not this run
         logging.warning("reflow couplings not cached in %s: %s", folder, e)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return eps, x0
 
 

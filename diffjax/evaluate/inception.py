@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 import zipfile
 from typing import Any, Callable
 
@@ -46,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffjax import atomic
 from diffjax.evaluate import frechet, torch_weights
 
 __all__ = ["FEATURE_DIM", "InceptionFeatures", "InceptionV3", "MissingInceptionWeights",
@@ -364,13 +364,6 @@ def reference_stats(extractor: InceptionFeatures, cache_dir: str, tag: str,
     if not os.path.isfile(path):
         mu, cov = frechet.gaussian_stats(extractor(quantize(images())))
         os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, mu=mu, cov=cov)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic.write_npz(path, mu=mu, cov=cov)
     with np.load(path) as stats:
         return stats["mu"], stats["cov"]

@@ -13,9 +13,9 @@ Layout of ``DIR``::
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
+from diffjax import atomic
 from diffjax.reporting import read_metrics
 
 RESULT_FILE = "result.json"
@@ -29,10 +29,7 @@ ERROR_LINES = 12
 
 def write_json(path: str, record: dict) -> None:
     """Atomic: a reader sees the old file or the whole new one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1, sort_keys=True, allow_nan=True)
-    os.replace(tmp, path)
+    atomic.write_json(path, record, indent=1, sort_keys=True, allow_nan=True)
 
 
 def read_json(path: str) -> Optional[dict]:

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import ml_collections
 import numpy as np
 
+from diffjax import atomic
 from diffjax import conditions
 from diffjax.text import ENCODERS, check_encoder
 
@@ -154,9 +155,7 @@ class MiniLMConditioner(TextConditioner):
         table = {"context": np.concatenate([p["context"] for p in parts]).astype(np.float16),
                  "context_mask": np.concatenate([p["context_mask"] for p in parts])}
         os.makedirs(self.cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, **table)
-        os.replace(tmp, path)  # atomic: a killed run leaves no half-written cache
+        atomic.write_npz(path, **table)  # a killed run leaves no half-written cache
         return table
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import numpy as np
 
+from diffjax import atomic
 from diffjax import checkpoint as ckpt_lib
 from diffjax import parallel
 from diffjax.training import power_ema
@@ -137,10 +138,8 @@ def record(workdir: str, references: Mapping[str, Reference]) -> None:
     if not parallel.is_main_process():
         return
     path = os.path.join(workdir, REFERENCES_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({k: r.identity for k, r in references.items()}, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic.write_json(path, {k: r.identity for k, r in references.items()}, indent=2,
+                      sort_keys=True)
 
 
 def check_unchanged(workdir: str, references: Mapping[str, Reference]) -> None:

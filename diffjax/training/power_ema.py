@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import atomic
 from diffjax import parallel, phema
 from diffjax.errors import WorkdirError
 
@@ -85,9 +86,7 @@ def _write_new(path: str, arrays: dict[str, np.ndarray]) -> bool:
     if os.path.exists(path):
         return False
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic.write_npz(path, **arrays)
     return True
 
 

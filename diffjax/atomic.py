@@ -1,0 +1,50 @@
+"""Atomic file writes: whoever reads the file (another process, or a run started after this
+one was killed) sees the old file or the whole new one, never part of one.
+
+Every writer writes a temporary file of its own beside the target (named by process id and
+a random tag, so concurrent writers of one target never share it), flushes it to disk and
+renames it over the target (``os.replace``, atomic on POSIX within one file system). If the
+write fails, the temporary file is removed and the target is left as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def replacing(path: "str | os.PathLike", binary: bool = False) -> Iterator[Any]:
+    """An open file whose contents replace ``path`` when the block ends without an error."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: "str | os.PathLike", text: str) -> None:
+    with replacing(path) as f:
+        f.write(text)
+
+
+def write_json(path: "str | os.PathLike", obj: Any, **dump_options: Any) -> None:
+    """``json.dump(obj, f, **dump_options)`` into ``path``, atomically."""
+    with replacing(path) as f:
+        json.dump(obj, f, **dump_options)
+
+
+def write_npz(path: "str | os.PathLike", **arrays: Any) -> None:
+    """``np.savez`` of ``arrays`` into ``path`` (the name is kept as given), atomically."""
+    with replacing(path, binary=True) as f:
+        np.savez(f, **arrays)

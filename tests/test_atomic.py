@@ -1,0 +1,51 @@
+"""diffjax.atomic: a reader sees the old file or the whole new one, and a failed write
+leaves the old file and nothing else."""
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from diffjax import atomic
+
+
+def test_written_files_read_back_and_keep_their_names(tmp_path):
+    atomic.write_text(tmp_path / "a.txt", "line\n")
+    atomic.write_json(tmp_path / "b.json", {"x": [1, 2]}, sort_keys=True)
+    atomic.write_npz(tmp_path / "c.cache", x=np.arange(3.0))   # no ".npz" appended
+    assert (tmp_path / "a.txt").read_text() == "line\n"
+    assert json.loads((tmp_path / "b.json").read_text()) == {"x": [1, 2]}
+    with np.load(tmp_path / "c.cache") as f:
+        np.testing.assert_array_equal(f["x"], [0.0, 1.0, 2.0])
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.json", "c.cache"]
+
+
+def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "record.json"
+    atomic.write_json(path, {"step": 1})
+    with pytest.raises(TypeError):   # json.dump has written '{"a": 1, "b": ' when it fails
+        atomic.write_json(path, {"a": 1, "b": object()})
+    with pytest.raises(OSError):
+        atomic.write_text(tmp_path / "missing_dir" / "x.txt", "never")
+    assert json.loads(path.read_text()) == {"step": 1}
+    assert os.listdir(tmp_path) == ["record.json"]
+
+
+def test_concurrent_writers_of_one_file_leave_one_whole_version(tmp_path):
+    path = tmp_path / "shared.npz"
+    versions = {i: np.full(50_000, float(i)) for i in range(4)}
+
+    def write(i):
+        for _ in range(5):
+            atomic.write_npz(path, x=versions[i])
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with np.load(path) as f:
+        x = f["x"]
+    assert any(np.array_equal(x, v) for v in versions.values())
+    assert os.listdir(tmp_path) == ["shared.npz"]
