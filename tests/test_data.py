@@ -261,6 +261,52 @@ def test_iterator_state_roundtrips_through_orbax_grain_handler(data_dir, tmp_pat
     manager.close()
 
 
+def test_every_epoch_is_a_new_permutation_of_the_split_and_batches_run_across_them(data_dir):
+    x_all, _ = data.load_arrays("moons", "test", data_dir)   # 5000 records
+    want = sorted(row.tobytes() for row in x_all)
+    rows = np.concatenate([b["x"] for b in _take(data.make_iterator(
+        _cfg(data_dir, "moons", 300), split="test", seed=2), 34)])  # 10 200 rows: 2.04 epochs
+    epochs = [rows[:5000], rows[5000:10000]]
+    for epoch in epochs:
+        assert sorted(row.tobytes() for row in epoch) == want
+    # (So batch 16, rows 4800-5099, ended epoch 0 and began epoch 1: none was dropped.)
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def _grain_per_record(cfg, seed: int):
+    """grain's per-record DataLoader, built here independently: what make_iterator returned
+    for in-memory data before it read whole batches (runs checkpointed then hold its state)."""
+    source = data.open_source(cfg.dataset, "train", cfg.data_dir)
+    shard = grain.sharding.ShardOptions(shard_index=0, shard_count=1, drop_remainder=True)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed)
+    to_batch = data.pipeline._ToBatchRecord()
+    return iter(grain.DataLoader(
+        data_source=source, sampler=sampler, worker_count=0, shard_options=shard,
+        operations=[to_batch, grain.transforms.Batch(cfg.batch_size, drop_remainder=True)],
+        read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+
+
+def test_a_state_written_by_the_per_record_loader_resumes_its_sequence(data_dir):
+    cfg = _cfg(data_dir, "digits", 32)
+    old = _grain_per_record(cfg, seed=4)
+    _take(old, 6)
+    state = old.get_state()
+    expected = _take(old, 5)
+    resumed = data.make_iterator(cfg, seed=4)
+    resumed.set_state(state)
+    _assert_same_batches(_take(resumed, 5), expected)
+    assert json.loads(resumed.get_state())["last_seen_indices"]   # still grain's state
+
+
+def test_a_state_of_other_settings_is_refused_naming_the_setting(data_dir):
+    state = data.make_iterator(_cfg(data_dir, "digits", 32), seed=4).get_state()
+    with pytest.raises(ValueError, match="seed=4; this iterator reads seed=5"):
+        data.make_iterator(_cfg(data_dir, "digits", 32), seed=5).set_state(state)
+    with pytest.raises(ValueError, match="batch=32; this iterator reads batch=16"):
+        data.make_iterator(_cfg(data_dir, "digits", 16), seed=4).set_state(state)
+
+
 def test_random_flip_mirrors_about_half_the_images_deterministically(data_dir):
     plain = _take(data.make_iterator(_cfg(data_dir, "digits", 64), seed=5), 5)
     cfg = _cfg(data_dir, "digits", 64, random_flip=True)

@@ -53,7 +53,10 @@ def cache_dir(config) -> str:
 class LatentRecords:
     """Random access to a split's cached latents as records ``{"x", "x_logvar", "label"}``
     (with ``"x_flip"``/``"x_logvar_flip"`` when flips were encoded); ``x`` is the posterior
-    mean. Same repr as the data's own source, so a grain checkpoint resumes either way."""
+    mean. Same repr as the data's own source, so a grain checkpoint resumes either way. An
+    int array index reads those records stacked (:mod:`diffjax.data.batches`)."""
+
+    reads_batches = True
 
     def __init__(self, folder: str, source_repr: str):
         self.folder, self._repr = folder, source_repr

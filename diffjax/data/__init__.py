@@ -14,8 +14,11 @@ Public API::
     load_arrays(dataset, split="test", data_dir=None, limit=None, image_size=None)
         -> (x float32 [N, *shape], labels int32 [N])      # images in [-1, 1]
     make_iterator(data_cfg, *, split="train", seed, process_index=0, process_count=1,
-                  num_epochs=None) -> grain.DataLoaderIterator
-        # yields {"x": float32 [b, *shape], "label": int32 [b]}, b = batch_size // process_count
+                  num_epochs=None) -> iterator with get_state() / set_state(bytes)
+        # yields {"x": float32 [b, *shape], "cond": {"label": int32 [b]}},
+        # b = batch_size // process_count; in-memory data (bundled sets, cached latents) is
+        # read a batch at a time (diffjax.data.batches.ArrayBatches), file-backed data
+        # (tfds catalogue) through grain's per-record DataLoader
     DatasetNotPreparedError      # FileNotFoundError: catalogue data not prepared locally
     shapes_builder.load_records(name, split, data_dir) -> {feature: [N, ...]}
         # every field of shapes / shapes_64: image, caption, category, scene arrays,
@@ -27,11 +30,15 @@ definitions, seeds and splits) into ``config.data.data_dir``, ``$DIFFJAX_DATA_DI
 
 Checkpointing the iterator (grain 0.2.18, orbax-checkpoint 0.12.8)
 -------------------------------------------------------------------
-``make_iterator`` returns a ``grain.DataLoaderIterator``. Its state is
-``it.get_state() -> bytes`` (UTF-8 JSON: the last index read, the worker count, and the
-reprs of sampler and source, which ``set_state`` checks) and ``it.set_state(bytes)``;
-restoring into a freshly made iterator with the same config and seed resumes with
-exactly the batches an uninterrupted run would have produced.
+``make_iterator`` returns a ``grain.DataLoaderIterator`` (file-backed data) or a
+:class:`diffjax.data.batches.ArrayBatches` (in-memory data). Either's state is
+``it.get_state() -> bytes`` (UTF-8 JSON: the position, and what ``set_state`` checks it
+against: the reprs of sampler and source, or source, seed, shard, batch and flip) and
+``it.set_state(bytes)``; restoring into a freshly made iterator with the same config and
+seed resumes with exactly the batches an uninterrupted run would have produced. An
+``ArrayBatches`` given the state of grain's per-record loader (a run checkpointed before
+in-memory data was read a batch at a time) hands the run to that loader, so it resumes
+exactly too.
 
 For orbax, grain ships ``grain.checkpoint.CheckpointHandler`` (the handler formerly
 exported as ``grain.python.PyGrainCheckpointHandler``, still aliased there) and the

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from diffjax.data import builders, transforms
+from diffjax.data import batches, builders, transforms
 from diffjax.data.catalogue import builder as _catalogue_builder
 from diffjax.data.catalogue import check_name as _check_name
 from diffjax.data.catalogue import source as _catalogue_source
@@ -141,8 +141,11 @@ class ArraySource:
 
     Used for the bundled data, which is small enough to hold: grain then spends no time
     decoding records. The repr names data set, split and size but no path, so a grain
-    checkpoint restores with the data in another directory.
+    checkpoint restores with the data in another directory. An int array index reads
+    those records stacked (:mod:`diffjax.data.batches`).
     """
+
+    reads_batches = True
 
     def __init__(self, dataset: str, split: str, x: np.ndarray, label: np.ndarray):
         self.dataset, self.split = dataset, split
@@ -256,6 +259,7 @@ class _WithTableConds:
             raise ValueError(f"{source!r}: a condition table of {len(table.rows)} rows for "
                              f"{len(source)} records")
         self._source, self._table = source, table
+        self.reads_batches = batches.reads_batches(source)
 
     def __len__(self) -> int:
         return len(self._source)
@@ -309,14 +313,17 @@ def validate_config(data_cfg: ml_collections.ConfigDict, process_count: int = 1)
 def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", seed: int,
                   process_index: int = 0, process_count: int = 1,
                   num_epochs: int | None = None, cond_table: Any = None,
-                  source: Any = None) -> grain.DataLoaderIterator:
+                  source: Any = None) -> Any:
     """This process's batches ``{"x": float32 [b, *shape], "cond": {"label": int32 [b]}}``.
 
     ``b = data_cfg.batch_size // process_count``: ``batch_size`` is the global batch. The
     records are split into ``process_count`` disjoint shards (remainder dropped), each
     shuffled with ``seed`` afresh every epoch; epochs repeat forever unless
     ``num_epochs`` is given; the last partial batch is dropped. The iterator's
-    ``get_state()`` / ``set_state()`` (JSON bytes) resume it exactly.
+    ``get_state()`` / ``set_state()`` (JSON bytes) resume it exactly. Data held in memory
+    (bundled sets, cached latents) is read a batch at a time
+    (:class:`diffjax.data.batches.ArrayBatches`); data read from files (tfds catalogue
+    sets, centre crops) through grain's per-record ``DataLoader``.
 
     Args:
       data_cfg: ``config.data`` (see :func:`default_config`).
@@ -346,17 +353,27 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
         raise ValueError(
             f"split {split!r} of {data_info.name!r} has {len(source)} records, fewer than "
             f"process_count * per-process batch = {process_count} * {local_batch}.")
-    shard = grain.sharding.ShardOptions(
-        shard_index=process_index, shard_count=process_count, drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shard_options=shard, shuffle=True,
-        num_epochs=num_epochs, seed=int(seed))
-    operations = [_ToBatchRecord()]
-    if data_cfg.get("random_flip", False):
-        operations.append(transforms.RandomHorizontalFlip())
-    operations.append(grain.transforms.Batch(batch_size=local_batch, drop_remainder=True))
-    loader = grain.DataLoader(
-        data_source=source, sampler=sampler, operations=operations,
-        worker_count=data_cfg.get("num_workers", 0), shard_options=shard,
-        read_options=read_options)
-    return iter(loader)
+    flip = bool(data_cfg.get("random_flip", False))
+
+    def per_record() -> grain.DataLoaderIterator:
+        shard = grain.sharding.ShardOptions(
+            shard_index=process_index, shard_count=process_count, drop_remainder=True)
+        sampler = grain.samplers.IndexSampler(
+            num_records=len(source), shard_options=shard, shuffle=True,
+            num_epochs=num_epochs, seed=int(seed))
+        operations = [_ToBatchRecord()]
+        if flip:
+            operations.append(transforms.RandomHorizontalFlip())
+        operations.append(grain.transforms.Batch(batch_size=local_batch, drop_remainder=True))
+        loader = grain.DataLoader(
+            data_source=source, sampler=sampler, operations=operations,
+            worker_count=data_cfg.get("num_workers", 0), shard_options=shard,
+            read_options=read_options)
+        return iter(loader)
+
+    if not batches.reads_batches(source):
+        return per_record()
+    return batches.ArrayBatches(
+        source, _ToBatchRecord().map, local_batch=local_batch, seed=int(seed),
+        process_index=process_index, process_count=process_count, num_epochs=num_epochs,
+        random_flip=flip, legacy=per_record)
