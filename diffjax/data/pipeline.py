@@ -323,7 +323,8 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
     ``get_state()`` / ``set_state()`` (JSON bytes) resume it exactly. Data held in memory
     (bundled sets, cached latents) is read a batch at a time
     (:class:`diffjax.data.batches.ArrayBatches`); data read from files (tfds catalogue
-    sets, centre crops) through grain's per-record ``DataLoader``.
+    sets, centre crops) through grain's per-record ``DataLoader``, whose reads
+    ``data_cfg.num_workers`` spreads over worker processes.
 
     Args:
       data_cfg: ``config.data`` (see :func:`default_config`).
