@@ -307,11 +307,14 @@ def test_a_state_of_other_settings_is_refused_naming_the_setting(data_dir):
         data.make_iterator(_cfg(data_dir, "digits", 16), seed=4).set_state(state)
 
 
-def test_random_flip_mirrors_about_half_the_images_deterministically(data_dir):
-    plain = _take(data.make_iterator(_cfg(data_dir, "digits", 64), seed=5), 5)
+@pytest.mark.parametrize("per_record", [False, True])   # the batch reader, grain's loader
+def test_random_flip_mirrors_about_half_the_images_deterministically(data_dir, per_record):
+    plain = _take(data.make_iterator(_cfg(data_dir, "digits", 64), seed=5,
+                                     per_record=per_record), 5)
     cfg = _cfg(data_dir, "digits", 64, random_flip=True)
-    flipped = _take(data.make_iterator(cfg, seed=5), 5)
-    _assert_same_batches(flipped, _take(data.make_iterator(cfg, seed=5), 5))
+    flipped = _take(data.make_iterator(cfg, seed=5, per_record=per_record), 5)
+    _assert_same_batches(flipped, _take(data.make_iterator(cfg, seed=5,
+                                                           per_record=per_record), 5))
     n_flipped = 0
     for p, f in zip(plain, flipped):
         np.testing.assert_array_equal(p["cond"]["label"], f["cond"]["label"])

@@ -4,7 +4,8 @@ grain's DataLoader reads, maps and stacks one record at a time in Python: about 
 record on the 2-core development CPU (17 ms for a batch of 128 digits), whatever the record's
 size. Asynchronous dispatch hides most of that behind a U-Net's step (the README main job's
 1300 steps: 3 min 30 s -> 3 min 22 s), but not behind a small one (configs/toy2d.py, an MLP
-at batch 256: 1 min 36 s -> 24 s for the whole run). For data held in memory (the bundled sets, the
+at batch 256: 1 min 36 s -> 24 s for the whole run; experiments/benchmarks/input_pipeline.py
+and experiments/README.md). For data held in memory (the bundled sets, the
 cached latents of :mod:`diffjax.autoencoder.cache`, their caption tables) there is nothing
 to overlap, so :class:`ArrayBatches` reads each batch with one fancy-index gather per array
 instead (tens of microseconds a batch) and keeps grain's contract: the same sharding
@@ -23,6 +24,8 @@ import json
 from typing import Any, Callable, Optional
 
 import numpy as np
+
+from diffjax.data.transforms import mirror
 
 FORMAT = "diffjax.data.ArrayBatches/1"
 
@@ -91,7 +94,7 @@ class ArrayBatches:
         if self._flip:
             coins = np.random.default_rng([self._seed, self._shard[0], k, 1]).random(
                 self._batch) < 0.5
-            record = _flip(record, coins)
+            record = mirror(record, coins)
         self._next = k + 1
         return self._to_batch(record)
 
@@ -124,16 +127,3 @@ class ArrayBatches:
         if self._legacy is not None:
             self._legacy.start_prefetch()
 
-
-def _flip(record: dict, coins: np.ndarray) -> dict:
-    """The batch version of :class:`diffjax.data.transforms.RandomHorizontalFlip`: rows with
-    a True coin mirrored along W (cached latents: their mirror image's moments taken)."""
-    if "x_flip" in record:
-        kept = {k: v for k, v in record.items() if not k.endswith("_flip")}
-        for key in ("x", "x_logvar"):
-            kept[key] = np.where(coins.reshape((-1,) + (1,) * (record[key].ndim - 1)),
-                                 record[f"{key}_flip"], record[key])
-        return kept
-    x = np.array(record["x"])
-    x[coins] = x[coins][:, :, ::-1]
-    return {**record, "x": x}

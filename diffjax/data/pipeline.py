@@ -313,7 +313,7 @@ def validate_config(data_cfg: ml_collections.ConfigDict, process_count: int = 1)
 def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", seed: int,
                   process_index: int = 0, process_count: int = 1,
                   num_epochs: int | None = None, cond_table: Any = None,
-                  source: Any = None) -> Any:
+                  source: Any = None, per_record: bool = False) -> Any:
     """This process's batches ``{"x": float32 [b, *shape], "cond": {"label": int32 [b]}}``.
 
     ``b = data_cfg.batch_size // process_count``: ``batch_size`` is the global batch. The
@@ -337,6 +337,8 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
         :mod:`diffjax.text.conditioning`: caption embeddings or word ids), or None.
       source: records to read instead of the split's own, one per record of the split
         (:class:`diffjax.autoencoder.cache.LatentRecords`: cached latents), or None.
+      per_record: grain's per-record loader even for in-memory data (how in-memory data
+        was read before; experiments/benchmarks/input_pipeline.py compares the two).
     """
     data_info = validate_config(data_cfg, process_count)
     if not 0 <= process_index < process_count:
@@ -356,7 +358,7 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
             f"process_count * per-process batch = {process_count} * {local_batch}.")
     flip = bool(data_cfg.get("random_flip", False))
 
-    def per_record() -> grain.DataLoaderIterator:
+    def grain_iterator() -> grain.DataLoaderIterator:
         shard = grain.sharding.ShardOptions(
             shard_index=process_index, shard_count=process_count, drop_remainder=True)
         sampler = grain.samplers.IndexSampler(
@@ -372,9 +374,9 @@ def make_iterator(data_cfg: ml_collections.ConfigDict, *, split: str = "train", 
             read_options=read_options)
         return iter(loader)
 
-    if not batches.reads_batches(source):
-        return per_record()
+    if per_record or not batches.reads_batches(source):
+        return grain_iterator()
     return batches.ArrayBatches(
         source, _ToBatchRecord().map, local_batch=local_batch, seed=int(seed),
         process_index=process_index, process_count=process_count, num_epochs=num_epochs,
-        random_flip=flip, legacy=per_record)
+        random_flip=flip, legacy=grain_iterator)

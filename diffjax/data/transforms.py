@@ -57,6 +57,25 @@ class CenterCropped:
         return f"{self._source!r}.center_crop({self.size})"
 
 
+def mirror(record: dict, flip) -> dict:
+    """``record`` with its image mirrored along W where ``flip`` (a bool for one record
+    ``x [H, W, C]``, or bool ``[b]`` for a batch ``x [b, H, W, C]``). A record of cached
+    latents carries the moments of its mirror image (``x_flip``, ``x_logvar_flip``): those
+    are taken instead, and the ``*_flip`` keys dropped either way."""
+    flip = np.asarray(flip, bool)
+
+    def pick(a, b):
+        return np.where(flip.reshape(flip.shape + (1,) * (a.ndim - flip.ndim)), b, a)
+
+    if "x_flip" in record:
+        kept = {k: v for k, v in record.items() if not k.endswith("_flip")}
+        kept.update(x=pick(record["x"], record["x_flip"]),
+                    x_logvar=pick(record["x_logvar"], record["x_logvar_flip"]))
+        return kept
+    x = record["x"]
+    return {**record, "x": pick(x, np.flip(x, axis=flip.ndim + 1))}
+
+
 class RandomHorizontalFlip(grain.transforms.RandomMap):
     """Mirrors an image [H, W, C] along W with probability 1/2.
 
@@ -68,12 +87,4 @@ class RandomHorizontalFlip(grain.transforms.RandomMap):
 
     def random_map(self, element: dict[str, np.ndarray],
                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-        flip = rng.random() < 0.5
-        if "x_flip" in element:
-            kept = {k: v for k, v in element.items() if not k.endswith("_flip")}
-            if flip:
-                kept.update(x=element["x_flip"], x_logvar=element["x_logvar_flip"])
-            return kept
-        if flip:
-            element = {**element, "x": np.ascontiguousarray(element["x"][:, ::-1])}
-        return element
+        return mirror(element, rng.random() < 0.5)
