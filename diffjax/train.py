@@ -13,7 +13,7 @@ from diffjax.training.state import NonFiniteError, TrainState, init_state, setup
 from diffjax.training.step import apply_gradients, describe_nonfinite, make_train_step
 from diffjax.training.tasks import TASKS
 
-import diffjax.distill  # noqa: E402,F401  (registers the few-step tasks: progressive, ...)
+import diffjax.distill.tasks  # noqa: E402,F401  (registers the few-step tasks: progressive, ...)
 import diffjax.autoencoder.task  # noqa: E402,F401  (registers the autoencoder task)
 import diffjax.autoencoder.latent  # noqa: E402,F401  (config.latent.autoencoder)
 import diffjax.controlnet.task  # noqa: E402,F401  (registers the controlnet task)

@@ -198,7 +198,10 @@ def curve(arm: str, args) -> list[dict]:
 def reconstruction_adherence(args, n: int = 500) -> dict:
     """``shapes_eval`` per category of the first ``n`` test images, real and passed through
     the autoencoder (posterior mean, and a posterior sample as latent training sees it),
-    against their captions: what of a latent model's adherence gap the autoencoder explains."""
+    against their captions: what of a latent model's adherence gap the autoencoder explains.
+    ``args.perturb`` (stds, in the latent units the diffusion model sees): the posterior mean
+    plus Gaussian noise of that std, decoded: how much a latent model's error of that size
+    costs in adherence (a smoother latent space costs less)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -217,13 +220,18 @@ def reconstruction_adherence(args, n: int = 500) -> dict:
     latents = latent.latents_of(reference, config)
     encode, decode = jax.jit(latents.encode), jax.jit(latents.decode)
     out = {"real": shapes_eval.score(x, captions)}
-    for name, sampled in (("reconstructed (mean)", False), ("reconstructed (sampled)", True)):
+    perturb = [float(s) for s in args.perturb.split(",") if s]
+    runs = [("reconstructed (mean)", False, 0.0), ("reconstructed (sampled)", True, 0.0)]
+    runs += [(f"mean + N(0, {s:g}^2) in latent units", False, s) for s in perturb]
+    for name, sampled, noise in runs:
         images = []
         for i in range(0, n, 100):
             batch = jnp.asarray(x[i:i + 100])
             shape = jax.eval_shape(lambda b=batch: encode(reference.params, b, None)).shape
             eps = jax.random.normal(jax.random.PRNGKey(i), shape) if sampled else None
             z = encode(reference.params, batch, eps)
+            if noise:
+                z = z + noise * jax.random.normal(jax.random.PRNGKey(n + i), shape)
             images.append(np.asarray(decode(reference.params, z)))
         out[name] = shapes_eval.score(np.clip(np.concatenate(images), -1, 1), captions)
     return out
@@ -251,6 +259,8 @@ def main() -> None:
                         help="with --samplers_of: only these (comma-separated); default all")
     parser.add_argument("--reconstructions", action="store_true",
                         help="only score the autoencoder's reconstructions with shapes_eval")
+    parser.add_argument("--perturb", default="",
+                        help="with --reconstructions: latent noise stds to score (e.g. 0.1,0.3)")
     parser.add_argument("--curves", default="",
                         help="finished arms (e.g. pixel,unet_ch128): score every checkpoint")
     parser.add_argument("--fd_target", type=float, default=200.0,

@@ -1,4 +1,4 @@
-"""diffjax.models.blocks.conv against lax's own convolution and autodiff: outputs, input and
+"""diffjax.conv against lax's own convolution and autodiff: outputs, input and
 kernel gradients, forward mode (MeanFlow's jvp), second order, and a U-Net block's gradient."""
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from diffjax.models.blocks import conv
+from diffjax import conv
 from diffjax.models.unet import ResBlock
 
 NHWC = ("NHWC", "HWIO", "NHWC")

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models.blocks import conv_general_dilated
+from diffjax.conv import conv_general_dilated
 
 Array = jax.Array
 Dtype = Any

@@ -1,6 +1,6 @@
 """One- and few-step generation as tasks of the one trainer (DESIGN §7, §9).
 
-Importing this package registers the tasks (``config.task``) in
+Importing :mod:`diffjax.distill.tasks` (:mod:`diffjax.train` does) registers the tasks (``config.task``) in
 :data:`diffjax.training.tasks.TASKS`, their networks in :data:`diffjax.training.setup.NETWORKS`
 and the ``analytic:<mixture>`` teacher in :data:`diffjax.training.frozen.SCHEMES`:
 
@@ -20,5 +20,3 @@ sampled by :func:`diffjax.sample` (``consistency``, ``mean_flow``/``shortcut`` o
 :mod:`diffjax.samplers.few_step`; ``ddim`` on the progressive student's grid; ``euler`` for
 reflow).
 """
-from diffjax.distill import (consistency, meanflow, progressive, reflow,  # noqa: F401
-                             settings, shortcut, teacher)

@@ -5,9 +5,9 @@
 
 ``--layers``: for the 3x3 and 1x1 layer shapes of the shapes_t2i and bench U-Nets, the time of
 the kernel gradient alone (``jax.vjp`` in the kernel, jitted) through ``lax.conv_general_dilated``
-and through :mod:`diffjax.models.blocks.conv`, and their largest relative difference.
+and through :mod:`diffjax.conv`, and their largest relative difference.
 ``--steps``: whole training steps (``train_throughput.py``'s jitted step on a fixed batch) traced
-with lax's kernel gradient (:func:`~diffjax.models.blocks.conv.lax_kernel_gradient`) and with
+with lax's kernel gradient (:func:`~diffjax.conv.lax_kernel_gradient`) and with
 diffjax's, alternated round by round, medians. Both by default. ``--profile``: where a training
 step's time goes, with each kernel gradient (lax's and diffjax's): ``jax.profiler`` over a few
 steps, XLA's ops summed over threads, the kernel-gradient convolutions found by their output
@@ -33,7 +33,7 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_throughput  # noqa: E402
 
-from diffjax.models.blocks import conv  # noqa: E402
+from diffjax import conv  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # (H = W, C_in, C_out, k): the U-Nets' stride-1 layers (shapes_t2i: 32/64/64 channels at

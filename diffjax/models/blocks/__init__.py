@@ -11,7 +11,7 @@ import flax.linen as nn
 from diffjax.models.blocks.attention import (IMPLEMENTATIONS, Attention, PooledContext,
                                              check_implementation, context_for, context_from,
                                              masked_mean)
-from diffjax.models.blocks.conv import conv_general_dilated
+from diffjax.conv import conv_general_dilated
 from diffjax.models.blocks.embeddings import (DEFAULT_EMBEDDING_SCALE, EMBEDDINGS, NoiseEmbedding,
                                               check_embedding, fourier_embedding,
                                               resolve_embedding_scale, resolve_labels, sincos_1d,
