@@ -17,10 +17,11 @@ autoencoder and data; 75 s once on the 2-core CPU, then each step 1.2x faster; `
 encodes every batch inside the step instead).
 
 Variants (after ``:``): ``unet`` (default; shapes_t2i's U-Net design at latent size: 8x8 ->
-4x4, channels 128/256, cross-attention at both levels: 1.57 GFLOP a training example against
-the pixel job's 1.59, XLA's count), ``dit`` (DiT-S/2: 16 tokens of 8x8 latents,
-cross-attention to the text in every block, PixArt-alpha style; 2.87 GFLOP a training
-example). Both share shapes_t2i's recipe: rectified flow, velocity target, logit-normal
+4x4, channels 96/192, two residual blocks a level, cross-attention at both levels: 1.31 GFLOP
+a training example against the pixel job's 1.59, XLA's count; one block of 128/256 channels
+scored 0.03 lower, experiments/README.md latent_vs_pixel), ``dit`` (DiT-S/2: 16 tokens of
+8x8 latents, cross-attention to the text in every block, PixArt-alpha style; 2.87 GFLOP a
+training example). Both share shapes_t2i's recipe: rectified flow, velocity target, logit-normal
 times, MiniLM text with 10% dropped to the empty prompt, Heun sampling with guidance 3 inside
 a guidance interval (:func:`diffjax.configs.apply_shapes_t2i`), the same 2000 steps of batch 32.
 """
@@ -39,9 +40,9 @@ def get_config(variant: str = "unet"):
     config.latent.cache = True
     if variant == "unet":
         config.model = configs.default_model_config("unet")
-        config.model.ch = 128
+        config.model.ch = 96
         config.model.ch_mult = (1, 2)
-        config.model.num_res_blocks = 1
+        config.model.num_res_blocks = 2
         config.model.attn_resolutions = (4,)
         config.model.cross_attn_resolutions = (8, 4)
         config.model.dropout = 0.0
