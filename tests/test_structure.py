@@ -122,7 +122,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_importing_a_submodule_imports_the_packages_above_it():
-    # The cycle stop 22 shipped: autoencoder.model imported diffjax.models.blocks, whose
+    # A cycle that once shipped: autoencoder.model imported diffjax.models.blocks, whose
     # package __init__ imports the registry, which imports autoencoder.model; so
     # `import diffjax.autoencoder` failed in a fresh interpreter though every test passed.
     graph = import_graph(deferred=True)

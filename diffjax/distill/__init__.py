@@ -1,8 +1,9 @@
 """One- and few-step generation as tasks of the one trainer (DESIGN §7, §9).
 
-Importing :mod:`diffjax.distill.tasks` (:mod:`diffjax.train` does) registers the tasks (``config.task``) in
-:data:`diffjax.training.tasks.TASKS`, their networks in :data:`diffjax.training.setup.NETWORKS`
-and the ``analytic:<mixture>`` teacher in :data:`diffjax.training.frozen.SCHEMES`:
+Importing :mod:`diffjax.distill.tasks` (:mod:`diffjax.train` does) registers the tasks
+(``config.task``) in :data:`diffjax.training.tasks.TASKS`, their networks in
+:data:`diffjax.training.setup.NETWORKS` and the ``analytic:<mixture>`` teacher in
+:data:`diffjax.training.frozen.SCHEMES`:
 
 ============================  ===================================================  =========
 task                          method                                               teacher
