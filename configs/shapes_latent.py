@@ -19,7 +19,7 @@ encodes every batch inside the step instead).
 Variants (after ``:``): ``unet`` (default; shapes_t2i's U-Net design at latent size: 8x8 ->
 4x4, channels 96/192, two residual blocks a level, cross-attention at both levels: 1.31 GFLOP
 a training example against the pixel job's 1.59, XLA's count; one block of 128/256 channels
-scored 0.03 lower, experiments/README.md latent_vs_pixel), ``dit`` (DiT-S/2: 16 tokens of
+scored 0.02-0.04 lower, experiments/README.md latent_vs_pixel), ``dit`` (DiT-S/2: 16 tokens of
 8x8 latents, cross-attention to the text in every block, PixArt-alpha style; 2.87 GFLOP a
 training example). Both share shapes_t2i's recipe: rectified flow, velocity target, logit-normal
 times, MiniLM text with 10% dropped to the empty prompt, Heun sampling with guidance 3 inside

@@ -270,6 +270,8 @@ def main() -> None:
     parser.add_argument("--adaptive", default="1e-3,200",
                         help="rtol (= atol),budget of the adaptive sampler")
     args = parser.parse_args()
+    if args.perturb and not args.reconstructions:
+        parser.error("--perturb: only with --reconstructions")
     os.makedirs(args.workdir, exist_ok=True)
     if args.samplers_of:
         out = os.path.join(args.workdir, f"samplers_{args.samplers_of}{args.suffix}.json")

@@ -201,6 +201,7 @@ def test_no_module_is_longer_than_a_reader_can_hold():
     ("diffjax.checkpoint:WorkdirError", "diffjax.errors:WorkdirError"),
     ("diffjax.checkpoint:BrokenCheckpointWarning", "diffjax.errors:BrokenCheckpointWarning"),
     ("diffjax.parallel:BACKENDS", "diffjax.choices:BACKENDS"),
+    ("diffjax.models.blocks:conv_general_dilated", "diffjax.conv:conv_general_dilated"),
 ])
 def test_old_import_paths_of_moved_names_still_work(old, new):
     import importlib
