@@ -89,6 +89,21 @@ class SubVP(VPLinear):
         return self._t_from_log_alpha(0.5 * log_a)
 
 
+def _interp(x, xp, fp):
+    """``jnp.interp(x, xp, fp)`` (constant beyond the ends) for strictly increasing ``xp``.
+
+    The bracketing index comes from ``searchsorted``'s ``compare_all`` method, one comparison
+    per grid point, instead of ``jnp.interp``'s bisection, a ``while`` loop. Inside a sampler's
+    ``scan``, XLA:GPU's dynamic-slice annotator fails to compile a table read whose offset
+    depends on such a nested loop (``Failed to evaluate instruction (min.N) since it depends
+    on ... parameters``, openxla/xla#49299; seen with JAX 0.11.2 on an H200).
+    """
+    i = jnp.clip(jnp.searchsorted(xp, x, side="right", method="compare_all"), 1, xp.shape[0] - 1)
+    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    f = f0 + (x - x0) / (x1 - x0) * (f1 - f0)
+    return jnp.where(x < xp[0], fp[0], jnp.where(x > xp[-1], fp[-1], f))
+
+
 class DDPM(Path):
     """Discrete DDPM (Ho et al. 2020): ``alpha_bar_i = prod_{j<=i} (1 - beta_j)`` at ``t = i/T``.
 
@@ -129,7 +144,7 @@ class DDPM(Path):
     def log_alpha(self, t):
         t = jnp.asarray(t)
         tg, lg = self._grids(t)
-        return jnp.interp(t, tg, lg)
+        return _interp(t, tg, lg)
 
     def log_sigma(self, t):
         return 0.5 * _log1mexp(2.0 * self.log_alpha(t))
@@ -139,7 +154,7 @@ class DDPM(Path):
         tg, lg = self._grids(logsnr)
         log_alpha = 0.5 * jax.nn.log_sigmoid(logsnr)
         # log alpha is decreasing in t; interp wants increasing abscissae.
-        return jnp.interp(log_alpha, lg[::-1], tg[::-1])
+        return _interp(log_alpha, lg[::-1], tg[::-1])
 
 
 class VPCosine(Path):

@@ -17,7 +17,11 @@ skipped once ``--budget`` seconds have passed:
 4. DiT-B/2 on 32x32x4 latents, bf16 train step at batch 128;
 5. the same CIFAR step with ``remat`` and with 4-way gradient accumulation: memory and time;
 6. if torch (CUDA) and diffusers import: configs/bench_unet.py's network against diffusers
-   (eager and ``torch.compile``), bf16 training at batch 128.
+   (eager and ``torch.compile``), bf16 training at batch 128;
+7. where the CIFAR step's device time goes: a ``jax.profiler`` trace of 3 steps, the GPU's
+   kernels summed by kind (convolution, matmul, attention, fusion, ...) and by name, and the
+   share of the step's wall time the GPU is busy (``--trace_dir`` keeps the trace and the
+   optimised HLO).
 
 Memory: XLA's memory analysis of the compiled step (arguments + outputs + temporaries less
 donated aliases), and on GPU the device's ``peak_bytes_in_use`` after the part.
@@ -26,7 +30,10 @@ donated aliases), and on GPU the device's ``peak_bytes_in_use`` after the part.
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
 import os
+import re
 import sys
 import time
 import traceback
@@ -42,8 +49,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from diffjax import models, paths  # noqa: E402
-from experiments.benchmarks.train_vs_torch import (DIFFUSERS_UNET, matmul_peak,  # noqa: E402
-                                                   memory_bytes, step_flops)
+from experiments.benchmarks.train_vs_torch import (matmul_peak, memory_bytes,  # noqa: E402
+                                                   step_flops)
 
 # configs/cifar10_ddpmpp.py's network (Song et al. 2021, DDPM++ on CIFAR-10).
 CIFAR_DDPMPP = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
@@ -129,6 +136,88 @@ class Step:
             self.state, value = self.compiled(self.state, self.x0)
         jax.block_until_ready((self.state, value))
         return self.batch * steps / (time.perf_counter() - start)
+
+
+def _kind(kernel: str) -> str:
+    """A GPU kernel's kind, from its name (cuDNN/cuBLAS/CUTLASS/XLA naming)."""
+    k = kernel.lower()
+    for kind, pattern in (("attention", r"fmha|flash|attention|softmax"),
+                          ("convolution", r"conv|fprop|dgrad|wgrad|implicit"),
+                          ("matmul", r"gemm|cublas|cutlass|xmma|matmul|dot|nvjet"),
+                          ("reduction", r"reduce|reduction"),
+                          ("rng", r"rng|threefry|philox|random"),
+                          ("copy/transpose", r"copy|transpose|memcpy|memset|concat"),
+                          ("fusion (elementwise)", r"fusion|loop_|input_|wrapped_")):
+        if re.search(pattern, k):
+            return kind
+    return "other"
+
+
+def kernel_times(run: Callable[[int], None], steps: int, keep: str | None = None):
+    """GPU kernel time per step by kernel name, and the step's wall and GPU-busy seconds."""
+    import tempfile
+
+    trace_dir = keep or tempfile.mkdtemp()
+    run(1)
+    jax.profiler.start_trace(trace_dir)
+    start = time.perf_counter()
+    run(steps)
+    wall = (time.perf_counter() - start) / steps
+    jax.profiler.stop_trace()
+    path = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+               key=os.path.getmtime)  # this trace, not an earlier one kept in the same place
+    data = jax.profiler.ProfileData.from_file(path)
+    times: dict[str, float] = collections.defaultdict(float)
+    spans = []
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if not line.name.lower().startswith("stream"):
+                continue
+            for e in line.events:
+                times[e.name] += e.duration_ns * 1e-9 / steps
+                spans.append((e.start_ns, e.start_ns + e.duration_ns))
+    busy, end = 0.0, -1.0
+    for a, b in sorted(spans):  # union of the kernels' intervals, over all streams
+        busy += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return dict(times), wall, busy * 1e-9 / steps
+
+
+def profile_rows(net: Any, shape, batch: int, keep: str | None, label: str,
+                 peak: float | None) -> list[dict]:
+    s = Step(net, shape, batch)
+    rate = s.examples_per_s(10)
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        with open(os.path.join(keep, f"{label}.hlo.txt"), "w") as f:
+            f.write(s.compiled.as_text())
+
+    def run(n):
+        for _ in range(n):
+            s.state, value = s.compiled(s.state, s.x0)
+        jax.block_until_ready((s.state, value))
+
+    times, wall, busy = kernel_times(run, 3, os.path.join(keep, label) if keep else None)
+    total = sum(times.values())
+    by_kind: dict[str, float] = collections.defaultdict(float)
+    for name, t in times.items():
+        by_kind[_kind(name)] += t
+    rows = [dict(part=f"{label}: step wall {wall * 1e3:.1f} ms, GPU busy {busy * 1e3:.1f} ms "
+                      f"({100 * busy / wall:.0f}%), kernels {total * 1e3:.1f} ms in {len(times)} "
+                      f"distinct", params=f"{s.params / 1e6:.1f}M", batch=batch,
+                 throughput=f"{rate:.1f} ex/s",
+                 mfu=f"{100 * s.flops * rate / batch / peak:.0f}%" if peak else "",
+                 memory=f"{s.memory / 2**20:.0f} MiB (XLA)" + device_peak(),
+                 compile=f"{s.compile_s:.0f} s")]
+    rows += [dict(part=f"{label}: {kind}", throughput=f"{t * 1e3:.2f} ms/step",
+                  mfu=f"{100 * t / total:.0f}% of kernel time")
+             for kind, t in sorted(by_kind.items(), key=lambda kv: -kv[1])]
+    for name, t in sorted(times.items(), key=lambda kv: -kv[1])[:12]:
+        rows.append(dict(part=f"{label} top: {name[:90]}", throughput=f"{t * 1e3:.2f} ms/step",
+                         mfu=f"{100 * t / total:.1f}%"))
+    return rows
 
 
 def train_row(name: str, net: Any, shape, batch: int, steps: int, peak: float | None,
@@ -229,6 +318,8 @@ def parts(args) -> list[tuple[str, Callable[[], Any]]]:
         ("grad accum", lambda: train_row(f"CIFAR DDPM++ {d} train, 4 micro-batches", cifar(),
                                          (32, 32, 3), batch, steps, peak(), accum=4)),
         ("torch peers", lambda: torch_rows(batch, steps, peak(), smoke)),
+        ("profile", lambda: profile_rows(cifar(), (32, 32, 3), batch, args.trace_dir,
+                                         "cifar_ddpmpp", peak())),
     ]
 
 
@@ -251,6 +342,8 @@ def main() -> None:
                         help="seconds after which the remaining parts are skipped")
     parser.add_argument("--parts", default="",
                         help="comma-separated part names to run (default: all)")
+    parser.add_argument("--trace_dir", default=None,
+                        help="profile: keep the trace and the optimised HLO here")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="toy sizes on CPU: checks that every part runs")
     args = parser.parse_args()
