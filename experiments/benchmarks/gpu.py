@@ -142,7 +142,7 @@ def _kind(kernel: str) -> str:
     """A GPU kernel's kind, from its name (cuDNN/cuBLAS/CUTLASS/XLA naming)."""
     k = kernel.lower()
     for kind, pattern in (("attention", r"fmha|flash|attention|softmax"),
-                          ("convolution", r"conv|fprop|dgrad|wgrad|implicit"),
+                          ("convolution", r"fprop|dgrad|wgrad|implicit_gemm|convolution|cudnn"),
                           ("matmul", r"gemm|cublas|cutlass|xmma|matmul|dot|nvjet"),
                           ("reduction", r"reduce|reduction"),
                           ("rng", r"rng|threefry|philox|random"),
