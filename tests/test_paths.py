@@ -91,15 +91,17 @@ def test_ddpm_interpolates_log_alpha_like_numpy_without_a_loop_per_lookup(x64):
     p = paths.get("ddpm")
     t = np.random.default_rng(0).uniform(-0.2, 1.2, 500)
     grid_t = np.arange(1001) / 1000
-    grid_log_alpha = 0.5 * np.concatenate([[0.0], np.cumsum(np.log1p(-np.linspace(1e-4, 0.02, 1000)))])
+    betas = np.linspace(1e-4, 0.02, 1000)
+    grid_log_alpha = 0.5 * np.concatenate([[0.0], np.cumsum(np.log1p(-betas))])
     np.testing.assert_allclose(p.log_alpha(jnp.asarray(t)), np.interp(t, grid_t, grid_log_alpha),
                                rtol=1e-12, atol=1e-15)
     logsnr = np.linspace(-15.0, 15.0, 301)
     log_alpha = 0.5 * -np.logaddexp(0.0, -logsnr)
     np.testing.assert_allclose(p.t_from_logsnr(jnp.asarray(logsnr)),
                                np.interp(log_alpha, grid_log_alpha[::-1], grid_t[::-1]), atol=1e-12)
-    loop = lambda ts: jax.lax.scan(lambda c, s: (c + p.alpha(s) + p.t_from_logsnr(s), None),  # noqa: E731
-                                   0.0, ts)[0]
+    def loop(ts):
+        return jax.lax.scan(lambda c, s: (c + p.alpha(s) + p.t_from_logsnr(s), None), 0.0, ts)[0]
+
     assert jax.jit(loop).lower(jnp.linspace(1.0, 0.001, 10)).as_text().count("while") == 1
 
 
