@@ -169,19 +169,21 @@ def _kind(kernel: str) -> str:
 
 
 def kernel_times(run: Callable[[int], None], steps: int, keep: str | None = None):
-    """GPU kernel time per step by kernel name, and the step's wall and GPU-busy seconds."""
+    """GPU kernel time per step by kernel name, and the step's wall and GPU-busy seconds
+    (``keep``: the directory the trace stays in; by default a temporary one)."""
     import tempfile
 
-    trace_dir = keep or tempfile.mkdtemp()
-    run(1)
-    jax.profiler.start_trace(trace_dir)
-    start = time.perf_counter()
-    run(steps)
-    wall = (time.perf_counter() - start) / steps
-    jax.profiler.stop_trace()
-    path = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
-               key=os.path.getmtime)  # this trace, not an earlier one kept in the same place
-    data = jax.profiler.ProfileData.from_file(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace_dir = keep or tmp
+        run(1)
+        jax.profiler.start_trace(trace_dir)
+        start = time.perf_counter()
+        run(steps)
+        wall = (time.perf_counter() - start) / steps
+        jax.profiler.stop_trace()
+        path = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+                   key=os.path.getmtime)  # this trace, not an earlier one kept in the same place
+        data = jax.profiler.ProfileData.from_file(path)
     times: dict[str, float] = collections.defaultdict(float)
     spans = []
     for plane in data.planes:
