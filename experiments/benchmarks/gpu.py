@@ -202,6 +202,24 @@ def kernel_times(run: Callable[[int], None], steps: int, keep: str | None = None
     return dict(times), wall, busy * 1e-9 / steps
 
 
+def cudnn_conv_flops(hlo: str) -> float:
+    """FLOPs of the cuDNN convolutions (forward, input and kernel gradients) in an optimised
+    GPU HLO module: 2 x (the output, or for a kernel gradient the output cotangent) x window x
+    the contracted channels. 0 where there are none (CPU)."""
+    shapes = {m[0]: [int(d) for d in m[1].split(",") if d] for m in re.findall(
+        r"^\s*(?:ROOT )?%([\w.\-]+) = \(?\w+\[([\d,]*)\]", hlo, flags=re.M)}
+    total = 0.0
+    for out, operands, kh, kw, kind in re.findall(
+            r"= \(\w+\[([\d,]*)\][^\n]*?custom-call\(([^)]*)\), window=\{size=(\d+)x(\d+)"
+            r"[^\n]*?custom_call_target=\"__cudnn\$(\w+)\"", hlo):
+        a, b = (shapes.get(o.strip().lstrip("%"), [0]) for o in operands.split(",")[:2])
+        if kind == "convBackwardFilter":  # operands: input [B,H,W,I], output cotangent
+            total += 2 * np.prod(b) * int(kh) * int(kw) * a[-1]
+        else:  # forward (input [.., I]) or input gradient (cotangent [.., O]): over a's channels
+            total += 2 * np.prod([int(d) for d in out.split(",")]) * int(kh) * int(kw) * a[-1]
+    return float(total)
+
+
 def profile_rows(net: Any, shape, batch: int, keep: str | None, label: str,
                  peak: float | None) -> list[dict]:
     s = Step(net, shape, batch)
@@ -221,31 +239,36 @@ def profile_rows(net: Any, shape, batch: int, keep: str | None, label: str,
     by_kind: dict[str, float] = collections.defaultdict(float)
     for name, t in times.items():
         by_kind[_kind(name)] += t
-    rows = [dict(part=f"{label}: step wall {wall * 1e3:.1f} ms, GPU busy {busy * 1e3:.1f} ms "
-                      f"({100 * busy / wall:.0f}%), kernels {total * 1e3:.1f} ms in {len(times)} "
-                      f"distinct", params=f"{s.params / 1e6:.1f}M", batch=batch,
-                 throughput=f"{rate:.1f} ex/s",
-                 mfu=f"{100 * s.flops * rate / batch / peak:.0f}%" if peak else "",
-                 memory=f"{s.memory / 2**20:.0f} MiB (XLA)" + device_peak(),
-                 compile=f"{s.compile_s:.0f} s")]
+    rows = [step_row(f"{label}: step wall {wall * 1e3:.1f} ms, GPU busy {busy * 1e3:.1f} ms "
+                     f"({100 * busy / wall:.0f}%), kernels {total * 1e3:.1f} ms in {len(times)} "
+                     f"distinct", s, rate, peak)]
     rows += [dict(part=f"{label}: {kind}", throughput=f"{t * 1e3:.2f} ms/step",
                   mfu=f"{100 * t / total:.0f}% of kernel time")
              for kind, t in sorted(by_kind.items(), key=lambda kv: -kv[1])]
+    conv = cudnn_conv_flops(s.compiled.as_text())
+    if conv and by_kind.get("convolution"):
+        rows.append(dict(part=f"{label}: convolutions, {conv / 1e12:.2f} TFLOP a step (cuDNN "
+                              "calls in the optimised HLO)",
+                         throughput=f"{conv / by_kind['convolution'] / 1e12:.0f} TFLOP/s"))
     for name, t in sorted(times.items(), key=lambda kv: -kv[1])[:12]:
         rows.append(dict(part=f"{label} top: {name[:90]}", throughput=f"{t * 1e3:.2f} ms/step",
                          mfu=f"{100 * t / total:.1f}%"))
     return rows
 
 
+def step_row(name: str, s: Step, rate: float, peak: float | None) -> dict:
+    """The table row of a compiled step ``s`` that ran at ``rate`` examples/s."""
+    return dict(part=name, params=f"{s.params / 1e6:.1f}M", batch=s.batch,
+                throughput=f"{rate:.1f} ex/s",
+                mfu=f"{100 * s.flops * rate / s.batch / peak:.0f}%" if peak else "",
+                memory=f"{s.memory / 2**20:.0f} MiB (XLA)" + device_peak(),
+                compile=f"{s.compile_s:.0f} s", _flops=s.flops)
+
+
 def train_row(name: str, net: Any, shape, batch: int, steps: int, peak: float | None,
               accum: int = 1, auto_layouts: bool = False) -> dict:
     s = Step(net, shape, batch, accum, auto_layouts)
-    rate = s.examples_per_s(steps)
-    return dict(part=name, params=f"{s.params / 1e6:.1f}M", batch=batch,
-                throughput=f"{rate:.1f} ex/s",
-                mfu=f"{100 * s.flops * rate / batch / peak:.0f}%" if peak else "",
-                memory=f"{s.memory / 2**20:.0f} MiB (XLA)" + device_peak(),
-                compile=f"{s.compile_s:.0f} s", _flops=s.flops)
+    return step_row(name, s, s.examples_per_s(steps), peak)
 
 
 def device_peak() -> str:
