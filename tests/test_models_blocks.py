@@ -126,6 +126,40 @@ def test_modulate_and_ada_group_norm_match_their_definition():
     np.testing.assert_allclose(module.apply(variables, h, emb), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("two_stage", [True, False])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 8), (3, 7, 12)])
+def test_group_norm_matches_the_definition_and_flax_gradients(shape, two_stage):
+    """Both reductions (per channel then per group, GPUs' default; one over the group) give
+    GroupNorm: a float64 NumPy closed form for the output ([B, H, W, C] and token-shaped
+    [B, L, C]); Flax's own ``nn.GroupNorm`` for the gradients of the input and parameters."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(5)
+    x = (3 * rng.standard_normal(shape) + rng.standard_normal(shape[-1])).astype(np.float32)
+    c = shape[-1]
+    module = blocks.GroupNorm(num_groups=blocks.num_groups(c), two_stage=two_stage)
+    variables = _random_params(module, x, seed=5)
+    p = variables["params"]
+    g = x.astype(np.float64).reshape(shape[:-1] + (module.num_groups, -1))
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+    normed = ((g - g.mean(axes, keepdims=True)) / np.sqrt(g.var(axes, keepdims=True) + 1e-6))
+    expected = normed.reshape(shape) * p["scale"] + p["bias"]
+    np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-5, atol=2e-5)
+    reference = nn.GroupNorm(num_groups=module.num_groups, epsilon=1e-6)
+    weights = rng.standard_normal(shape).astype(np.float32)
+    loss = lambda m: lambda v, x: jnp.sum(jnp.tanh(m.apply(v, x)) * weights)  # noqa: E731
+    ours = jax.grad(loss(module), argnums=(0, 1))(variables, x)
+    theirs = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    half = blocks.GroupNorm(num_groups=module.num_groups, dtype=jnp.bfloat16, two_stage=two_stage)
+    out = half.apply(variables, x.astype(jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), expected, rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="num_groups=3 does not divide the 8 channels"):
+        blocks.GroupNorm(num_groups=3).init(key(0), jnp.zeros((1, 2, 2, 8)))
+
+
 def test_ada_ln_zero_regresses_exactly_zero_at_init():
     c = jnp.asarray(np.random.default_rng(4).standard_normal((3, 5)), jnp.float32)
     module = blocks.AdaLNZero(features=4, chunks=3)

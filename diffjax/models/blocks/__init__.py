@@ -16,8 +16,8 @@ from diffjax.models.blocks.embeddings import (DEFAULT_EMBEDDING_SCALE, EMBEDDING
                                               check_embedding, fourier_embedding,
                                               resolve_embedding_scale, resolve_labels, sincos_1d,
                                               sincos_2d, sinusoidal_embedding)
-from diffjax.models.blocks.norms import (AdaGroupNorm, AdaLNZero, group_norm, layer_norm,
-                                         modulate, num_groups)
+from diffjax.models.blocks.norms import (AdaGroupNorm, AdaLNZero, GroupNorm, group_norm,
+                                         layer_norm, modulate, num_groups)
 from diffjax.models.blocks.resample import (check_patchable, downsample_avg, patchify, unpatchify,
                                             upsample_nearest)
 
@@ -35,7 +35,7 @@ def maybe_remat(block: M, remat: bool, static_argnums: Sequence[int] = ()) -> M:
 
 
 __all__ = [
-    "AdaGroupNorm", "AdaLNZero", "Attention", "DEFAULT_EMBEDDING_SCALE", "EMBEDDINGS",
+    "AdaGroupNorm", "AdaLNZero", "Attention", "GroupNorm", "DEFAULT_EMBEDDING_SCALE", "EMBEDDINGS",
     "IMPLEMENTATIONS", "NoiseEmbedding", "PooledContext", "check_embedding",
     "check_implementation", "check_patchable", "context_for", "context_from",
     "conv_general_dilated", "downsample_avg",

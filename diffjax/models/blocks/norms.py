@@ -1,6 +1,7 @@
 """Normalisation layers, plain and adaptive (conditioned on an embedding of t, label, text).
 
-* GroupNorm sized for narrow and wide networks (:func:`group_norm`).
+* GroupNorm with the reduction the backend compiles best (:class:`GroupNorm`), sized for narrow
+  and wide networks (:func:`group_norm`).
 * AdaGN, "scale-shift norm" (Dhariwal & Nichol 2021, ADM): ``GN(h) * (1 + s) + b`` with
   ``(s, b)`` a linear function of the embedding (:class:`AdaGroupNorm`).
 * adaLN-Zero (Peebles & Xie 2023, DiT): LayerNorm without affine parameters, modulated by
@@ -30,11 +31,58 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
     return max(g for g in range(1, limit + 1) if channels % g == 0)
 
 
+class GroupNorm(nn.Module):
+    """GroupNorm (Wu & He 2018) over channels-last ``x: [B, ..., C]``, as Flax's ``nn.GroupNorm``
+    computes it (float32 statistics, variance ``E[x^2] - E[x]^2``, the same ``scale``/``bias``
+    parameters), with the moments reduced the way the backend's compiler does best.
+
+    ``two_stage`` (default: on GPUs): each channel's moments over the spatial axes first, then
+    their mean over the channels of a group. One reduction of ``x`` reshaped to
+    ``[B, H, W, G, C/G]`` over three non-adjacent axes (Flax's, and ours otherwise) is, for
+    XLA:GPU, a strided reduction or a transposed copy; per channel it is a column reduction
+    with the channels contiguous, and the group step acts on a ``[B, C]`` array. The CIFAR
+    DDPM++ bf16 train step at batch 128 on an H200 ran 3652 examples/s against 3420 (+7%);
+    on the 2-core CPU the same change made the bench U-Net's step 2-6% slower (measured
+    beside another job), so CPUs keep the one reduction. The same numbers either way, up to
+    float rounding.
+    """
+    num_groups: int
+    epsilon: float = 1e-6
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    two_stage: bool | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c, g = x.shape[-1], self.num_groups
+        if c % g:
+            raise ValueError(f"GroupNorm: num_groups={g} does not divide the {c} channels")
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        spatial = tuple(range(1, x.ndim - 1))
+        two_stage = jax.default_backend() == "gpu" if self.two_stage is None else self.two_stage
+        xf = x.astype(jnp.float32)
+        if two_stage:
+            group = lambda m: jnp.mean(m.reshape(m.shape[0], g, c // g), -1)  # noqa: E731
+            mean = group(jnp.mean(xf, spatial))                 # [B, G]
+            mean_sq = group(jnp.mean(jnp.square(xf), spatial))
+        else:
+            grouped = xf.reshape(x.shape[:-1] + (g, c // g))
+            axes = spatial + (x.ndim,)
+            mean, mean_sq = jnp.mean(grouped, axes), jnp.mean(jnp.square(grouped), axes)
+        inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+        per_channel = lambda a: jnp.repeat(a, c // g, axis=-1)  # noqa: E731  [B, G] -> [B, C]
+        mul = per_channel(inv) * scale.astype(jnp.float32)
+        add = bias.astype(jnp.float32) - per_channel(mean) * mul
+        expand = lambda a: a.reshape(a.shape[:1] + (1,) * len(spatial) + a.shape[1:])  # noqa: E731
+        return (xf * expand(mul) + expand(add)).astype(self.dtype or x.dtype)
+
+
 def group_norm(channels: int, dtype: Dtype, param_dtype: Dtype,
-               name: str | None = None) -> Callable[[jax.Array], jax.Array]:
-    """A GroupNorm sized by :func:`num_groups` (statistics are computed in float32 by Flax)."""
-    return nn.GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
-                        param_dtype=param_dtype, name=name)
+               name: str | None = None) -> GroupNorm:
+    """A :class:`GroupNorm` sized by :func:`num_groups`."""
+    return GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
+                     param_dtype=param_dtype, name=name)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
