@@ -72,10 +72,10 @@ class GroupNorm(nn.Module):
             mean, mean_sq = jnp.mean(grouped, axes), jnp.mean(jnp.square(grouped), axes)
         inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
         per_channel = lambda a: jnp.repeat(a, c // g, axis=-1)  # noqa: E731  [B, G] -> [B, C]
-        mul = per_channel(inv) * scale.astype(jnp.float32)
-        add = bias.astype(jnp.float32) - per_channel(mean) * mul
         expand = lambda a: a.reshape(a.shape[:1] + (1,) * len(spatial) + a.shape[1:])  # noqa: E731
-        return (xf * expand(mul) + expand(add)).astype(self.dtype or x.dtype)
+        out = ((xf - expand(per_channel(mean))) * expand(per_channel(inv) * scale)
+               + bias.astype(jnp.float32))
+        return out.astype(self.dtype or x.dtype)
 
 
 def group_norm(channels: int, dtype: Dtype, param_dtype: Dtype,
