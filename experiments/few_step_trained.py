@@ -3,7 +3,7 @@
     python experiments/few_step_trained.py --workdir=runs/experiments/few_step_trained \
         [--teacher_steps=1300] [--student_steps=1000] [--methods=reflow,meanflow]
         [--couplings=4096] [--teacher=DIR] [--reflow=DIR] [--distill_steps=1000]
-        [--distill_ks=1,2,4] [--distill_lr=...] [--seeds=1,2,3,4]
+        [--distill_ks=1,2,4] [--distill_lr=...] [--seeds=1,2,3,4] [--set=model.ch=64 ...]
 
 Everything goes through the command line of DESIGN §3, so each step can be re-run by hand:
 
@@ -36,6 +36,10 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from diffjax import config_loading  # noqa: E402
+from diffjax.config_validation import ConfigError  # noqa: E402
+
 NFES = (1, 2, 4)
 # method -> (recipe of configs/digits_distill.py, few-step sampler, extra flags)
 METHODS = {"reflow": ("reflow", "euler", ()),      # starts as the teacher (Liu et al.)
@@ -52,7 +56,7 @@ def main_cli(*flags: str) -> float:
 
 
 def evaluate(config: str, workdir: str, sampler: str, nfe: int, cache: dict,
-             seeds=(1,)) -> dict:
+             seeds=(1,), extra=()) -> dict:
     """fd_classifier of ``workdir``'s newest checkpoint sampled by ``sampler`` at ``nfe``: the
     mean over sampling noise ``seeds`` (``config.sampling.seed``), and each seed's value."""
     values = []
@@ -61,7 +65,7 @@ def evaluate(config: str, workdir: str, sampler: str, nfe: int, cache: dict,
         if key not in cache:
             main_cli(f"--config={config}", f"--workdir={workdir}", "--mode=eval",
                      f"--config.sampling.sampler={sampler}", f"--config.sampling.num_steps={nfe}",
-                     f"--config.sampling.seed={seed}")
+                     f"--config.sampling.seed={seed}", *extra)
             with open(os.path.join(workdir, "metrics.jsonl")) as f:
                 record = [json.loads(line) for line in f if '"eval"' in line][-1]
             cache[key] = {k.split("/")[-1]: v for k, v in record.items()
@@ -95,7 +99,16 @@ def main():
     parser.add_argument("--teacher", default=None,
                         help="an existing configs/digits.py:flow run to distil (default: "
                              "train one in WORKDIR/teacher)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override of the teacher trained here and of every "
+                             "student, in training and evaluation (model.ch=64); repeatable")
     args = parser.parse_args()
+    sets = tuple(f"--config.{kv}" for kv in args.set)
+    for name in ("configs/digits.py:flow", "configs/digits_distill.py:reflow"):
+        try:  # a bad --set key or value fails here, before any compute
+            config_loading.load(os.path.join(REPO, name), list(args.set), lock=False)
+        except ConfigError as e:
+            parser.error(f"--set: {e}")
     unknown = [m for m in args.methods.split(",") if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; valid choices: {', '.join(METHODS)}")
@@ -114,13 +127,14 @@ def main():
             f"--config={tconfig}", f"--workdir={teacher}",
             f"--config.training.num_steps={args.teacher_steps}",
             "--config.training.eval_every=0",       # evaluated below, like the students
-            "--config.training.progress_bar=False")
+            "--config.training.progress_bar=False", *sets)
         save()
     seeds = tuple(int(s) for s in args.seeds.split(","))
+    tsets = () if args.teacher else sets    # a teacher trained elsewhere keeps its config
     rows = {"teacher (flow, Heun)": {30: evaluate(tconfig, teacher, "heun", 30,
-                                                  results["evals"], seeds)}}
-    rows["teacher (flow, Euler)"] = {k: evaluate(tconfig, teacher, "euler", k, results["evals"])
-                                     for k in NFES}
+                                                  results["evals"], seeds, tsets)}}
+    rows["teacher (flow, Euler)"] = {k: evaluate(tconfig, teacher, "euler", k, results["evals"],
+                                                 extra=tsets) for k in NFES}
     save()
     runs = []   # (row name, method, workdir, extra flags, train steps, NFEs scored)
     for method in args.methods.split(","):
@@ -145,11 +159,11 @@ def main():
                 f"--config={sconfig}", f"--workdir={wd}", f"--config.distill.teacher={teacher}",
                 f"--config.training.num_steps={steps}",
                 f"--config.training.checkpoint_every={steps}",
-                "--config.training.progress_bar=False", *extra,
+                "--config.training.progress_bar=False", *extra, *sets,
                 *([f"--config.distill.num_couplings={args.couplings}"]
                   if recipe == "reflow" else []))
             save()
-        rows[name] = {k: evaluate(sconfig, wd, sampler, k, results["evals"], seeds)
+        rows[name] = {k: evaluate(sconfig, wd, sampler, k, results["evals"], seeds, sets)
                       for k in nfes}
         save()
     floor = rows["teacher (flow, Heun)"][30]["fd_classifier_floor"]
