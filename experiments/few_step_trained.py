@@ -134,7 +134,7 @@ def main():
     rows = {"teacher (flow, Heun)": {30: evaluate(tconfig, teacher, "heun", 30,
                                                   results["evals"], seeds, tsets)}}
     rows["teacher (flow, Euler)"] = {k: evaluate(tconfig, teacher, "euler", k, results["evals"],
-                                                 extra=tsets) for k in NFES}
+                                                 seeds, tsets) for k in NFES}
     save()
     runs = []   # (row name, method, workdir, extra flags, train steps, NFEs scored)
     for method in args.methods.split(","):
