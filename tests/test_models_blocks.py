@@ -126,18 +126,17 @@ def test_modulate_and_ada_group_norm_match_their_definition():
     np.testing.assert_allclose(module.apply(variables, h, emb), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("two_stage", [True, False])
 @pytest.mark.parametrize("shape", [(2, 5, 3, 8), (3, 7, 12)])
-def test_group_norm_matches_the_definition_and_flax_gradients(shape, two_stage):
-    """Both reductions (per channel then per group, GPUs' default; one over the group) give
-    GroupNorm: a float64 NumPy closed form for the output ([B, H, W, C] and token-shaped
-    [B, L, C]); Flax's own ``nn.GroupNorm`` for the gradients of the input and parameters."""
+def test_group_norm_matches_the_definition_and_flax_gradients(shape):
+    """Per-channel-then-per-group moments give GroupNorm: a float64 NumPy closed form for the
+    output ([B, H, W, C] and token-shaped [B, L, C]); Flax's own ``nn.GroupNorm`` (one
+    reduction over the group) for the gradients of the input and the parameters."""
     import flax.linen as nn
 
     rng = np.random.default_rng(5)
     x = (3 * rng.standard_normal(shape) + rng.standard_normal(shape[-1])).astype(np.float32)
     c = shape[-1]
-    module = blocks.GroupNorm(num_groups=blocks.num_groups(c), two_stage=two_stage)
+    module = blocks.GroupNorm(num_groups=blocks.num_groups(c))
     variables = _random_params(module, x, seed=5)
     p = variables["params"]
     g = x.astype(np.float64).reshape(shape[:-1] + (module.num_groups, -1))
@@ -152,7 +151,7 @@ def test_group_norm_matches_the_definition_and_flax_gradients(shape, two_stage):
     theirs = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    half = blocks.GroupNorm(num_groups=module.num_groups, dtype=jnp.bfloat16, two_stage=two_stage)
+    half = blocks.GroupNorm(num_groups=module.num_groups, dtype=jnp.bfloat16)
     out = half.apply(variables, x.astype(jnp.bfloat16))
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32), expected, rtol=0.05, atol=0.05)

@@ -1,6 +1,6 @@
 """Normalisation layers, plain and adaptive (conditioned on an embedding of t, label, text).
 
-* GroupNorm with the reduction the backend compiles best (:class:`GroupNorm`), sized for narrow
+* GroupNorm reduced per channel, then per group (:class:`GroupNorm`, on GPUs), sized for narrow
   and wide networks (:func:`group_norm`).
 * AdaGN, "scale-shift norm" (Dhariwal & Nichol 2021, ADM): ``GN(h) * (1 + s) + b`` with
   ``(s, b)`` a linear function of the embedding (:class:`AdaGroupNorm`).
@@ -32,25 +32,22 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm (Wu & He 2018) over channels-last ``x: [B, ..., C]``, as Flax's ``nn.GroupNorm``
+    """GroupNorm (Wu & He 2018) over channels-last ``x: [B, ..., C]`` as Flax's ``nn.GroupNorm``
     computes it (float32 statistics, variance ``E[x^2] - E[x]^2``, the same ``scale``/``bias``
-    parameters), with the moments reduced the way the backend's compiler does best.
+    parameters), with each channel's moments reduced over the spatial axes first and then
+    averaged over the channels of its group.
 
-    ``two_stage`` (default: on GPUs): each channel's moments over the spatial axes first, then
-    their mean over the channels of a group. One reduction of ``x`` reshaped to
-    ``[B, H, W, G, C/G]`` over three non-adjacent axes (Flax's, and ours otherwise) is, for
-    XLA:GPU, a strided reduction or a transposed copy; per channel it is a column reduction
-    with the channels contiguous, and the group step acts on a ``[B, C]`` array. The CIFAR
-    DDPM++ bf16 train step at batch 128 on an H200 ran 3652 examples/s against 3420 (+7%);
-    on the 2-core CPU the same change made the bench U-Net's step 2-6% slower (measured
-    beside another job), so CPUs keep the one reduction. The same numbers either way, up to
-    float rounding.
+    Flax reduces ``x`` reshaped to ``[B, H, W, G, C/G]`` over three non-adjacent axes at once,
+    which XLA:GPU lowers to strided reductions or a transposed copy; per channel it is a
+    column reduction with the channels contiguous, and the group step acts on a ``[B, C]``
+    array. The CIFAR DDPM++ bf16 train step at batch 128 on an H200 ran 3652 examples/s
+    with it against 3420 with Flax's (+7%). On the 2-core CPU it was 4-8% slower than Flax's,
+    so :func:`group_norm` uses it on GPUs only. The same numbers, up to float rounding.
     """
     num_groups: int
     epsilon: float = 1e-6
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    two_stage: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -60,16 +57,10 @@ class GroupNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         spatial = tuple(range(1, x.ndim - 1))
-        two_stage = jax.default_backend() == "gpu" if self.two_stage is None else self.two_stage
         xf = x.astype(jnp.float32)
-        if two_stage:
-            group = lambda m: jnp.mean(m.reshape(m.shape[0], g, c // g), -1)  # noqa: E731
-            mean = group(jnp.mean(xf, spatial))                 # [B, G]
-            mean_sq = group(jnp.mean(jnp.square(xf), spatial))
-        else:
-            grouped = xf.reshape(x.shape[:-1] + (g, c // g))
-            axes = spatial + (x.ndim,)
-            mean, mean_sq = jnp.mean(grouped, axes), jnp.mean(jnp.square(grouped), axes)
+        group = lambda m: jnp.mean(m.reshape(m.shape[0], g, c // g), -1)  # noqa: E731
+        mean = group(jnp.mean(xf, spatial))                 # [B, G]
+        mean_sq = group(jnp.mean(jnp.square(xf), spatial))
         inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
         per_channel = lambda a: jnp.repeat(a, c // g, axis=-1)  # noqa: E731  [B, G] -> [B, C]
         expand = lambda a: a.reshape(a.shape[:1] + (1,) * len(spatial) + a.shape[1:])  # noqa: E731
@@ -79,10 +70,12 @@ class GroupNorm(nn.Module):
 
 
 def group_norm(channels: int, dtype: Dtype, param_dtype: Dtype,
-               name: str | None = None) -> GroupNorm:
-    """A :class:`GroupNorm` sized by :func:`num_groups`."""
-    return GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
-                     param_dtype=param_dtype, name=name)
+               name: str | None = None) -> nn.Module:
+    """A GroupNorm sized by :func:`num_groups`: :class:`GroupNorm` on GPUs, Flax's elsewhere
+    (the faster of the two on each; the same parameters, so checkpoints move between them)."""
+    kind = GroupNorm if jax.default_backend() == "gpu" else nn.GroupNorm
+    return kind(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
+                param_dtype=param_dtype, name=name)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
