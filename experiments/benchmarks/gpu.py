@@ -22,7 +22,9 @@ skipped once ``--budget`` seconds have passed:
 7. where the CIFAR step's device time goes: a ``jax.profiler`` trace of 3 steps, the GPU's
    kernels summed by kind (convolution, matmul, attention, fusion, ...) and by name, and the
    share of the step's wall time the GPU is busy (``--trace_dir`` keeps the trace and the
-   optimised HLO).
+   optimised HLO);
+8. the CIFAR step with Flax's GroupNorm and with diffjax's (which ``group_norm`` picks on
+   GPUs; experiments/benchmarks/group_norm.py), alternating rounds.
 
 Memory: XLA's memory analysis of the compiled step (arguments + outputs + temporaries less
 donated aliases), and on GPU the device's ``peak_bytes_in_use`` after the part.
@@ -363,7 +365,26 @@ def parts(args) -> list[tuple[str, Callable[[], Any]]]:
         ("torch peers", lambda: torch_rows(batch, steps, peak(), smoke)),
         ("profile", lambda: profile_rows(cifar(), (32, 32, 3), batch, args.trace_dir,
                                          "cifar_ddpmpp", peak())),
+        ("GroupNorm", lambda: group_norm_rows(cifar, batch, steps)),
     ]
+
+
+def group_norm_rows(cifar: Callable[[], Any], batch: int, steps: int) -> list[dict]:
+    """The CIFAR step with Flax's GroupNorm and with diffjax's (experiments/benchmarks/
+    group_norm.py), compiled once each, timed in alternating rounds."""
+    from experiments.benchmarks import group_norm as gn
+
+    rows = []
+    for label, factory in (("Flax's", gn.flax_group_norm), ("diffjax's", gn.ours_group_norm)):
+        with gn.using(factory):
+            s = Step(cifar(), (32, 32, 3), batch)
+        rows.append((label, s))
+    rates: dict[str, list[float]] = {label: [] for label, _ in rows}
+    for _ in range(3):
+        for label, s in rows:
+            rates[label].append(s.examples_per_s(steps))
+    return [step_row(f"CIFAR DDPM++ train, {label} GroupNorm (median of 3)", s,
+                     float(np.median(rates[label])), None) for label, s in rows]
 
 
 def write_table(rows: list[dict], path: str, header: str) -> None:

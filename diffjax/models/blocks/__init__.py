@@ -35,7 +35,7 @@ def maybe_remat(block: M, remat: bool, static_argnums: Sequence[int] = ()) -> M:
 
 
 __all__ = [
-    "AdaGroupNorm", "AdaLNZero", "Attention", "GroupNorm", "DEFAULT_EMBEDDING_SCALE", "EMBEDDINGS",
+    "AdaGroupNorm", "AdaLNZero", "Attention", "DEFAULT_EMBEDDING_SCALE", "EMBEDDINGS", "GroupNorm",
     "IMPLEMENTATIONS", "NoiseEmbedding", "PooledContext", "check_embedding",
     "check_implementation", "check_patchable", "context_for", "context_from",
     "conv_general_dilated", "downsample_avg",

@@ -41,8 +41,9 @@ class GroupNorm(nn.Module):
     which XLA:GPU lowers to strided reductions or a transposed copy; per channel it is a
     column reduction with the channels contiguous, and the group step acts on a ``[B, C]``
     array. The CIFAR DDPM++ bf16 train step at batch 128 on an H200 ran 3652 examples/s
-    with it against 3420 with Flax's (+7%). On the 2-core CPU it was 4-8% slower than Flax's,
-    so :func:`group_norm` uses it on GPUs only. The same numbers, up to float rounding.
+    with it against 3420 with Flax's (+7%); on the 2-core CPU its step was 8-16% slower than
+    with Flax's, so :func:`group_norm` uses it on GPUs only (experiments/benchmarks/
+    group_norm.py measures both). The same numbers, up to float rounding.
     """
     num_groups: int
     epsilon: float = 1e-6

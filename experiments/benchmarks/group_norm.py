@@ -1,0 +1,93 @@
+"""GroupNorm, Flax's against diffjax's (per channel, then per group), in the ddpm train step.
+
+    python experiments/benchmarks/group_norm.py [--rounds=3] [--steps=N]
+
+``diffjax.models.blocks.group_norm`` picks :class:`diffjax.models.blocks.GroupNorm` on GPUs and
+Flax's ``nn.GroupNorm`` elsewhere; this times the same network's train step (``Step`` of
+``experiments/benchmarks/gpu.py``) with each, compiled once, in alternating rounds, and prints
+examples/s and the ratio. On a CPU: the bench U-Net (configs/bench_unet.py) at batch 32 and the
+digits U-Net at batch 128, float32; on a GPU: CIFAR-10 DDPM++ at batch 128, bfloat16.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from diffjax import models  # noqa: E402
+from diffjax.models import unet  # noqa: E402
+from diffjax.models.blocks import norms  # noqa: E402
+from experiments.benchmarks.gpu import BENCH_UNET, CIFAR_DDPMPP, Step  # noqa: E402
+
+# configs/digits.py's network
+DIGITS_UNET = dict(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(4,))
+
+
+def flax_group_norm(channels, dtype, param_dtype, name=None):
+    return nn.GroupNorm(num_groups=norms.num_groups(channels), epsilon=1e-6, dtype=dtype,
+                        param_dtype=param_dtype, name=name)
+
+
+def ours_group_norm(channels, dtype, param_dtype, name=None):
+    return norms.GroupNorm(num_groups=norms.num_groups(channels), epsilon=1e-6, dtype=dtype,
+                           param_dtype=param_dtype, name=name)
+
+
+@contextlib.contextmanager
+def using(factory):
+    """Every U-Net GroupNorm (plain and AdaGN) built by ``factory`` inside the block."""
+    saved = unet.group_norm, norms.group_norm
+    unet.group_norm = norms.group_norm = factory
+    try:
+        yield
+    finally:
+        unet.group_norm, norms.group_norm = saved
+
+
+def compare(name: str, make_net, shape, batch: int, steps: int, rounds: int) -> str:
+    compiled = {}
+    for label, factory in (("Flax", flax_group_norm), ("diffjax", ours_group_norm)):
+        with using(factory):
+            compiled[label] = Step(make_net(), shape, batch)
+    rates = {label: [] for label in compiled}
+    for _ in range(rounds):
+        for label, s in compiled.items():
+            rates[label].append(s.examples_per_s(steps))
+    flax, ours = (float(np.median(rates[k])) for k in ("Flax", "diffjax"))
+    return f"| {name} | {batch} | {flax:.1f} | {ours:.1f} | {ours / flax:.2f}x |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=0, help="timed steps a round (default: "
+                                                             "4 / 30 on CPU, 20 on GPU)")
+    args = parser.parse_args()
+    gpu = jax.default_backend() == "gpu"
+    lines = [f"{jax.devices()[0].device_kind}, jax {jax.__version__}; train-step examples/s, "
+             f"median of {args.rounds} alternating rounds", "",
+             "| network | batch | Flax's GroupNorm | diffjax's | ratio |",
+             "|---|---:|---:|---:|---:|"]
+    if gpu:
+        lines.append(compare("CIFAR-10 DDPM++ bf16", lambda: models.UNet(
+            **CIFAR_DDPMPP, dtype=jnp.bfloat16), (32, 32, 3), 128, args.steps or 20, args.rounds))
+    else:
+        lines.append(compare("bench U-Net f32", lambda: models.UNet(**BENCH_UNET), (32, 32, 3),
+                             32, args.steps or 4, args.rounds))
+        lines.append(compare("digits U-Net f32", lambda: models.UNet(**DIGITS_UNET), (8, 8, 1),
+                             128, args.steps or 30, args.rounds))
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
