@@ -2,7 +2,8 @@
 the frozen text encoder's own space.
 
 A text-conditioned model can only answer a paraphrase the way it answers the caption if its
-text encoder puts the two close together. For the first ``--num`` test captions this prints,
+text encoder puts the two close together. For the first ``--num`` test captions (those the
+evaluation asks for first: chunk 0 of the test split, generated without tfds) this prints,
 in all-MiniLM-L6-v2's sentence space (the masked mean of its token states, L2-normalised, as
 sentence-transformers pools it): the mean cosine between each caption and its ``reordered``
 and ``reworded`` paraphrase (:mod:`diffjax.data.shapes_paraphrase`), the same between each

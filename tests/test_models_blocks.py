@@ -159,6 +159,23 @@ def test_group_norm_matches_the_definition_and_flax_gradients(shape):
         blocks.GroupNorm(num_groups=3).init(key(0), jnp.zeros((1, 2, 2, 8)))
 
 
+def test_group_norm_picks_flax_off_gpus_and_either_kind_reads_the_other_parameters():
+    """``group_norm`` gives Flax's module on CPU (ours on GPUs) unless ``kind`` says; a
+    checkpoint of one kind applied in the other gives the same output (one parameter tree)."""
+    import flax.linen as nn
+
+    default = blocks.group_norm(16, jnp.float32, jnp.float32)
+    assert isinstance(default, blocks.GroupNorm if jax.default_backend() == "gpu"
+                      else nn.GroupNorm)
+    x = np.random.default_rng(2).standard_normal((2, 3, 3, 16)).astype(np.float32)
+    ours = blocks.group_norm(16, jnp.float32, jnp.float32, kind=blocks.GroupNorm)
+    flax_gn = blocks.group_norm(16, jnp.float32, jnp.float32, kind=nn.GroupNorm)
+    assert isinstance(ours, blocks.GroupNorm) and ours.num_groups == flax_gn.num_groups == 4
+    variables = _random_params(flax_gn, x, seed=3)
+    np.testing.assert_allclose(ours.apply(variables, x), flax_gn.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_ada_ln_zero_regresses_exactly_zero_at_init():
     c = jnp.asarray(np.random.default_rng(4).standard_normal((3, 5)), jnp.float32)
     module = blocks.AdaLNZero(features=4, chunks=3)

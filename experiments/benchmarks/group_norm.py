@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 
@@ -33,14 +34,9 @@ from experiments.benchmarks.gpu import BENCH_UNET, CIFAR_DDPMPP, Step  # noqa: E
 DIGITS_UNET = dict(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(4,))
 
 
-def flax_group_norm(channels, dtype, param_dtype, name=None):
-    return nn.GroupNorm(num_groups=norms.num_groups(channels), epsilon=1e-6, dtype=dtype,
-                        param_dtype=param_dtype, name=name)
-
-
-def ours_group_norm(channels, dtype, param_dtype, name=None):
-    return norms.GroupNorm(num_groups=norms.num_groups(channels), epsilon=1e-6, dtype=dtype,
-                           param_dtype=param_dtype, name=name)
+# norms.group_norm with each kind forced, whatever the backend
+flax_group_norm = functools.partial(norms.group_norm, kind=nn.GroupNorm)
+ours_group_norm = functools.partial(norms.group_norm, kind=norms.GroupNorm)
 
 
 @contextlib.contextmanager

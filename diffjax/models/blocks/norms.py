@@ -70,11 +70,13 @@ class GroupNorm(nn.Module):
         return out.astype(self.dtype or x.dtype)
 
 
-def group_norm(channels: int, dtype: Dtype, param_dtype: Dtype,
-               name: str | None = None) -> nn.Module:
-    """A GroupNorm sized by :func:`num_groups`: :class:`GroupNorm` on GPUs, Flax's elsewhere
-    (the faster of the two on each; the same parameters, so checkpoints move between them)."""
-    kind = GroupNorm if jax.default_backend() == "gpu" else nn.GroupNorm
+def group_norm(channels: int, dtype: Dtype, param_dtype: Dtype, name: str | None = None,
+               kind: type[nn.Module] | None = None) -> nn.Module:
+    """A GroupNorm sized by :func:`num_groups`: ``kind`` (:class:`GroupNorm` or Flax's
+    ``nn.GroupNorm``), by default :class:`GroupNorm` on GPUs and Flax's elsewhere (the faster
+    of the two on each; the same parameters, so checkpoints move between them)."""
+    if kind is None:
+        kind = GroupNorm if jax.default_backend() == "gpu" else nn.GroupNorm
     return kind(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
                 param_dtype=param_dtype, name=name)
 
