@@ -45,6 +45,7 @@ GROUPS = {
     "test_train.py": "train",
     "test_t2i.py": "text_base",  # both read the text_base fixture
     "test_controlnet.py": "text_base",
+    "test_distill_guided.py": "text_base",
     "test_controlnet_network.py": "controlnet_network",
     "test_shapes_eval.py": "shapes_eval",
     "test_intuition_page.py": "intuition_page",
@@ -71,7 +72,7 @@ EIGHT_DEVICES = "test_train.py::test_eight_simulated_devices_and_pmap_give_the_o
 COSTS = {
     "train": 300,
     EIGHT_DEVICES: 210,
-    "text_base": 180,
+    "text_base": 240,
     "sweep": 150,
     "intuition_page": 140,
     "shapes_eval": 115,

@@ -15,6 +15,12 @@ student's network (``config.distill.init_from_teacher``, default True): reflow t
 to straighten a field that already transports noise to data; ``config.distill.init_from``
 starts it from another run instead.
 
+A conditional student (class labels, text) gets conditional couplings: each noise is
+paired with a condition drawn from the training data (:func:`coupling_conditions`) and
+solved under it, by the teacher read under ``config.distill.guidance_scale`` when set
+(:mod:`diffjax.distill.teacher`), so the student learns the guided transport and samples
+without guidance, one network call a step.
+
 ``config.distill.reflow_steps = k >= 1`` is Liu et al.'s k-step distillation: the same loss
 on the same couplings, with ``t`` drawn from the ``k`` times at which the ``k``-step Euler
 sampler evaluates the model (``uniform`` grid over the path's ``[t_min, t_max]``) instead of
@@ -49,39 +55,104 @@ from diffjax.training.setup import Setup
 Array = jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
-def _solve(path: Path, x0_fn, params, eps: Array, num_steps: int, std: float) -> Array:
-    """The teacher ODE's samples from ``std * eps`` at ``t_max``; ``params`` traced."""
-    return ode.solve_to_data(path, lambda x, t: x0_fn(params, x, t), std * eps,
+@functools.partial(jax.jit, static_argnums=(0, 1, 5, 6))
+def _solve(path: Path, x0_fn, params, eps: Array, cond, num_steps: int, std: float) -> Array:
+    """The teacher ODE's samples from ``std * eps`` at ``t_max`` under ``cond``; ``params``
+    and ``cond`` traced."""
+    return ode.solve_to_data(path, lambda x, t: x0_fn(params, x, t, cond), std * eps,
                              jnp.full(eps.shape[:1], path.t_max, eps.dtype), num_steps)
 
 
 def couplings(x0_fn: Callable[..., Array], path: Path, shape: tuple[int, ...],
               seed: int, num_steps: int, batch: int = 1024,
-              params: Any = None) -> tuple[Array, Array]:
+              params: Any = None, cond: Optional[dict] = None,
+              noise: Optional[Array] = None) -> tuple[Array, Array]:
     """``(eps, x0)``, each ``[n, ...]`` for ``shape = (n, ...)``: ``eps ~ N(0, I)`` drawn from
     ``seed``, and ``x0`` the teacher ODE's sample from the prior point ``prior_std * eps`` at
     ``t = 1`` (RK4, ``num_steps`` steps; in chunks of ``batch`` rows).
 
     ``x0_fn(x, t)``, or with ``params`` ``x0_fn(params, x, t)``: the parameters are then a
     traced argument of the compiled solve (DESIGN §6), never its constants, and another set
-    of them (another checkpoint of the same network) reuses the compiled program.
+    of them (another checkpoint of the same network) reuses the compiled program. With
+    ``cond`` (a condition pytree of ``[n, ...]`` arrays, one row per coupling) the teacher
+    is ``x0_fn(params, x, t, cond)`` and coupling ``i`` is solved under row ``i``. ``noise``
+    (``shape``) replaces the seed's draw.
 
     Raises:
-      ValueError: ``n`` or ``num_steps`` below 1.
+      ValueError: ``n`` or ``num_steps`` below 1, ``cond`` rows that are not ``n``, or
+        ``noise`` not of ``shape``.
     """
     n = shape[0]
     if n < 1 or num_steps < 1:
         raise ValueError(f"reflow couplings need n >= 1 and num_steps >= 1, got {n}, {num_steps}")
-    if params is None:
-        fn, params = (lambda p, x, t: x0_fn(x, t)), {}
-    else:
-        fn = x0_fn
-    eps = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+    if cond and any(jnp.shape(v)[0] != n for v in cond.values()):
+        raise ValueError(f"reflow couplings: {n} couplings but conditions of rows "
+                         f"{ {k: jnp.shape(v)[0] for k, v in cond.items()} }")
+    fn = _Teacher(x0_fn, params is not None, bool(cond))
+    params = {} if params is None else params
+    cond = dict(cond or {})
+    if noise is not None and tuple(jnp.shape(noise)) != tuple(shape):
+        raise ValueError(f"reflow couplings: noise of shape {jnp.shape(noise)}, not {shape}")
+    eps = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32) if noise is None \
+        else jnp.asarray(noise, jnp.float32)
     std = path.prior_std()  # a Python float: computed outside the trace
-    x0 = jnp.concatenate([_solve(path, fn, params, eps[i:i + batch], num_steps, std)
-                          for i in range(0, n, batch)])
+    x0 = jnp.concatenate([
+        _solve(path, fn, params, eps[i:i + batch],
+               {k: jnp.asarray(v[i:i + batch]) for k, v in cond.items()}, num_steps, std)
+        for i in range(0, n, batch)])
     return eps, x0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Teacher:
+    """``x0_fn`` called as ``(params, x, t, cond)`` whatever it takes; equal for an equal
+    ``x0_fn``, so a later set of couplings reuses the compiled solve."""
+
+    x0_fn: Callable[..., Array]
+    has_params: bool
+    has_cond: bool
+
+    def __call__(self, params, x, t, cond):
+        args = ((params,) if self.has_params else ()) + (x, t)
+        return self.x0_fn(*args, cond) if self.has_cond else self.x0_fn(*args)
+
+
+def coupling_conditions(setup: Setup, n: int, seed: int) -> dict[str, np.ndarray]:
+    """The condition of each of ``n`` couplings of a conditional student (``{}`` for an
+    unconditional one): class labels drawn uniformly, a text model's conditions those of
+    training captions drawn uniformly from the training split (its ``data_table``), both
+    from ``seed``, so the set is as reproducible as the noise.
+
+    Raises:
+      ValueError: a condition kind couplings cannot draw (e.g. ``control``).
+    """
+    kinds = tuple(setup.cond_kinds)
+    if not kinds:
+        return {}
+    rng = np.random.default_rng([seed, 1])   # not the noise's stream
+    cond: dict[str, np.ndarray] = {}
+    if "label" in kinds:
+        cond["label"] = rng.integers(0, setup.data_info.num_classes, n).astype(np.int32)
+    if setup.text is not None:
+        data = setup.config.data
+        table = setup.text.data_table(data.dataset, "train", data.get("data_dir"))
+        rows = rng.integers(0, len(table.rows), n)
+        for k in setup.text.keys:
+            cond[k] = np.stack([table.lookup(int(i))[k] for i in rows])
+    missing = [k for k in kinds if k not in cond]
+    if missing:
+        raise ValueError(f"config.task='reflow' draws the couplings' conditions from the "
+                         f"training data's labels and captions; it cannot draw {missing} "
+                         f"(the network reads {list(kinds)})")
+    return cond
+
+
+def _digest(tree: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tree):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(tree[k]).tobytes())
+    return h.hexdigest()
 
 
 def straightness(velocity_fn: Callable[[Array, Array], Array], x1: Array,
@@ -109,8 +180,9 @@ CACHE_FORMAT = 1
 class Reflow:
     """The denoising objective on coupled pairs: rows drawn from the coupling set.
 
-    The couplings reach the step as data, ``frozen[COUPLINGS_KEY] = {"eps", "x0"}`` (traced
-    arguments, :attr:`frozen_arrays`), never as constants of the compiled step."""
+    The couplings reach the step as data, ``frozen[COUPLINGS_KEY] = {"eps", "x0"}`` plus, for
+    a conditional student, ``"cond"`` (each pair's condition; the batch's is then unused)
+    (traced arguments, :attr:`frozen_arrays`), never as constants of the compiled step."""
 
     setup: Setup
     frozen_arrays: dict
@@ -125,13 +197,16 @@ class Reflow:
 
     def loss(self, params, batch, key, frozen, rows=None):
         pairs = frozen[COUPLINGS_KEY]  # the teacher was read once, into the couplings
-        cond = tasks.condition(self.setup, batch)
         b = batch["x"].shape[0]
         total = b if rows is None else rows.total
         take = (lambda a: a) if rows is None else rows.take
         k_idx, k_t, k_drop = jax.random.split(key, 3)
         idx = take(jax.random.randint(k_idx, (total,), 0, pairs["eps"].shape[0]))
         t = take(self.sample_t(k_t, total))
+        # each pair's own condition (the teacher's sample was solved under it); no dropout:
+        # a guided pair is not a sample of the null condition
+        cond = {k: v[idx] for k, v in pairs["cond"].items()} if pairs.get("cond") else \
+            tasks.condition(self.setup, batch)
 
         def model(x, s, c):
             return self.setup.denoiser.apply({"params": params}, x, s, c, train=True,
@@ -166,21 +241,25 @@ def build(setup: Setup, references) -> Reflow:
     k = settings.get(config, "reflow_steps")
     _check_steps(k)
     times = euler_times(setup.denoiser.path, k) if k else None
-    if setup.cond_kinds:
-        raise ValueError("config.task='reflow' couples noise with unconditional teacher "
-                         "samples; set model.class_conditional=False")
     teacher = teacher_lib.teacher_of(setup, references)
     reference = references[teacher_lib.TEACHER_KEY]
     shape = (int(settings.get(config, "num_couplings")),) + tuple(setup.data_info.shape)
     seed, steps = int(settings.get(config, "coupling_seed")), int(settings.get(config, "ode_steps"))
+    cond = coupling_conditions(setup, shape[0], seed)
     solve = lambda: couplings(teacher.x0_hat, setup.denoiser.path, shape, seed,  # noqa: E731
-                              steps, params=reference.params)
+                              steps, params=reference.params, cond=cond or None)
     digest = reference.identity.get("params_sha256")
-    eps, x0 = cached(settings.get(config, "couplings_cache") if digest else "off", {
-        "teacher": [digest, reference.identity.get("config_sha256")],
-        "path": repr(setup.denoiser.path), "shape": list(shape), "seed": seed,
-        "ode_steps": steps}, solve)
-    return Reflow(setup, {COUPLINGS_KEY: {"eps": eps, "x0": x0}}, times)
+    spec = {"teacher": [digest, reference.identity.get("config_sha256")],
+            "path": repr(setup.denoiser.path), "shape": list(shape), "seed": seed,
+            "ode_steps": steps}
+    if cond:   # (an unconditional set keeps its old name)
+        spec.update(cond_sha256=_digest(cond),
+                    guidance=[teacher.guidance_scale, teacher.guidance_interval])
+    eps, x0 = cached(settings.get(config, "couplings_cache") if digest else "off", spec, solve)
+    pairs = {"eps": eps, "x0": x0}
+    if cond:
+        pairs["cond"] = {k: jnp.asarray(v) for k, v in cond.items()}
+    return Reflow(setup, {COUPLINGS_KEY: pairs}, times)
 
 
 def cached(folder: Optional[str], spec: dict, solve: Callable[[], tuple]) -> tuple:

@@ -14,6 +14,11 @@ def default_config() -> ml_collections.ConfigDict:
         # progressive, reflow: the student starts as its teacher when the teacher is a run
         # with the student's network (False: from the config's seed, for ablations).
         "init_from_teacher": True,
+        # a conditional teacher read under classifier-free guidance of this scale (1.0: not
+        # guided), only inside guidance_interval = (lo, hi) in sigma/alpha when set; the
+        # student then samples at guidance 1 (diffjax.distill.teacher).
+        "guidance_scale": 1.0,
+        "guidance_interval": ml_collections.FieldReference(None, field_type=tuple),
         # progressive, reflow: start from this run's EMA parameters instead (a run of the
         # student's network, e.g. a reflow student fine-tuned at its sampler's times on the
         # original teacher's couplings); None: the teacher's.

@@ -6,6 +6,15 @@
 way a task sees one function, :meth:`Teacher.x0_hat`, the teacher's posterior-mean estimate
 under the *student's* path; the probability-flow ODE, DDIM steps and velocities follow from it
 (:mod:`diffjax.distill.ode`).
+
+A conditional teacher can be read under classifier-free guidance
+(``config.distill.guidance_scale = w``, optionally only inside
+``config.distill.guidance_interval = (lo, hi)`` in ``sigma/alpha``): its ``x0_hat`` is then
+``x0_u + w (x0_c - x0_u)`` with ``x0_u`` the teacher under the null condition (Ho & Salimans
+2022), so a student learns the guided field and samples it with ``w = 1``, one model call per
+step instead of guidance's doubled batch (the fixed-``w`` case of Meng et al. 2023, "On
+distillation of guided diffusion models"). A row whose condition is already the null one
+(the student's condition dropout) gets ``x0_u`` back, the unguided teacher.
 """
 from __future__ import annotations
 
@@ -17,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffjax import analytic, targets
+from diffjax import analytic, conditions, targets
 from diffjax.distill import settings
 from diffjax.paths import Path
 from diffjax.training import frozen, tasks
@@ -73,9 +82,50 @@ class Teacher:
 
     x0_fn: Callable[[Any, Array, Array, Mapping[str, Array]], Array]
     path: Path
+    guidance_scale: float = 1.0
+    guidance_interval: Optional[tuple[float, float]] = None
+    null: Optional[Callable[[Mapping[str, Array]], dict]] = None   # cond -> its null
 
     def x0_hat(self, params: Any, x: Array, t: Array, cond: Optional[Mapping] = None) -> Array:
-        return self.x0_fn(params, x, t, dict(cond or {}))
+        cond = dict(cond or {})
+        if self.guidance_scale == 1.0 or not cond:
+            return self.x0_fn(params, x, t, cond)
+        # One call on [x; x] under (cond, null), as the samplers guide (DESIGN §6).
+        both = self.x0_fn(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                          conditions.concat(cond, self.null(cond)))
+        x0_c, x0_u = jnp.split(both, 2)
+        w = jnp.full(t.shape, self.guidance_scale, x.dtype)
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            level = jnp.exp(-0.5 * self.path.logsnr(t))     # sigma / alpha, per row
+            w = jnp.where((lo <= level) & (level <= hi), w, 1.0)
+        return x0_u + w.reshape((-1,) + (1,) * (x.ndim - 1)) * (x0_c - x0_u)
+
+
+def guidance_of(config: ml_collections.ConfigDict) -> tuple[float, Optional[tuple]]:
+    """``(config.distill.guidance_scale, config.distill.guidance_interval)``, checked.
+
+    Raises:
+      ValueError: a scale that is not a number, an interval that is not ``(lo, hi)`` with
+        ``0 <= lo <= hi``, or an interval without guidance.
+    """
+    w, interval = settings.get(config, "guidance_scale"), settings.get(config, "guidance_interval")
+    if isinstance(w, bool) or not isinstance(w, (int, float)):
+        raise ValueError(f"config.distill.guidance_scale={w!r}: a number (1.0: the teacher "
+                         "unguided)")
+    if interval is None:
+        return float(w), None
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        lo = hi = -1.0
+    if not 0.0 <= lo <= hi:
+        raise ValueError(f"config.distill.guidance_interval={interval!r}: (lo, hi) in the "
+                         "path's sigma/alpha with 0 <= lo <= hi, or None (guide everywhere)")
+    if float(w) == 1.0:
+        raise ValueError(f"config.distill.guidance_interval={interval!r} needs guidance: set "
+                         "config.distill.guidance_scale != 1")
+    return float(w), (lo, hi)
 
 
 def teacher_key(config: ml_collections.ConfigDict) -> dict[str, str]:
@@ -85,6 +135,7 @@ def teacher_key(config: ml_collections.ConfigDict) -> dict[str, str]:
       ValueError: ``config.distill.teacher`` unset.
     """
     teacher = config.get("distill", {}).get("teacher")
+    guidance_of(config)   # (its errors before anything is read)
     if not teacher:
         raise ValueError(f"config.task={config.task!r} needs config.distill.teacher: a trained "
                          "run's workdir or 'analytic:<mixture>' (choices: "
@@ -106,6 +157,7 @@ def teacher_and_start_keys(config: ml_collections.ConfigDict) -> dict[str, str]:
 def optional_teacher_key(config: ml_collections.ConfigDict) -> dict[str, str]:
     """As :func:`teacher_key`, ``{}`` when no teacher is set (a method that can train alone)."""
     teacher = config.get("distill", {}).get("teacher")
+    guidance_of(config)
     return {TEACHER_KEY: str(teacher)} if teacher else {}
 
 
@@ -131,7 +183,7 @@ def from_reference(setup: Setup, reference: frozen.Reference) -> Teacher:
             label = cond.get("label")
             return mixture.x0_hat(path, x, t, label).astype(x.dtype)
 
-        return Teacher(x0_mixture, path)
+        return _guided(setup, Teacher(x0_mixture, path), ("label",), setup.nulls)
     tsetup = reference.setup
     where = reference.identity["workdir"]
     if tuple(tsetup.data_info.shape) != tuple(setup.data_info.shape):
@@ -144,12 +196,52 @@ def from_reference(setup: Setup, reference: frozen.Reference) -> Teacher:
                          "config.path")
     den = tsetup.denoiser
     kinds = tsetup.cond_kinds
+    missing = [k for k in kinds if k not in setup.cond_kinds]
+    if missing:
+        raise ValueError(f"config.distill.teacher={where} reads condition(s) {missing} that the "
+                         f"student's network does not ({list(setup.cond_kinds)}): give the "
+                         "student the teacher's conditioning (e.g. the same config.model."
+                         "text_encoder or class_conditional)")
 
     def x0_run(params, x, t, cond):
         out = den.apply({"params": params}, x, t, {k: cond[k] for k in kinds if k in cond})
         return targets.to_x0_eps(den.target, path, out, x, t)[0]
 
-    return Teacher(x0_run, path)
+    guided = _guided(setup, Teacher(x0_run, path), kinds, tsetup.nulls)
+    theirs = (tsetup.config.get("distill") if tsetup.config is not None else None) or {}
+    own = theirs.get("guidance_scale", 1.0) if theirs.get("teacher") else 1.0
+    if guided.guidance_scale != 1.0 and own != 1.0:
+        raise ValueError(f"config.distill.teacher={where} is a student of a teacher guided at "
+                         f"{own} already; guiding it again at config.distill.guidance_scale="
+                         f"{guided.guidance_scale} compounds the two: set "
+                         "config.distill.guidance_scale=1 (e.g. for round 2 of progressive "
+                         "distillation)")
+    return guided
+
+
+def _guided(setup: Setup, teacher: Teacher, kinds, nulls: conditions.Nulls) -> Teacher:
+    """``teacher`` under the student's ``config.distill`` guidance (see the module).
+
+    Raises:
+      ValueError: guidance of a teacher that reads no condition the student has.
+    """
+    w, interval = guidance_of(setup.config)
+    if w == 1.0:
+        return teacher
+    kinds = [k for k in kinds if k in setup.cond_kinds]
+    if not kinds:
+        raise ValueError(f"config.distill.guidance_scale={w}: guidance needs a conditional "
+                         "teacher and student; the teacher reads none of the student's "
+                         f"conditions {list(setup.cond_kinds)}")
+
+    def null(cond):
+        cond = {k: v for k, v in cond.items() if k in kinds}
+        return nulls.null(cond)
+
+    def x0_fn(params, x, t, cond):   # both halves read only the teacher's kinds
+        return teacher.x0_fn(params, x, t, {k: v for k, v in cond.items() if k in kinds})
+
+    return Teacher(x0_fn, teacher.path, w, interval, null)
 
 
 def teacher_of(setup: Setup, references: Mapping[str, frozen.Reference]) -> Teacher:
