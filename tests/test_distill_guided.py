@@ -48,7 +48,8 @@ def _references(config):
     return frozen.load_all(tasks.get(config.task).references(config))
 
 
-def test_the_guided_teacher_is_the_mixtures_guided_posterior_mean_inside_its_interval(data_dir, tmp_path):
+def test_the_guided_teacher_is_the_mixtures_guided_posterior_mean_inside_its_interval(
+        data_dir, tmp_path):
     """x0_hat under guidance w on (lo, hi) is x0_u + w (x0_c - x0_u) of the exact mixture
     (x0_u: its unconditional posterior mean), x0_c outside the interval, and x0_u for a row
     whose label is already the null one."""
