@@ -70,6 +70,7 @@ def get_config(recipe: str = "reflow") -> ml_collections.ConfigDict:
     config.distill.guidance_interval = config_t2i_guidance()[1]
     config.distill.num_couplings = 2048     # 2048 guided RK4 solves: ~10 CPU minutes
     config.distill.ode_steps = 8
+    config.distill.coupling_batch = 256     # the guided U-Net on 512 rows at a time
     config.distill.steps = (16, 8, 4, 2, 1)
     if recipe == "meanflow":
         config.model.embedding_scale = 50.0   # as configs/digits_distill.py

@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import zipfile
 from typing import Any, Callable, Optional
 
@@ -66,7 +67,8 @@ def _solve(path: Path, x0_fn, params, eps: Array, cond, num_steps: int, std: flo
 def couplings(x0_fn: Callable[..., Array], path: Path, shape: tuple[int, ...],
               seed: int, num_steps: int, batch: int = 1024,
               params: Any = None, cond: Optional[dict] = None,
-              noise: Optional[Array] = None) -> tuple[Array, Array]:
+              noise: Optional[Array] = None,
+              progress: Optional[Callable[[int, int], None]] = None) -> tuple[Array, Array]:
     """``(eps, x0)``, each ``[n, ...]`` for ``shape = (n, ...)``: ``eps ~ N(0, I)`` drawn from
     ``seed``, and ``x0`` the teacher ODE's sample from the prior point ``prior_std * eps`` at
     ``t = 1`` (RK4, ``num_steps`` steps; in chunks of ``batch`` rows).
@@ -76,15 +78,17 @@ def couplings(x0_fn: Callable[..., Array], path: Path, shape: tuple[int, ...],
     of them (another checkpoint of the same network) reuses the compiled program. With
     ``cond`` (a condition pytree of ``[n, ...]`` arrays, one row per coupling) the teacher
     is ``x0_fn(params, x, t, cond)`` and coupling ``i`` is solved under row ``i``. ``noise``
-    (``shape``) replaces the seed's draw.
+    (``shape``) replaces the seed's draw. ``progress(done, n)`` is called after each chunk.
 
     Raises:
-      ValueError: ``n`` or ``num_steps`` below 1, ``cond`` rows that are not ``n``, or
+      ValueError: ``n``, ``num_steps`` or ``batch`` below 1, ``cond`` rows that are not ``n``, or
         ``noise`` not of ``shape``.
     """
     n = shape[0]
-    if n < 1 or num_steps < 1:
-        raise ValueError(f"reflow couplings need n >= 1 and num_steps >= 1, got {n}, {num_steps}")
+    if n < 1 or num_steps < 1 or batch < 1:
+        raise ValueError(f"reflow couplings need n, num_steps and batch (config.distill."
+                         f"num_couplings, ode_steps, coupling_batch) >= 1, got {n}, "
+                         f"{num_steps}, {batch}")
     if cond and any(jnp.shape(v)[0] != n for v in cond.values()):
         raise ValueError(f"reflow couplings: {n} couplings but conditions of rows "
                          f"{ {k: jnp.shape(v)[0] for k, v in cond.items()} }")
@@ -96,11 +100,14 @@ def couplings(x0_fn: Callable[..., Array], path: Path, shape: tuple[int, ...],
     eps = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32) if noise is None \
         else jnp.asarray(noise, jnp.float32)
     std = path.prior_std()  # a Python float: computed outside the trace
-    x0 = jnp.concatenate([
-        _solve(path, fn, params, eps[i:i + batch],
-               {k: jnp.asarray(v[i:i + batch]) for k, v in cond.items()}, num_steps, std)
-        for i in range(0, n, batch)])
-    return eps, x0
+    chunks = []
+    for i in range(0, n, batch):
+        chunks.append(_solve(path, fn, params, eps[i:i + batch],
+                             {k: jnp.asarray(v[i:i + batch]) for k, v in cond.items()},
+                             num_steps, std))
+        if progress is not None:
+            progress(min(i + batch, n), n)
+    return eps, jnp.concatenate(chunks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +253,17 @@ def build(setup: Setup, references) -> Reflow:
     shape = (int(settings.get(config, "num_couplings")),) + tuple(setup.data_info.shape)
     seed, steps = int(settings.get(config, "coupling_seed")), int(settings.get(config, "ode_steps"))
     cond = coupling_conditions(setup, shape[0], seed)
-    solve = lambda: couplings(teacher.x0_hat, setup.denoiser.path, shape, seed,  # noqa: E731
-                              steps, params=reference.params, cond=cond or None)
+    t0 = time.perf_counter()
+
+    def report(done, n):
+        if jax.process_index() == 0:
+            print(f"reflow couplings: {done}/{n} teacher ODE solves "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    solve = lambda: couplings(  # noqa: E731
+        teacher.x0_hat, setup.denoiser.path, shape, seed, steps,
+        batch=int(settings.get(config, "coupling_batch")), params=reference.params,
+        cond=cond or None, progress=report)
     digest = reference.identity.get("params_sha256")
     spec = {"teacher": [digest, reference.identity.get("config_sha256")],
             "path": repr(setup.denoiser.path), "shape": list(shape), "seed": seed,

@@ -38,6 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
         "num_couplings": 4096,
         "coupling_seed": 0,
         "ode_steps": 32,               # RK4 steps of the teacher ODE per coupling
+        "coupling_batch": 1024,        # couplings solved at once (memory: a guided teacher
+                                       # runs on twice as many rows)
         # reflow: where solved coupling sets are kept, keyed by their content (teacher
         # weights and config, path, shape, n, seed, ode_steps), so the k-step students of
         # one teacher solve its ODE once; "off": solve in every run.
