@@ -234,9 +234,8 @@ def _guided(setup: Setup, teacher: Teacher, kinds, nulls: conditions.Nulls) -> T
                          "teacher and student; the teacher reads none of the student's "
                          f"conditions {list(setup.cond_kinds)}")
 
-    def null(cond):
-        cond = {k: v for k, v in cond.items() if k in kinds}
-        return nulls.null(cond)
+    def null(cond):   # the teacher's kinds nulled; others (e.g. a student's "r") as given
+        return {**cond, **nulls.null({k: v for k, v in cond.items() if k in kinds})}
 
     def x0_fn(params, x, t, cond):   # both halves read only the teacher's kinds
         return teacher.x0_fn(params, x, t, {k: v for k, v in cond.items() if k in kinds})
