@@ -61,15 +61,41 @@ def test_every_method_trains_with_finite_loss_and_records_its_teacher(data_dir, 
     assert list(recorded) == ([teacher_lib.TEACHER_KEY] if teacher else [])
 
 
-def test_meanflow_resumes_to_the_straight_runs_losses(data_dir, tmp_path):
-    straight = _config(data_dir, "meanflow", num_steps=4)
-    train.train(straight, str(tmp_path / "straight"))
-    first = _config(data_dir, "meanflow", num_steps=2)
-    first.training.num_steps = 2
-    train.train(first, str(tmp_path / "resumed"))
-    train.train(_config(data_dir, "meanflow", num_steps=4), str(tmp_path / "resumed"))
+@pytest.mark.parametrize("task", sorted(METHODS))
+def test_every_method_resumes_to_the_straight_runs_losses(data_dir, tmp_path, task):
+    """2 steps, then 2 more from the checkpoint: the losses of 4 steps in one go, exactly
+    (the task's draws, its teacher and, for consistency training, its curriculum)."""
+    train.train(_config(data_dir, task, num_steps=4), str(tmp_path / "straight"))
+    train.train(_config(data_dir, task, num_steps=2), str(tmp_path / "resumed"))
+    train.train(_config(data_dir, task, num_steps=4), str(tmp_path / "resumed"))
     np.testing.assert_array_equal(helpers.losses(str(tmp_path / "resumed")),
                                   helpers.losses(str(tmp_path / "straight")))
+
+
+@pytest.fixture(scope="module")
+def vp_linear_run(data_dir, tmp_path_factory) -> str:
+    """A 2-step denoising run on the ring with the vp_linear path: a teacher no student's
+    path matches."""
+    config = _config(data_dir, "reflow")
+    config.task = "denoise"
+    config.path.name = "vp_linear"
+    config.model.target = "eps"
+    workdir = str(tmp_path_factory.mktemp("vp_linear_teacher"))
+    train.train(config, workdir)
+    return workdir
+
+
+@pytest.mark.parametrize("task", sorted(t for t, m in METHODS.items() if m[2]))
+def test_a_run_teacher_of_another_path_is_refused(data_dir, tmp_path, vp_linear_run, task):
+    """A run's x0_hat is a statement about its own path's marginals: every method with a
+    teacher refuses one of another path, naming both, before a step is saved."""
+    config = _config(data_dir, task)
+    config.distill.teacher = vp_linear_run
+    with pytest.raises(ValueError,
+                       match=r"trained on path VPLinear.*the student.s is .*the same config.path"):
+        train.train(config, str(tmp_path))
+    saved = os.path.join(tmp_path, "checkpoints")
+    assert not os.path.exists(saved) or not os.listdir(saved)
 
 
 def test_a_teacher_of_another_data_shape_is_refused(data_dir, tmp_path, monkeypatch):
