@@ -97,7 +97,9 @@ def main():
     rows["teacher (Euler, guided)"] = {k: evaluate(TEACHER, teacher, "euler", k, ev, args.seed)
                                        for k in NFES}
     save()
-    runs, steps_of = [], {"teacher": 2000}   # (row, method, workdir, flags, steps, NFEs)
+    with open(os.path.join(teacher, "config.json")) as f:   # what the run itself trained
+        steps_of = {"teacher": json.load(f)["training"]["num_steps"]}
+    runs = []   # (row, method, workdir, flags, steps, NFEs)
     for method in methods:
         wd = os.path.abspath(os.path.join(args.workdir, method))
         if method != "reflow_distill":
