@@ -36,10 +36,10 @@ from experiments.few_step_trained import main_cli  # noqa: E402
 
 NFES = (1, 2, 4, 8)
 TEACHER = "configs/shapes_t2i.py"
-# method -> (recipe of configs/shapes_distill.py, sampler, extra flags)
-METHODS = {"reflow": ("reflow", "euler", ()),
-           "reflow_distill": ("reflow", "euler", ()),
-           "meanflow": ("meanflow", "mean_flow", ())}
+# method -> (recipe of configs/shapes_distill.py, its few-step sampler)
+METHODS = {"reflow": ("reflow", "euler"),
+           "reflow_distill": ("reflow", "euler"),
+           "meanflow": ("meanflow", "mean_flow")}
 KEYS = ("shapes_eval", "shapes_eval_real", "fd_shapes", "fd_shapes_floor")
 
 
@@ -113,7 +113,7 @@ def main():
                           f"{args.distill_lr}", "--config.optim.warmup_steps=0"),
                          args.distill_steps, (k,)))
     for name, method, wd, extra, steps, nfes in runs:
-        recipe, sampler, _ = METHODS[method]
+        recipe, sampler = METHODS[method]
         config = f"configs/shapes_distill.py:{recipe}"
         steps_of[name] = steps
         if name not in results["wall_s"]:

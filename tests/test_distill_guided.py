@@ -65,6 +65,10 @@ def test_the_guided_teacher_is_the_mixtures_guided_posterior_mean_inside_its_int
     w = np.where(np.asarray(t) <= 0.5, 2.5, 1.0)[:, None]
     np.testing.assert_allclose(got, x0_u + w * (x0_c - x0_u), atol=1e-5)
     np.testing.assert_allclose(got[5:7], x0_u[5:7], atol=1e-5)
+    # every row outside the interval (a coupling solve's batch): the conditional teacher alone
+    late = jnp.full((8,), 0.8)
+    np.testing.assert_allclose(teacher.x0_hat({}, x, late, {"label": label}),
+                               mix.x0_hat(RF, x, late, label), atol=1e-5)
     # a student's own condition the teacher does not read (MeanFlow's end time) passes by
     np.testing.assert_array_equal(teacher.x0_hat({}, x, t, {"label": label, "r": t}), got)
     assert np.abs(np.asarray(x0_c - x0_u)[:5]).max() > 0.05   # the guidance does something

@@ -50,7 +50,7 @@ from diffjax.distill import ode, settings
 from diffjax.distill import teacher as teacher_lib
 from diffjax.paths import Path
 from diffjax.samplers.grids import time_grid
-from diffjax.training import tasks
+from diffjax.training import frozen, tasks
 from diffjax.training.setup import Setup
 
 Array = jax.Array
@@ -143,23 +143,15 @@ def coupling_conditions(setup: Setup, n: int, seed: int) -> dict[str, np.ndarray
     if setup.text is not None:
         data = setup.config.data
         table = setup.text.data_table(data.dataset, "train", data.get("data_dir"))
-        rows = rng.integers(0, len(table.rows), n)
+        records = [table.lookup(int(i)) for i in rng.integers(0, len(table.rows), n)]
         for k in setup.text.keys:
-            cond[k] = np.stack([table.lookup(int(i))[k] for i in rows])
+            cond[k] = np.stack([r[k] for r in records])
     missing = [k for k in kinds if k not in cond]
     if missing:
         raise ValueError(f"config.task='reflow' draws the couplings' conditions from the "
                          f"training data's labels and captions; it cannot draw {missing} "
                          f"(the network reads {list(kinds)})")
     return cond
-
-
-def _digest(tree: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(tree):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(tree[k]).tobytes())
-    return h.hexdigest()
 
 
 def straightness(velocity_fn: Callable[[Array, Array], Array], x1: Array,
@@ -269,7 +261,7 @@ def build(setup: Setup, references) -> Reflow:
             "path": repr(setup.denoiser.path), "shape": list(shape), "seed": seed,
             "ode_steps": steps}
     if cond:   # (an unconditional set keeps its old name)
-        spec.update(cond_sha256=_digest(cond),
+        spec.update(cond_sha256=frozen.params_digest(cond),
                     guidance=[teacher.guidance_scale, teacher.guidance_interval])
     eps, x0 = cached(settings.get(config, "couplings_cache") if digest else "off", spec, solve)
     pairs = {"eps": eps, "x0": x0}

@@ -90,16 +90,25 @@ class Teacher:
         cond = dict(cond or {})
         if self.guidance_scale == 1.0 or not cond:
             return self.x0_fn(params, x, t, cond)
-        # One call on [x; x] under (cond, null), as the samplers guide (DESIGN §6).
-        both = self.x0_fn(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                          conditions.concat(cond, self.null(cond)))
-        x0_c, x0_u = jnp.split(both, 2)
-        w = jnp.full(t.shape, self.guidance_scale, x.dtype)
+        inside = jnp.ones(t.shape, bool)
         if self.guidance_interval is not None:
             lo, hi = self.guidance_interval
             level = jnp.exp(-0.5 * self.path.logsnr(t))     # sigma / alpha, per row
-            w = jnp.where((lo <= level) & (level <= hi), w, 1.0)
-        return x0_u + w.reshape((-1,) + (1,) * (x.ndim - 1)) * (x0_c - x0_u)
+            inside = (lo <= level) & (level <= hi)
+
+        def guided():   # one call on [x; x] under (cond, null), as the samplers guide
+            both = self.x0_fn(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                              conditions.concat(cond, self.null(cond)))
+            x0_c, x0_u = jnp.split(both, 2)
+            w = jnp.where(inside, self.guidance_scale, 1.0).astype(x.dtype)
+            return x0_u + w.reshape((-1,) + (1,) * (x.ndim - 1)) * (x0_c - x0_u)
+
+        if self.guidance_interval is None:
+            return guided()
+        # no row inside the interval (a coupling solve's whole batch shares t): the
+        # conditional call alone, not the doubled batch (a lax.cond runs one branch)
+        return jax.lax.cond(jnp.any(inside), guided,
+                            lambda: self.x0_fn(params, x, t, cond).astype(x.dtype))
 
 
 def guidance_of(config: ml_collections.ConfigDict) -> tuple[float, Optional[tuple]]:
