@@ -18,11 +18,11 @@ path. Progressive distillation trains one round per run: round ``k + 1`` names r
 workdir as its teacher and starts from its parameters. The students are configs/digits.py's
 U-Net, optimiser and EMA (that config is loaded and the keys below changed). Sample with the
 few-step samplers of ``diffjax.sample`` (``config.sampling.sampler``: ``consistency``,
-``mean_flow``, ``ddim`` on the student's grid, ``euler`` for reflow). The progressive
-student of ``n > 1`` steps samples on its grid ``t_max i / n`` with
-``--config.sampling.sampler=ddim --config.sampling.num_steps=n --config.sampling.grid=uniform
---config.sampling.t_min=<t_max / n>`` (0.999 / n on vp_cosine): ``n - 1`` DDIM steps, then
-``x0_hat`` at ``t_max / n``, which ``num_steps`` counts (ddim's ``denoise_to_zero``).
+``mean_flow``, ``ddim`` on the student's grid, ``euler`` for reflow). A progressive student
+sampled by ``ddim`` at ``num_steps = n`` takes its own grid by default (the task's
+``sampling_defaults``): ``n - 1`` DDIM steps from ``t_max i / n``, then ``x0_hat`` at
+``t_max / n``, which ``num_steps`` counts (ddim's ``denoise_to_zero``); a ``grid`` or
+``t_min`` set in ``config.sampling`` replaces it.
 """
 import importlib.util
 import os

@@ -118,7 +118,8 @@ def evaluate(config: str, workdir: str, sampler: str, nfe: int, cache: dict,
 def student_grid(method: str, nfe: int) -> tuple:
     """Sampler flags of ``method``'s student at ``nfe``: the progressive student's own grid
     ``t_max i / n``, ``i = n..1``, then ``x0_hat`` at ``t_max / n`` (ddim's final step; its
-    NFE counts it), i.e. a uniform grid down to ``t_min = t_max / n``; none otherwise."""
+    NFE counts it), i.e. a uniform grid down to ``t_min = t_max / n``; none otherwise. (The
+    progressive task's sampling default since; written out here, as the cache keys hold it.)"""
     if method != "progressive" or nfe == 1:   # one step: x0_hat at t_max, no interval
         return ()
     return ("--config.sampling.grid=uniform", f"--config.sampling.t_min={VP_T_MAX / nfe!r}")

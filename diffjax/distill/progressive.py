@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffjax import targets
+from diffjax import configs, paths, targets
 from diffjax.distill import ode, settings
 from diffjax.distill import teacher as teacher_lib
 from diffjax.paths import Path, broadcast_to_x
@@ -107,4 +107,22 @@ def references(config: ml_collections.ConfigDict) -> dict[str, str]:
     return teacher_lib.teacher_and_start_keys(config)
 
 
-tasks.register("progressive", tasks.TaskSpec(build, references, _initialize))
+def sampling_defaults(config: ml_collections.ConfigDict, sampling) -> dict:
+    """The student's own grid when it is sampled by ``ddim`` at ``n = num_steps > 1`` and
+    neither ``grid`` nor ``t_min`` is set: uniform down to ``t_min = t_max / n``, i.e. DDIM
+    steps from ``t_max i / n`` to ``t_max (i - 1) / n`` for ``i = n..2``, then ``x0_hat`` at
+    ``t_max / n`` (ddim's final step, which its NFE counts): the ``n`` student steps of
+    training (Salimans & Ho, Alg. 2). The sampler's default grid would end at the path's
+    ``t_min`` and give the student ``n - 1`` steps it was not trained on."""
+    n = int(sampling.num_steps)
+    if (sampling.sampler != "ddim" or n < 2 or sampling.get("grid") is not None
+            or sampling.get("t_min") is not None):
+        return {}
+    t_max = sampling.get("t_max")
+    if t_max is None:
+        t_max = paths.get(config.path.name, **configs.path_kwargs(config.path)).t_max
+    return {"grid": "uniform", "t_min": float(t_max) / n}
+
+
+tasks.register("progressive", tasks.TaskSpec(build, references, _initialize,
+                                             sampling_defaults=sampling_defaults))

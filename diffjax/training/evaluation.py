@@ -23,6 +23,7 @@ from diffjax import configs, parallel, reporting
 from diffjax.choices import DEFAULT_METRICS, metric_names  # noqa: F401  (re-exported)
 from diffjax import data as data_lib
 from diffjax.training import guide as guide_lib
+from diffjax.training import tasks
 from diffjax.training.setup import Setup
 
 Array = jax.Array
@@ -69,7 +70,7 @@ class Sampler:
 
         self.traces += 1
         setup, cfg = self.setup, self.cfg
-        options = configs.sampler_options(cfg)
+        options = {**tasks.sampling_defaults(setup.config, cfg), **configs.sampler_options(cfg)}
         if cfg.grid is not None:
             options["grid"] = cfg.grid
         if cond:

@@ -68,6 +68,10 @@ class TaskSpec:
     # (setup, config, mesh, progress) -> evaluate(params, workdir, name) -> metrics, for a
     # task whose model is not sampled (the autoencoder); None: sample and score.
     evaluator: Optional[Callable[..., Any]] = None
+    # (config, sampling config) -> sampler options the task's model samples with unless the
+    # sampling config sets them (a progressive-distillation student: its own time grid);
+    # None: the sampler's own defaults.
+    sampling_defaults: Optional[Callable[[ml_collections.ConfigDict, Any], dict]] = None
 
 
 TASKS: dict[str, TaskSpec] = {}
@@ -94,6 +98,14 @@ def for_config(config: ml_collections.ConfigDict) -> TaskSpec:
     for wrap in WRAPPERS:
         spec = wrap(config, spec)
     return spec
+
+
+def sampling_defaults(config: Optional[ml_collections.ConfigDict], sampling: Any) -> dict:
+    """The sampler options ``config.task`` samples with by default (``{}`` for most tasks);
+    the options ``sampling`` sets itself take precedence over these (the callers merge)."""
+    spec = None if config is None else TASKS.get(str(config.get("task", "denoise")))
+    fn = None if spec is None else spec.sampling_defaults
+    return dict(fn(config, sampling)) if fn is not None else {}
 
 
 def condition(setup: Setup, batch: Mapping[str, Any]) -> dict[str, Array]:
