@@ -242,10 +242,9 @@ def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info:
     import numpy as np
 
     from diffjax import samplers
-    from diffjax.training import tasks   # (the task's own sampling defaults, as sampled)
 
     sampling = config.sampling
-    options = {**tasks.sampling_defaults(config, sampling), **configs.sampler_options(sampling)}
+    options = configs.sampler_options(sampling)
     if sampling.grid is not None:
         options["grid"] = sampling.grid
     if config.model.class_conditional:
