@@ -218,3 +218,31 @@ def test_shapes_distill_recipes_are_the_t2i_job_with_a_guided_teacher():
             assert config.path.name == t2i.path.name   # the teacher's path
     with pytest.raises(ValueError, match="valid recipes: progressive"):
         shapes.get_config("distill")
+
+
+def test_a_guidance_interval_set_by_the_config_file_can_be_unset_on_the_command_line():
+    """ml_collections parses ``--config.x=None`` on a tuple field as ``(None,)``: read as
+    unset, so a guided config's teacher (configs/shapes_distill.py) can be read unguided, and
+    the main job's sampling (configs/shapes_t2i.py) run at scale 1, from flags alone."""
+    from diffjax import config_loading, config_validation, configs
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+    def parsed(spec, *argv):   # the command line's parsing (diffjax.main's --config.* flags)
+        return config_loading.load(os.path.join(root, spec), list(argv))
+
+    guided = parsed("shapes_distill.py:progressive")
+    assert teacher_lib.guidance_of(guided)[1] is not None
+    unguided = parsed("shapes_distill.py:progressive", "--config.distill.guidance_scale=1.0",
+                      "--config.distill.guidance_interval=None")
+    assert tuple(unguided.distill.guidance_interval) == (None,)   # what the parser gives
+    assert teacher_lib.guidance_of(unguided) == (1.0, None)
+    with pytest.raises(ValueError, match="needs guidance"):
+        teacher_lib.guidance_of(parsed("shapes_distill.py:progressive",
+                                       "--config.distill.guidance_scale=1.0"))
+    everywhere = parsed("shapes_t2i.py", "--config.sampling.guidance_interval=None")
+    assert configs.optional_tuple(everywhere.sampling.guidance_interval) is None
+    config_validation.validate(everywhere)   # guided at every noise level
+    with pytest.raises(ValueError, match="sigma_lo <= sigma_hi"):
+        config_validation.validate(parsed("shapes_t2i.py",
+                                          "--config.sampling.guidance_interval=(2.0,1.0)"))
