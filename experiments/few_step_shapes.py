@@ -43,7 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from diffjax import config_loading  # noqa: E402
 from diffjax.config_validation import ConfigError  # noqa: E402
-from experiments.few_step_trained import main_cli  # noqa: E402
+from experiments.few_step_trained import given_teachers, main_cli  # noqa: E402
 
 NFES = (1, 2, 4, 8)
 TEACHER = "configs/shapes_t2i.py"
@@ -115,13 +115,7 @@ def main():
         parser.error(f"--distill_ks={args.distill_ks}: each k one of {NFES}")
     if "reflow_distill" in methods and "reflow" not in methods:
         parser.error("--methods: reflow_distill starts from the reflow student; list reflow")
-    given = {"flow": args.teacher} if args.teacher else {}
-    for item in args.teacher_dir:
-        kind, _, path = item.partition("=")
-        if kind not in TEACHERS or not os.path.isdir(path):
-            parser.error(f"--teacher_dir={item!r}: expected KIND=DIR, KIND one of "
-                         f"{', '.join(TEACHERS)} and DIR a run directory")
-        given[kind] = path
+    given = given_teachers(parser, args, TEACHERS)
     os.makedirs(args.workdir, exist_ok=True)
     out = os.path.join(args.workdir, "results.json")
     results = json.load(open(out)) if os.path.exists(out) else {"evals": {}, "wall_s": {}}

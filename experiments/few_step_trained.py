@@ -125,6 +125,21 @@ def student_grid(method: str, nfe: int) -> tuple:
     return ("--config.sampling.grid=uniform", f"--config.sampling.t_min={VP_T_MAX / nfe!r}")
 
 
+def given_teachers(parser, args, kinds) -> dict[str, str]:
+    """Teacher kind -> finished run from ``--teacher`` (flow's) and ``--teacher_dir KIND=DIR``;
+    a bad item is a usage error."""
+    given = {"flow": args.teacher} if args.teacher else {}
+    for item in args.teacher_dir:
+        kind, _, path = item.partition("=")
+        if kind not in kinds or not os.path.isdir(path):
+            parser.error(f"--teacher_dir={item!r}: expected KIND=DIR, KIND one of "
+                         f"{', '.join(kinds)} and DIR a run directory")
+        given[kind] = path
+    if args.teacher and not os.path.isdir(args.teacher):
+        parser.error(f"--teacher={args.teacher}: not a run directory")
+    return given
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", required=True)
@@ -171,16 +186,7 @@ def main():
         parser.error(f"--methods: unknown {unknown}; valid choices: {', '.join(METHODS)}")
     if not set(args.distill_ks.split(",")) <= {str(k) for k in NFES}:
         parser.error(f"--distill_ks={args.distill_ks}: each k one of {NFES}")
-    given = {"flow": args.teacher} if args.teacher else {}
-    for item in args.teacher_dir:
-        kind, _, path = item.partition("=")
-        if kind not in TEACHERS or not path:
-            parser.error(f"--teacher_dir={item!r}: expected KIND=DIR with KIND one of "
-                         f"{', '.join(TEACHERS)}")
-        given[kind] = path
-    for kind, path in given.items():
-        if not os.path.isdir(path):
-            parser.error(f"--teacher_dir {kind}={path}: not a directory")
+    given = given_teachers(parser, args, TEACHERS)
     os.makedirs(args.workdir, exist_ok=True)
     out = os.path.join(args.workdir, "results.json")
     results = json.load(open(out)) if os.path.exists(out) else {"evals": {}, "wall_s": {}}
