@@ -12,9 +12,9 @@ Everything goes through the command line of DESIGN §3:
 1. the teachers: ``flow`` = ``python -m diffjax.main --config=configs/shapes_t2i.py`` (the
    main text-to-image job; ``--teacher`` reuses a finished one), and, for consistency
    distillation only, ``edm`` = the same job on the ``edm`` path with the ``x0`` target
-   (``--teacher_dir=edm=DIR`` reuses one); each scored with Euler at 1, 2, 4, 8 NFE and with
-   Heun at 32, under its own guidance (scale 3 on ``sigma/alpha <= 2``; a guided evaluation
-   is one batched call, one NFE);
+   (``--teacher_dir=edm=DIR`` reuses one); each scored with Euler and DPM-Solver++(2M) at
+   1, 2, 4, 8 NFE and with Heun at 32, under its own guidance (scale 3 on
+   ``sigma/alpha <= 2``; a guided evaluation is one batched call, one NFE);
 2. the students, ``--config=configs/shapes_distill.py:<method>``, each sampled without
    guidance at 1, 2, 4, 8 NFE (a teacher's guided field is what its student learns):
    ``reflow``: couplings of the flow teacher's guided ODE, each from a training caption, then
@@ -57,19 +57,24 @@ METHODS = {"reflow": ("reflow", "euler", "flow"),
            "shortcut": ("shortcut", "mean_flow", None),
            "consistency_training": ("consistency_training", "consistency", None),
            "consistency_distillation": ("consistency_distillation", "consistency", "edm")}
+# the teachers' second few-step sampler, as on digits: DPM-Solver++(2M), which needs a finite
+# log-SNR at both ends of the rectified flow's range
+DPM = ("dpm_solver++", ("--config.sampling.order=2",))
+FLOW_DPM_RANGE = ("--config.sampling.t_max=0.999", "--config.sampling.t_min=0.001")
 PD_STEPS = (16, 8, 4, 2, 1)     # configs/shapes_distill.py's config.distill.steps
 KEYS = ("shapes_eval", "shapes_eval_real", "fd_shapes", "fd_shapes_floor")
 
 
 def evaluate(config: str, workdir: str, sampler: str, nfe: int, cache: dict, seed: int,
-             extra=()) -> dict:
+             extra=(), options=()) -> dict:
     """``KEYS`` of ``workdir``'s newest checkpoint sampled by ``sampler`` at ``nfe``
-    (``extra``: the flags the run was trained with beyond ``config``)."""
-    key = f"{workdir}|{sampler}|{nfe}|{seed}"
+    (``extra``: the flags the run was trained with beyond ``config``; ``options``: sampler
+    flags, part of the cache key)."""
+    key = f"{workdir}|{sampler}|{nfe}|{seed}" + "".join(f"|{o}" for o in options)
     if key not in cache:
         main_cli(f"--config={config}", f"--workdir={workdir}", "--mode=eval",
                  f"--config.sampling.sampler={sampler}", f"--config.sampling.num_steps={nfe}",
-                 f"--config.sampling.seed={seed}", *extra)
+                 f"--config.sampling.seed={seed}", *extra, *options)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             record = [json.loads(line) for line in f if '"eval"' in line][-1]
         cache[key] = {k.split("/")[-1]: v for k, v in record.items()
@@ -134,10 +139,14 @@ def main():
                 *sets)
             save()
         label = "" if kind == "flow" else f" {kind}"
-        for name, sampler, nfes in ((f"teacher{label} (Heun, guided)", "heun", (32,)),
-                                    (f"teacher{label} (Euler, guided)", "euler", NFES)):
+        dpm = DPM[1] + (FLOW_DPM_RANGE if kind == "flow" else ())
+        for name, sampler, nfes, options in (
+                (f"teacher{label} (Heun, guided)", "heun", (32,), ()),
+                (f"teacher{label} (Euler, guided)", "euler", NFES, ()),
+                (f"teacher{label} (DPM-Solver++(2M), guided)", DPM[0], NFES, dpm)):
             rows[name] = {k: evaluate(TEACHER, tdir[kind], sampler, k, ev, args.seed,
-                                      TEACHERS[kind] + (() if kind in given else sets))
+                                      TEACHERS[kind] + (() if kind in given else sets),
+                                      options)
                           for k in nfes}
             run_of[name] = key
         save()
