@@ -1,16 +1,20 @@
 """The few_step figure (issue 16): quality against NFE for every method, from the results of
-experiments/few_step.py (the exact digits mixture) and experiments/few_step_trained.py (the
-trained digits teachers).
+experiments/few_step.py (the exact digits mixture), experiments/few_step_trained.py (the
+trained digits teachers) and, when given, experiments/few_step_shapes.py (the text-to-image
+teacher).
 
     python experiments/few_step_plot.py --exact runs/experiments/few_step_all \
-        --trained runs/experiments/few_step_trained_all --out experiments/figures/few_step.png
+        --trained runs/experiments/few_step_trained_all \
+        --shapes runs/experiments/few_step_shapes --out experiments/figures/few_step.png
 
 Left: Fréchet distance to the exact mixture over its floor (500 exact samples), each
 student at the NFEs its sampler was scored at, the exact teacher's best deterministic sampler
 per NFE beside them. Right: ``fd_classifier`` over the row's reference (its teacher's value
 at 30 steps of its own sampler; the flow teacher's for the methods trained from data alone),
 the teachers' own few-step samplers beside the students. Both axes logarithmic; the dotted
-line is 1 (the floor, or the teacher).
+line is 1 (the floor, or the teacher). Third panel (``--shapes``): prompt adherence
+(``shapes_eval``, exact on this world) of the guided teacher's best few-step sampler and of
+each student (sampled unguided), the dotted line the teacher's own 32-NFE Heun.
 """
 from __future__ import annotations
 
@@ -58,6 +62,33 @@ def trained_curves(results: dict) -> dict:
             for label, pts in curves.items() if pts}
 
 
+def shapes_curves(results: dict) -> tuple[dict, float]:
+    """``({label: [(nfe, shapes_eval), ...]}, the teacher's 32-NFE value)`` of a
+    few_step_shapes.py ``results.json``: rows joined as in :func:`trained_curves`."""
+    if "table" not in results:
+        raise ValueError("no 'table' in the few_step_shapes results: re-run "
+                         "experiments/few_step_shapes.py with the same flags to write it")
+    curves: dict = {}
+    reference = None
+    for name, row in results["table"]["rows"].items():
+        if name.startswith("teacher (Heun"):
+            reference = row["32"]["shapes_eval"]
+            continue
+        if name.startswith("teacher") and not name.startswith("teacher ("):
+            continue   # another teacher kind (edm): its students' own reference
+        label = ("flow teacher, best few-step sampler" if name.startswith("teacher")
+                 else "progressive" if name.startswith("progressive")
+                 else "reflow + k-step distillation" if name.startswith("reflow_distill")
+                 else name)
+        curves.setdefault(label, []).extend(
+            (int(k), v["shapes_eval"]) for k, v in row.items() if int(k) in NFES)
+    if reference is None:
+        raise ValueError("no 'teacher (Heun, guided)' row in the few_step_shapes results")
+    # adherence: higher is better, so a label's best per NFE is its largest
+    return ({label: sorted({k: max(v for j, v in pts if j == k) for k, _ in pts}.items())
+             for label, pts in curves.items() if pts}, reference)
+
+
 # one colour per method in both panels; the teachers in black and greys
 COLOURS = {m: f"C{i}" for i, m in enumerate(
     ("progressive", "consistency_distillation", "consistency_training", "reflow", "shortcut",
@@ -66,7 +97,8 @@ TEACHER_STYLE = {"exact": ("black", "o"), "flow": ("black", "o"), "vp_cosine": (
                  "edm": ("0.7", "^")}
 
 
-def draw(ax, curves: dict, title: str, ylabel: str) -> None:
+def draw(ax, curves: dict, title: str, ylabel: str, log_y: bool = True,
+         reference: float = 1.0) -> None:
     for label, points in curves.items():
         if "teacher" in label:
             colour, marker = TEACHER_STYLE[label.split()[0]]
@@ -75,9 +107,10 @@ def draw(ax, curves: dict, title: str, ylabel: str) -> None:
         else:
             ax.plot(*zip(*points), "-", marker="o", ms=4, lw=1.8, color=COLOURS.get(label),
                     label=label)
-    ax.axhline(1.0, color="gray", ls=":", lw=1)
+    ax.axhline(reference, color="gray", ls=":", lw=1)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xticks(NFES, [str(k) for k in NFES])
     ax.set_xlabel("NFE")
     ax.set_ylabel(ylabel)
@@ -90,26 +123,35 @@ def main():
     parser.add_argument("--exact", required=True, help="a workdir of experiments/few_step.py")
     parser.add_argument("--trained", required=True,
                         help="a workdir of experiments/few_step_trained.py")
+    parser.add_argument("--shapes", default=None,
+                        help="a workdir of experiments/few_step_shapes.py (a third panel)")
     parser.add_argument("--out", default="experiments/figures/few_step.png")
     args = parser.parse_args()
     loaded = {}
-    for flag, path in (("--exact", args.exact), ("--trained", args.trained)):
+    for flag, path in (("--exact", args.exact), ("--trained", args.trained),
+                       ("--shapes", args.shapes)):
+        if path is None:
+            continue
         file = os.path.join(path, "results.json")
         if not os.path.isfile(file):
             parser.error(f"{flag}={path}: no results.json there (run the experiment first)")
         loaded[flag] = json.load(open(file))
     try:
         exact, trained = exact_curves(loaded["--exact"]), trained_curves(loaded["--trained"])
+        shapes = shapes_curves(loaded["--shapes"]) if args.shapes else None
     except (KeyError, ValueError) as e:
         parser.error(f"unexpected results: {e}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 3 if shapes else 2, figsize=(18 if shapes else 12, 4.6))
     draw(axes[0], exact, "exact 64-d digits mixture (teacher = the exact model)",
          "FD / floor")
     draw(axes[1], trained, "trained digits teachers (configs/digits.py)",
          "fd_classifier / teacher at 30 steps")
+    if shapes:
+        draw(axes[2], shapes[0], "text-to-image shapes (configs/shapes_t2i.py teacher, guided)",
+             "shapes_eval (prompt adherence)", log_y=False, reference=shapes[1])
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=110)

@@ -208,6 +208,11 @@ def main():
                      f" | {steps_of[run]} | {results['wall_s'][run]:.0f} |")
     text = "\n".join(lines) + "\n"
     open(os.path.join(args.workdir, "results.md"), "w").write(text)
+    # the table's numbers for experiments/few_step_plot.py: each row's scores per NFE
+    results["table"] = {"rows": {name: {str(k): {key: v[key] for key in KEYS}
+                                        for k, v in by_nfe.items()}
+                                 for name, by_nfe in rows.items()}}
+    save()
     print(text)
 
 
