@@ -58,9 +58,12 @@ METHODS = {"reflow": ("reflow", "euler", "flow"),
            "consistency_training": ("consistency_training", "consistency", None),
            "consistency_distillation": ("consistency_distillation", "consistency", "edm")}
 # the teachers' second few-step sampler, as on digits: DPM-Solver++(2M), which needs a finite
-# log-SNR at both ends of the rectified flow's range
+# log-SNR at both ends of the rectified flow's range; there on the grid uniform in t (its
+# default, uniform in log-SNR over that range, spends half of 4 steps at the two ends: 0.14
+# adherence at 4 NFE against 0.37 on the uniform grid)
 DPM = ("dpm_solver++", ("--config.sampling.order=2",))
-FLOW_DPM_RANGE = ("--config.sampling.t_max=0.999", "--config.sampling.t_min=0.001")
+FLOW_DPM_RANGE = ("--config.sampling.t_max=0.999", "--config.sampling.t_min=0.001",
+                  "--config.sampling.grid=uniform")
 PD_STEPS = (16, 8, 4, 2, 1)     # configs/shapes_distill.py's config.distill.steps
 KEYS = ("shapes_eval", "shapes_eval_real", "fd_shapes", "fd_shapes_floor")
 

@@ -57,12 +57,14 @@ NFES = (1, 2, 4, 8)
 # teacher kind -> (config, extra flags, its own sampler at 30 steps, its few-step samplers with
 # their flags): each method's teacher shares the student's path (the teacher check refuses
 # another). The few-step samplers: DDIM (Euler on the flow) and DPM-Solver++(2M), which needs
-# a finite log-SNR at both ends of the rectified flow's range.
+# a finite log-SNR at both ends of the rectified flow's range (there on the grid uniform in t:
+# uniform in log-SNR over that range wastes few steps on its two ends).
 DPM = ("dpm_solver++", ("--config.sampling.order=2",))
 TEACHERS = {
     "flow": ("configs/digits.py:flow", (), "heun", (
         ("euler", ()), (DPM[0], DPM[1] + ("--config.sampling.t_max=0.999",
-                                          "--config.sampling.t_min=0.001")))),
+                                          "--config.sampling.t_min=0.001",
+                                          "--config.sampling.grid=uniform")))),
     "vp_cosine": ("configs/digits.py:flow",      # progressive's v model on the cosine path
                   ("--config.path.name=vp_cosine", "--config.model.target=v"), "heun",
                   (("ddim", ()), DPM)),
