@@ -58,7 +58,7 @@ NFES = (1, 2, 4, 8)
 # their flags): each method's teacher shares the student's path (the teacher check refuses
 # another). The few-step samplers: DDIM (Euler on the flow) and DPM-Solver++(2M), which needs
 # a finite log-SNR at both ends of the rectified flow's range (there on the grid uniform in t:
-# uniform in log-SNR over that range wastes few steps on its two ends).
+# uniform in log-SNR over that range spends steps on its two ends, where little changes).
 DPM = ("dpm_solver++", ("--config.sampling.order=2",))
 TEACHERS = {
     "flow": ("configs/digits.py:flow", (), "heun", (
