@@ -55,6 +55,24 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
     node[key] = value
 
 
+def _unset_tuple(config: ml_collections.ConfigDict, flag: str) -> None:
+    """``--config.key=None`` on a tuple field: ml_collections parses it as ``(None,)``; here
+    it means unset, as on every other field that may be None (a command line clears a
+    tuple that the config file set, e.g. ``--config.sampling.guidance_interval=None``)."""
+    dotted, _, value = flag[len("--config."):].partition("=")
+    if value.strip() != "None":
+        return
+    *groups, key = dotted.split(".")
+    node = config
+    for group in groups:
+        node = node[group]
+    if isinstance(node[key], tuple) and tuple(node[key]) == (None,):
+        try:
+            node[key] = None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--config.{dotted}=None: this field cannot be unset ({e})") from None
+
+
 def load(spec: str, overrides: Overrides = (), *, check: bool = True,
          lock: bool = True) -> ml_collections.ConfigDict:
     """The config of ``spec`` (``path.py`` or ``path.py:arg``, ``get_config(arg)``) with
@@ -89,6 +107,8 @@ def load(spec: str, overrides: Overrides = (), *, check: bool = True,
         message = " ".join(str(e).replace("\\n", " ").split())
         raise ConfigError(f"--config={spec}: {message}") from None
     config = holder.value
+    for item in ([] if mapping else _strings(overrides)):
+        _unset_tuple(config, item)
     if mapping:
         # The keys were checked against the reference config, which has every arch's model
         # keys: a sweep may switch config.model.arch and set the new arch's keys.

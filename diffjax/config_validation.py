@@ -256,7 +256,7 @@ def _check_sampling_run(config: ml_collections.ConfigDict, path: Any, data_info:
     if sampling.get("guide_workdir"):  # autoguidance; the guide is checked in validate()
         options.update(guidance_scale=sampling.guidance_scale, guide_fn=abs)
         options.pop("uncond", None)
-    if configs.optional_tuple(sampling.get("guidance_interval")) is not None:
+    if sampling.get("guidance_interval") is not None:
         options["guidance_interval"] = sampling.guidance_interval
     try:
         samplers.check(path, (1, *data_info.shape), target=config.model.target,

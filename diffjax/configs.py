@@ -15,7 +15,7 @@ the recipe keys ``target``/``preconditioning``/``sigma_data``, the arch's keys),
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import ml_collections
 
@@ -31,18 +31,6 @@ ConfigDict = ml_collections.ConfigDict
 def _optional(kind: type, value: Any = None) -> ml_collections.FieldReference:
     """A field that may be None but takes ``kind`` from the command line."""
     return ml_collections.FieldReference(value, field_type=kind)
-
-
-def optional_tuple(value: Any) -> Optional[tuple]:
-    """A tuple field read back, ``None`` when unset.
-
-    ml_collections parses ``--config.x=None`` on a tuple field as ``(None,)`` (and
-    ``--config.x='()'`` as ``()``): both mean "unset" here, so a command line can clear a
-    tuple that a config file set (``--config.sampling.guidance_interval=None``).
-    """
-    if value is None or tuple(value) in ((), (None,)):
-        return None
-    return tuple(value)
 
 
 def _path_keywords() -> dict[str, type]:

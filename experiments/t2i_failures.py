@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffjax import checkpoint, configs, train  # noqa: E402
+from diffjax import checkpoint, train  # noqa: E402
 from diffjax.training import evaluation  # noqa: E402
 from experiments.t2i_scales import parse_intervals  # noqa: E402
 
@@ -80,11 +80,11 @@ def main() -> None:
                      + " | ".join(f"{per[c]:.3f}" for c in cats) + " |")
     single = parsed["category"] == CATEGORIES.index("single_object")
     found = np.bincount(np.minimum(scenes["count"][single], 4), minlength=5)
-    own = configs.optional_tuple(sampling.get("guidance_interval"))
+    own = sampling.get("guidance_interval")
     lines.append(f"\nObjects found in the {single.sum()} single-object prompts' images "
                  f"(0, 1, 2, 3, 4+): {', '.join(map(str, found))}. Step {step}, guidance "
                  f"{sampling.guidance_scale:g}, interval "
-                 f"{'all' if own is None else own}, {sampling.sampler} x "
+                 f"{'all' if own is None else tuple(own)}, {sampling.sampler} x "
                  f"{sampling.num_steps}, {args.num_samples} test captions.")
     text = "\n".join(lines)
     print(text)

@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffjax import checkpoint, configs, train  # noqa: E402
+from diffjax import checkpoint, train  # noqa: E402
 from diffjax.evaluate import metrics as metrics_lib  # noqa: E402
 from diffjax.training import evaluation  # noqa: E402
 
@@ -62,12 +62,12 @@ def evaluate(workdir: str, scales: list[float], num_samples: int, prompt_set: st
     config.sampling.update(sampling_changes or {})
     setup, state, step = train.restore_for_inference(config, workdir)
     rows = []
-    own = configs.optional_tuple(config.sampling.get("guidance_interval"))
+    own = config.sampling.get("guidance_interval")
     for interval, w in [(i, w) for i in (intervals or ["run"]) for w in scales]:
         start = time.time()
         sampling = copy.deepcopy(config.sampling)
         sampling.guidance_scale = float(w)
-        interval = own if interval == "run" else interval
+        interval = (tuple(own) if own is not None else None) if interval == "run" else interval
         sampling.guidance_interval = interval
         samples, prompts = evaluation.generate(setup, state.ema_params, sampling, num_samples,
                                                config.eval.batch_size, progress=False)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffjax import analytic, conditions, configs, targets
+from diffjax import analytic, conditions, targets
 from diffjax.distill import settings
 from diffjax.paths import Path
 from diffjax.training import frozen, tasks
@@ -118,8 +118,7 @@ def guidance_of(config: ml_collections.ConfigDict) -> tuple[float, Optional[tupl
       ValueError: a scale that is not a number, an interval that is not ``(lo, hi)`` with
         ``0 <= lo <= hi``, or an interval without guidance.
     """
-    w = settings.get(config, "guidance_scale")
-    interval = configs.optional_tuple(settings.get(config, "guidance_interval"))
+    w, interval = settings.get(config, "guidance_scale"), settings.get(config, "guidance_interval")
     if isinstance(w, bool) or not isinstance(w, (int, float)):
         raise ValueError(f"config.distill.guidance_scale={w!r}: a number (1.0: the teacher "
                          "unguided)")

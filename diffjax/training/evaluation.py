@@ -78,7 +78,7 @@ class Sampler:
         if self.guide is not None:
             options.update(guidance_scale=cfg.guidance_scale, guide_fn=self.guide.fn,
                            guide_params=guide_params, guide_target=self.guide.target)
-        if configs.optional_tuple(cfg.get("guidance_interval")) is not None:
+        if cfg.get("guidance_interval") is not None:
             options["guidance_interval"] = tuple(cfg.guidance_interval)
         if self.step_progress:
             options["progress"] = self._stepped
