@@ -47,11 +47,17 @@ def _check_keys(keys: Sequence[str]) -> None:
             raise error
 
 
-def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+def _parent(config: ml_collections.ConfigDict, dotted: str) -> tuple[Any, str]:
+    """``("a.b.c")`` -> ``(config.a.b, "c")``."""
     *groups, key = dotted.split(".")
     node = config
     for group in groups:
         node = node[group]
+    return node, key
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    node, key = _parent(config, dotted)
     node[key] = value
 
 
@@ -62,15 +68,13 @@ def _unset_tuple(config: ml_collections.ConfigDict, flag: str) -> None:
     dotted, _, value = flag[len("--config."):].partition("=")
     if value.strip() != "None":
         return
-    *groups, key = dotted.split(".")
-    node = config
-    for group in groups:
-        node = node[group]
+    node, key = _parent(config, dotted)
     if isinstance(node[key], tuple) and tuple(node[key]) == (None,):
         try:
             node[key] = None
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"--config.{dotted}=None: this field cannot be unset ({e})") from None
+            raise ConfigError(f"--config.{dotted}=None: this field cannot be unset ({e})") \
+                from None
 
 
 def load(spec: str, overrides: Overrides = (), *, check: bool = True,
