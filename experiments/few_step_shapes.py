@@ -43,7 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from diffjax import config_loading  # noqa: E402
 from diffjax.config_validation import ConfigError  # noqa: E402
-from experiments.few_step_trained import given_teachers, main_cli  # noqa: E402
+from experiments.few_step_trained import given_teachers, main_cli, results_store  # noqa: E402
 
 NFES = (1, 2, 4, 8)
 TEACHER = "configs/shapes_t2i.py"
@@ -125,9 +125,7 @@ def main():
         parser.error("--methods: reflow_distill starts from the reflow student; list reflow")
     given = given_teachers(parser, args, TEACHERS)
     os.makedirs(args.workdir, exist_ok=True)
-    out = os.path.join(args.workdir, "results.json")
-    results = json.load(open(out)) if os.path.exists(out) else {"evals": {}, "wall_s": {}}
-    save = lambda: json.dump(results, open(out, "w"), indent=2)  # noqa: E731
+    results, save = results_store(args.workdir)
     ev, rows, tdir, steps_of, run_of = results["evals"], {}, {}, {}, {}
     for kind in ["flow"] + [k for k in TEACHERS if k != "flow" and
                             any(METHODS[m][2] == k for m in methods)]:

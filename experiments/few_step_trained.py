@@ -127,6 +127,28 @@ def student_grid(method: str, nfe: int) -> tuple:
     return ("--config.sampling.grid=uniform", f"--config.sampling.t_min={VP_T_MAX / nfe!r}")
 
 
+def results_store(workdir: str):
+    """``workdir/results.json`` (``{"evals": {}, "wall_s": {}}`` when new) and its save: each
+    save first takes the entries another instance on the same workdir wrote since (ours win),
+    then replaces the file atomically, so a kill mid-save leaves the previous file whole."""
+    out = os.path.join(workdir, "results.json")
+    results = json.load(open(out)) if os.path.exists(out) else {"evals": {}, "wall_s": {}}
+
+    def save():
+        if os.path.exists(out):
+            with open(out) as f:
+                disk = json.load(f)
+            for part in ("evals", "wall_s"):   # in place: callers hold these dicts
+                merged = {**disk.get(part, {}), **results[part]}
+                results[part].clear()
+                results[part].update(merged)
+        tmp = f"{out}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(tmp, out)
+    return results, save
+
+
 def given_teachers(parser, args, kinds) -> dict[str, str]:
     """Teacher kind -> finished run from ``--teacher`` (flow's) and ``--teacher_dir KIND=DIR``;
     a bad item is a usage error."""
@@ -190,9 +212,7 @@ def main():
         parser.error(f"--distill_ks={args.distill_ks}: each k one of {NFES}")
     given = given_teachers(parser, args, TEACHERS)
     os.makedirs(args.workdir, exist_ok=True)
-    out = os.path.join(args.workdir, "results.json")
-    results = json.load(open(out)) if os.path.exists(out) else {"evals": {}, "wall_s": {}}
-    save = lambda: json.dump(results, open(out, "w"), indent=2)  # noqa: E731
+    results, save = results_store(args.workdir)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     # the teachers: flow's always (the reference of the methods without a teacher), the others
     # when a method reads them; "teacher" is flow's key (and workdir) as in earlier results
