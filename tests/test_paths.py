@@ -8,6 +8,7 @@ import pytest
 from scipy import integrate, stats
 
 from diffjax import paths
+from diffjax.paths import vp
 
 ALL = sorted(paths.PATHS)
 
@@ -99,6 +100,16 @@ def test_ddpm_interpolates_log_alpha_like_numpy_without_a_loop_per_lookup(x64):
     log_alpha = 0.5 * -np.logaddexp(0.0, -logsnr)
     np.testing.assert_allclose(p.t_from_logsnr(jnp.asarray(logsnr)),
                                np.interp(log_alpha, grid_log_alpha[::-1], grid_t[::-1]), atol=1e-12)
+    # On the grid exactly the grid's values; the uniform grid's direct bracket is numpy's
+    # searchsorted, at and one float either side of every grid point, in both precisions
+    # (x * T rounds past a grid point there)
+    np.testing.assert_array_equal(p.log_alpha(jnp.asarray(grid_t)), grid_log_alpha)
+    for dtype in (np.float32, np.float64):
+        xp = grid_t.astype(dtype)
+        x = np.concatenate([xp, np.nextafter(xp, -1), np.nextafter(xp, 2), t.astype(dtype)])
+        np.testing.assert_array_equal(vp._bracket(jnp.asarray(x), jnp.asarray(xp), uniform=True),
+                                      np.clip(np.searchsorted(xp, x, side="right"), 1, 1000))
+
     def loop(ts):
         return jax.lax.scan(lambda c, s: (c + p.alpha(s) + p.t_from_logsnr(s), None), 0.0, ts)[0]
 
