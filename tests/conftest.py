@@ -1,7 +1,7 @@
 """Shared test fixtures, and how ``python -m pytest -n 2 tests`` spreads the suite over its
 two xdist workers.
 
-Time budget: the whole suite in under about 10 minutes on 2 cores (18:28 in the last measured
+Time budget: the whole suite in under about 10 minutes on 2 cores (16:56 in the last measured
 CI run, over it). Four things here serve it:
 
 * XLA's backend optimisation is off (``JAX_DISABLE_MOST_OPTIMIZATIONS``, below), except for
