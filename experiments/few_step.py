@@ -30,7 +30,7 @@ sys.path.insert(0, REPO)
 
 from configs import digits_distill  # noqa: E402
 import diffjax  # noqa: E402
-from diffjax import analytic, config_loading, paths, train  # noqa: E402
+from diffjax import analytic, atomic, config_loading, paths, train  # noqa: E402
 from diffjax.distill import reflow  # noqa: E402
 from diffjax.errors import ConfigError  # noqa: E402
 from diffjax.evaluate.frechet import frechet_distance  # noqa: E402
@@ -261,7 +261,7 @@ def main():
         if f"teacher_best_{nfe}" not in results:
             results[f"teacher_best_{nfe}"] = teacher_best(mixture, nfe, n)
             print(nfe, results[f"teacher_best_{nfe}"], flush=True)
-            json.dump(results, open(out, "w"), indent=2)
+            atomic.write_json(out, results, indent=2)
     for method in methods:
         if method in results:
             continue
@@ -269,12 +269,12 @@ def main():
         if method == "reflow_distill":
             results[method]["settings"] = {"reflow": args.reflow, "steps": args.distill_steps,
                                            "lr": args.distill_lr, "ks": args.distill_ks}
-        json.dump(results, open(out, "w"), indent=2)
+        atomic.write_json(out, results, indent=2)
         print(method, results[method], flush=True)
     reflow_dir = os.path.join(args.workdir, "reflow")
     if "straightness" not in results and os.path.isdir(reflow_dir):
         results["straightness"] = straightness(reflow_dir, mixture, n, args.set)
-    json.dump(results, open(out, "w"), indent=2)
+    atomic.write_json(out, results, indent=2)
     text = table(results, methods, n)
     open(os.path.join(args.workdir, "results.md"), "w").write(text)
     print(text)

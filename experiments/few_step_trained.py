@@ -50,7 +50,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from diffjax import config_loading, paths  # noqa: E402
+from diffjax import atomic, config_loading, paths  # noqa: E402
 from diffjax.config_validation import ConfigError  # noqa: E402
 
 NFES = (1, 2, 4, 8)
@@ -142,10 +142,7 @@ def results_store(workdir: str):
                 merged = {**disk.get(part, {}), **results[part]}
                 results[part].clear()
                 results[part].update(merged)
-        tmp = f"{out}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, out)
+        atomic.write_json(out, results, indent=2)
     return results, save
 
 

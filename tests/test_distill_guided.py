@@ -222,9 +222,9 @@ def test_shapes_distill_recipes_are_the_t2i_job_with_a_guided_teacher():
 
 def test_a_guidance_interval_set_by_the_config_file_can_be_unset_on_the_command_line():
     """ml_collections parses ``--config.x=None`` on a tuple field as ``(None,)``; the
-    command line's loader (diffjax.config_loading) makes it None, so a guided config's teacher (configs/shapes_distill.py) can be read unguided, and
-    the main job (configs/shapes_t2i.py) sampled with guidance at every noise level, from
-    flags alone."""
+    command line's loader (diffjax.config_loading) makes it None, so a guided config's
+    teacher (configs/shapes_distill.py) can be read unguided, and the main job
+    (configs/shapes_t2i.py) sampled with guidance at every noise level, from flags alone."""
     from diffjax import config_loading, config_validation
 
     root = os.path.join(os.path.dirname(__file__), "..", "configs")
