@@ -49,3 +49,27 @@ def test_concurrent_writers_of_one_file_leave_one_whole_version(tmp_path):
         x = f["x"]
     assert any(np.array_equal(x, v) for v in versions.values())
     assert os.listdir(tmp_path) == ["shared.npz"]
+
+
+def test_a_published_directory_appears_whole_the_first_publisher_wins_a_failure_leaves_none(
+        tmp_path):
+    final = tmp_path / "cache" / "entry"   # its parent is created
+    with atomic.publishing_dir(final) as tmp:
+        assert not final.exists()   # nothing at the final name while it is being built
+        (tmp_path / "cache" / os.path.basename(tmp) / "meta.json").write_text("first")
+    assert (final / "meta.json").read_text() == "first"
+    with atomic.publishing_dir(final) as tmp:   # a second builder loses the race quietly
+        (tmp_path / "cache" / os.path.basename(tmp) / "meta.json").write_text("second")
+    assert (final / "meta.json").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic.publishing_dir(tmp_path / "cache" / "other"):
+            raise RuntimeError("the build failed")
+    assert os.listdir(tmp_path / "cache") == ["entry"]   # no partial directory, no temporary
+    # What stands at the name is not a finished entry: the rename's error is not swallowed.
+    (tmp_path / "cache" / "partial").mkdir()
+    (tmp_path / "cache" / "partial" / "half").write_text("")
+    with pytest.raises(OSError):
+        with atomic.publishing_dir(tmp_path / "cache" / "partial",
+                                   complete=lambda: False) as tmp:
+            (tmp_path / "cache" / os.path.basename(tmp) / "meta.json").write_text("x")
+    assert sorted(os.listdir(tmp_path / "cache")) == ["entry", "partial"]

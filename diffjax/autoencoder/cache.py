@@ -23,14 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import atomic
 from diffjax.autoencoder import spec
 from diffjax.autoencoder.model import AutoencoderKL
 
@@ -152,10 +151,9 @@ def records(config, reference, split: str = "train",
     key = _key(config, split, len(source), reference.identity)
     root = cache_dir(config)
     folder = os.path.join(root, f"latents_{data.dataset}_{split.replace('/', '_')}_{key}")
-    if not os.path.isfile(os.path.join(folder, "meta.json")):
-        os.makedirs(root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".building_", dir=root)
-        try:
+    done = lambda: os.path.isfile(os.path.join(folder, "meta.json"))  # noqa: E731
+    if not done():
+        with atomic.publishing_dir(folder, prefix=".building_", complete=done) as tmp:
             flips = bool(data.get("random_flip", False))
             module = latents_of(reference, config).module
             print(f"latent cache: encoding {len(source)} records of {data.dataset} {split}"
@@ -166,11 +164,4 @@ def records(config, reference, split: str = "train",
                            "num_records": len(source), "flips": flips,
                            "image_size": data.get("image_size"),
                            "autoencoder": reference.identity}, f, indent=1, default=str)
-            try:
-                os.rename(tmp, folder)
-            except OSError:  # another process finished first: keep its cache
-                if not os.path.isfile(os.path.join(folder, "meta.json")):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return LatentRecords(folder, repr(source))

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from functools import partial
 from typing import Any
 
@@ -24,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
+
+from diffjax import atomic
 
 __all__ = ["CNN", "Classifier", "load_or_train", "train_classifier"]
 
@@ -232,15 +232,6 @@ def load_or_train(dataset: str, cache_dir: str, *, data_dir: str | None = None) 
     classifier = train_classifier(x_train, y_train, num_classes=data_info.num_classes)
     classifier.info.update(dataset=dataset, test_accuracy=classifier.accuracy(x_test, y_test))
 
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".classifier_{dataset}.", dir=cache_dir)
-    try:
+    with atomic.publishing_dir(final, prefix=f".classifier_{dataset}.") as tmp:
         _save(classifier, tmp)
-        os.rename(tmp, final)
-    except OSError:
-        # Lost a race to a concurrent writer: its complete checkpoint stays.
-        if not os.path.isdir(final):
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return _load(final)

@@ -19,8 +19,6 @@ import dataclasses
 import itertools
 import json
 import os
-import shutil
-import tempfile
 import time
 from functools import partial
 from typing import Any
@@ -32,6 +30,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from diffjax import atomic
 from diffjax.data import shapes
 
 # Names the cache entry: bump it whenever the network, its training or the shapes renderer
@@ -280,14 +279,6 @@ def load_or_train(cache_dir: str, **train_kwargs) -> Detector:
     if os.path.isdir(final):
         return _load(final)
     detector = train(**train_kwargs)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".shapes_detector.", dir=os.path.dirname(final))
-    try:
+    with atomic.publishing_dir(final, prefix=".shapes_detector.") as tmp:
         _save(detector, tmp)
-        os.rename(tmp, final)
-    except OSError:
-        if not os.path.isdir(final):
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return _load(final)
