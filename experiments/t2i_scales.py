@@ -4,7 +4,8 @@ The ``t2i_guidance`` sweep trains its own model and evaluates it per scale; this
 the evaluation half for a model you already have (e.g. the main job's workdir: the sweep's
 training is the same config and seed). Same samples per scale (same noise, the first
 ``--num_samples`` test captions), ``shapes_eval`` per category and ``fd_shapes`` with its
-floor; a markdown table on stdout and in ``WORKDIR/t2i_scales_<prompt_set>.md``.
+floor; a markdown table on stdout and in ``WORKDIR/t2i_scales_<prompt_set>[_<changes>].md``
+(the changes: ``_num_steps<N>``, ``_grid<NAME>``, ``_n<num_samples>`` when not 500).
 
     python experiments/t2i_scales.py --workdir=runs/shapes_t2i [--scales=0,1,2,3,5,7.5,12]
         [--num_samples=500] [--prompt_set=test|reordered|reworded] [--intervals="run;none;0,2"]
@@ -26,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffjax import checkpoint, train  # noqa: E402
+from diffjax import atomic, checkpoint, train  # noqa: E402
 from diffjax.evaluate import metrics as metrics_lib  # noqa: E402
 from diffjax.training import evaluation  # noqa: E402
 
@@ -125,8 +126,10 @@ def main() -> None:
     text = table(rows)
     print(text)
     tag = "".join(f"_{k}{v}" for k, v in changes.items())
-    with open(os.path.join(args.workdir, f"t2i_scales_{args.prompt_set}{tag}.md"), "w") as f:
-        f.write(text + "\n")
+    if args.num_samples != parser.get_default("num_samples"):  # never over another size's table
+        tag += f"_n{args.num_samples}"
+    atomic.write_text(os.path.join(args.workdir, f"t2i_scales_{args.prompt_set}{tag}.md"),
+                      text + "\n")
 
 
 if __name__ == "__main__":
