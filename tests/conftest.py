@@ -1,8 +1,8 @@
 """Shared test fixtures, and how ``python -m pytest -n 2 tests`` spreads the suite over its
 two xdist workers.
 
-Time budget: the whole suite in under about 10 minutes on 2 cores (over it: 16:07 on the idle
-2-core development VM, 2026-11-30). Four things here serve it:
+Time budget: the whole suite in under about 10 minutes on 2 cores (over it: 14:58 in `.ci/run`
+on a fresh clone, idle 2-core development VM, 2026-11-30). Four things here serve it:
 
 * XLA's backend optimisation is off (``JAX_DISABLE_MOST_OPTIMIZATIONS``, below), except for
   the fixtures that train for hundreds of steps (:func:`optimized_xla`).
