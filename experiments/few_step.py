@@ -276,7 +276,7 @@ def main():
         results["straightness"] = straightness(reflow_dir, mixture, n, args.set)
     atomic.write_json(out, results, indent=2)
     text = table(results, methods, n)
-    open(os.path.join(args.workdir, "results.md"), "w").write(text)
+    atomic.write_text(os.path.join(args.workdir, "results.md"), text)
     print(text)
 
 

@@ -42,7 +42,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from diffjax import config_loading  # noqa: E402
+from diffjax import atomic, config_loading  # noqa: E402
 from diffjax.config_validation import ConfigError  # noqa: E402
 from experiments.few_step_trained import given_teachers, main_cli, results_store  # noqa: E402
 
@@ -216,7 +216,7 @@ def main():
         lines.append(f"| {name} | " + " | ".join(cells) +
                      f" | {steps_of[run]} | {results['wall_s'][run]:.0f} |")
     text = "\n".join(lines) + "\n"
-    open(os.path.join(args.workdir, "results.md"), "w").write(text)
+    atomic.write_text(os.path.join(args.workdir, "results.md"), text)
     # the table's numbers for experiments/few_step_plot.py: each row's scores per NFE
     results["table"] = {"rows": {name: {str(k): {key: v[key] for key in KEYS}
                                         for k, v in by_nfe.items()}

@@ -319,7 +319,7 @@ def write_results(args, rows, ref_of, run_of_row, vs_of_row, steps_of, wall_s, s
                     lines.append(f"* {name}, NFE {k}, per seed: " + ", ".join(
                         f"{v / r:.2f}x" for v, r in zip(cell["per_seed"], ref_seeds)))
     text = "\n".join(lines) + "\n"
-    open(os.path.join(args.workdir, "results.md"), "w").write(text)
+    atomic.write_text(os.path.join(args.workdir, "results.md"), text)
     print(text)
 
 
