@@ -24,12 +24,15 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def replacing(path: "str | os.PathLike", binary: bool = False) -> Iterator[Any]:
-    """An open file whose contents replace ``path`` when the block ends without an error."""
+def replacing(path: "str | os.PathLike", binary: bool = False,
+              newline: Optional[str] = None) -> Iterator[Any]:
+    """An open file whose contents replace ``path`` when the block ends without an error
+    (text files: UTF-8, ``newline`` as :func:`open`'s)."""
     path = os.fspath(path)
     tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    text = {} if binary else {"encoding": "utf-8", "newline": newline}
     try:
-        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as f:
+        with open(tmp, "xb" if binary else "x", **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -42,6 +45,18 @@ def replacing(path: "str | os.PathLike", binary: bool = False) -> Iterator[Any]:
 def write_text(path: "str | os.PathLike", text: str) -> None:
     with replacing(path) as f:
         f.write(text)
+
+
+def write_csv(path: "str | os.PathLike", rows: "list[dict]",
+              fieldnames: "Optional[list[str]]" = None) -> None:
+    """``rows`` (dicts) as a CSV table with a header, atomically; the columns are
+    ``fieldnames`` or the first row's keys."""
+    import csv
+
+    with replacing(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames or rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_json(path: "str | os.PathLike", obj: Any, **dump_options: Any) -> None:

@@ -47,7 +47,6 @@ main model.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
@@ -56,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import diffjax
-from diffjax import paths
+from diffjax import atomic, paths
 from diffjax.analytic import GaussianMixture
 from diffjax.evaluate.distances import sliced_wasserstein
 
@@ -174,10 +173,7 @@ def sweep(draw_at, kinds, data, threshold, reference, ref_labels, out_dir: str):
             shown[kind, w] = (x, labels)
             print(f"{kind:9s} w={w:<4g} outside={rows[-1]['outside']:.3f} "
                   f"sliced_w2={rows[-1]['sliced_w2']:.4f}", flush=True)
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic.write_csv(os.path.join(out_dir, "results.csv"), rows)
     return rows, shown
 
 
@@ -233,8 +229,7 @@ def main() -> None:
         lines.append(f"| {w:g} | " + " | ".join(f"{got[k]['outside']:.3f}" for k in KINDS)
                      + " | " + " | ".join(f"{got[k]['sliced_w2']:.4f}" for k in KINDS) + " |")
     lines.append(f"\n{time.time() - start:.0f} s")
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(shown, data, os.path.join(args.out, "autoguidance_toy.png"))
 
@@ -311,11 +306,9 @@ def cached_train(spec: tuple, data: GaussianMixture, seed: int, fit: str,
             float(blob["loss"]), True
     den, params, loss = train(spec, data, jax.random.PRNGKey(seed), fit)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = file + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic.replacing(file, binary=True) as f:
         f.write(flax.serialization.msgpack_serialize(
             {"params": flax.serialization.to_state_dict(jax.device_get(params)), "loss": loss}))
-    os.replace(tmp, file)
     return den, params, loss, False
 
 
@@ -492,8 +485,7 @@ def main_trained(args) -> None:
         lines.append(f"\nbar (outside: {kind} >= 0.20 and auto <= 0.05 at the same w): "
                      + (f"met at w = {', '.join(f'{w:g}' for w in met)}" if met else "not met"))
     lines.append(f"\n{time.time() - start:.0f} s")
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot_trained(shown, data, threshold, os.path.join(args.out, "autoguidance_toy_trained.png"))
 

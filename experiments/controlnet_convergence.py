@@ -21,13 +21,12 @@ at the end ``control_f1 >= 0.8 * control_f1_real`` and ``>= 2 * control_f1_uncon
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffjax import config_loading, config_validation, train  # noqa: E402
+from diffjax import atomic, config_loading, config_validation, train  # noqa: E402
 from diffjax.controlnet import evaluate  # noqa: E402
 
 
@@ -69,19 +68,14 @@ def main(argv=None) -> None:
         rows.append(evaluate.score(config, args.workdir, num=num))
         print(rows[-1], flush=True)
     os.makedirs(args.workdir, exist_ok=True)
-    with open(os.path.join(args.workdir, "convergence.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic.write_csv(os.path.join(args.workdir, "convergence.csv"), rows)
     name = "control_iou" if config.controlnet.kind == "segmentation" else "control_f1"
     summary = verdict(rows, name)
-    with open(os.path.join(args.workdir, "convergence.md"), "w") as f:
-        keys = list(rows[0])
-        f.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
-        for r in rows:
-            f.write("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])
-                                      for k in keys) + " |\n")
-        f.write(f"\n{summary}\n")
+    keys = list(rows[0])
+    table = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n" + "".join(
+        "| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])
+                          for k in keys) + " |\n" for r in rows)
+    atomic.write_text(os.path.join(args.workdir, "convergence.md"), f"{table}\n{summary}\n")
     print(summary)
 
 

@@ -16,7 +16,6 @@ Writes ``WORKDIR/editing.csv`` / ``editing.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 
@@ -25,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffjax import checkpoint, data as data_lib, train  # noqa: E402
+from diffjax import atomic, checkpoint, data as data_lib, train  # noqa: E402
 from diffjax.controlnet import editing  # noqa: E402
 from diffjax.evaluate import metrics as metrics_lib  # noqa: E402
 from diffjax.training import evaluation  # noqa: E402
@@ -96,16 +95,12 @@ def main(argv=None) -> None:
     num, strengths = (16, (0.2, 0.6, 1.0)) if args.quick else (args.num, STRENGTHS)
     rows = run(config, args.workdir, num, strengths)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("edit", "strength"), k))
-    with open(os.path.join(args.workdir, "editing.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(args.workdir, "editing.md"), "w") as f:
-        f.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
-        for r in rows:
-            f.write("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float)
-                                      else str(r.get(k, "")) for k in keys) + " |\n")
-    print(open(os.path.join(args.workdir, "editing.md")).read())
+    atomic.write_csv(os.path.join(args.workdir, "editing.csv"), rows, keys)
+    table = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n" + "".join(
+        "| " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, ""))
+                          for k in keys) + " |\n" for r in rows)
+    atomic.write_text(os.path.join(args.workdir, "editing.md"), table)
+    print(table)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ reconstructions).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
@@ -62,10 +61,9 @@ def main() -> None:
 
 
 def _write(out, rows, steps, every, num, trained, total) -> None:
-    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    from diffjax import atomic
+
+    atomic.write_csv(os.path.join(out, "results.csv"), rows)
     power = [r for r in rows if r["ema"] != "classic"]
     best = min(power, key=lambda r: r["fd_classifier"])
     interior = best is not power[0] and best is not power[-1]
@@ -75,8 +73,7 @@ def _write(out, rows, steps, every, num, trained, total) -> None:
     lines += [f"| {r['ema']} | {r['fd_classifier']:.3f} | {r['fd_classifier_floor']:.3f} |"
               for r in rows]
     lines.append(f"\nbest: {best['ema']} ({'interior' if interior else 'at the grid edge'})")
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
     matplotlib.use("Agg")

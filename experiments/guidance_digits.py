@@ -19,7 +19,6 @@ Writes ``results.csv`` and ``results.md`` under ``--out``; the run stays in ``--
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
@@ -42,7 +41,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="600 steps, guide at 150, 200 samples")
     args = parser.parse_args()
     steps, guide_step, num = (600, 150, 200) if args.quick else (1300, 300, 500)
-    from diffjax import config_loading, train
+    from diffjax import atomic, config_loading, train
 
     start = time.time()
     run = os.path.abspath(os.path.join(args.out, "run"))
@@ -66,18 +65,14 @@ def main() -> None:
         rows.append({"sampling": label, **{k: results[k] for k in (
             "fd_classifier", "fd_classifier_floor", "class_accuracy", "diversity")}})
         print(rows[-1], flush=True)
-    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic.write_csv(os.path.join(args.out, "results.csv"), rows)
     lines = [f"{steps} training steps, guide = checkpoint {guide_step}, {num} samples; "
              f"training {trained / 60:.1f} min, total {(time.time() - start) / 60:.1f} min", "",
              f"| sampling | fd_classifier (floor {rows[0]['fd_classifier_floor']:.3f}) | "
              "class accuracy | diversity |", "|---|---|---|---|"]
     lines += [f"| {r['sampling']} | {r['fd_classifier']:.3f} | {r['class_accuracy']:.3f} | "
               f"{r['diversity']:.3f} |" for r in rows]
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -35,6 +35,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from diffjax import atomic  # noqa: E402
+
 CONFIGS = {"pixel": "configs/shapes_t2i.py:cpu", "unet": "configs/shapes_latent.py:unet",
            "dit": "configs/shapes_latent.py:dit"}
 
@@ -278,8 +280,7 @@ def main() -> None:
         if os.path.exists(out):
             raise SystemExit(f"{out} exists; choose another --suffix")
         rows = every_sampler(args.samplers_of, args)
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        atomic.write_json(out, rows, indent=1)
         print(f"\n| sampler ({args.sampler_steps} steps, {args.sampler_samples} samples) | "
               "shapes_eval | fd_shapes (floor) | wall s |\n|---|---:|---|---:|")
         for r in rows:
@@ -301,8 +302,7 @@ def main() -> None:
         if os.path.exists(out):
             raise SystemExit(f"{out} exists; choose another --suffix")
         rows = [row for arm in args.curves.split(",") for row in curve(arm, args)]
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        atomic.write_json(out, rows, indent=1)
         print("\n| arm | step | train s | train PFLOP | shapes_eval | fd_shapes |\n"
               "|---|---:|---:|---:|---:|---:|")
         for r in rows:
@@ -335,10 +335,9 @@ def main() -> None:
                 f"--config.training.log_every={max(1, args.probe_steps // 4)}",
                 f"--config.training.checkpoint_every={args.probe_steps}"])
             probes[cached] = train_seconds(_records(workdir))[1]
-    with open(os.path.join(args.workdir, f"results{args.suffix}.json"), "w",
-              encoding="utf-8") as f:
-        json.dump({"rows": rows, "probe_steps_per_s": probes,
-                   "load": os.getloadavg()}, f, indent=1)
+    atomic.write_json(os.path.join(args.workdir, f"results{args.suffix}.json"),
+                      {"rows": rows, "probe_steps_per_s": probes, "load": os.getloadavg()},
+                      indent=1)
     print(f"\n{os.cpu_count()} cores, load average now "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; {args.steps} steps of batch 32\n")
     print("| arm | GFLOP/ex (train step) | train s | steps/s | run wall s | shapes_eval "

@@ -12,7 +12,7 @@ the probability-flow ODE.
 
     python -m diffjax.sweep --sweep=experiments/one_recipe.py --workdir=runs/experiments/one_recipe
 """
-from diffjax.sweep import Plot, Sweep, product
+from diffjax.sweep import Plot, Sweep
 
 from experiments._common import TOY2D_QUICK
 

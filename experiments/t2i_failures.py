@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffjax import checkpoint, train  # noqa: E402
+from diffjax import atomic, checkpoint, train  # noqa: E402
 from diffjax.training import evaluation  # noqa: E402
 from experiments.t2i_scales import parse_intervals  # noqa: E402
 
@@ -88,8 +88,7 @@ def main() -> None:
                  f"{sampling.num_steps}, {args.num_samples} test captions.")
     text = "\n".join(lines)
     print(text)
-    with open(os.path.join(args.workdir, "t2i_failures.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n")
+    atomic.write_text(os.path.join(args.workdir, "t2i_failures.md"), text + "\n")
 
 
 if __name__ == "__main__":

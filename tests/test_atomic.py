@@ -1,5 +1,6 @@
 """diffjax.atomic: a reader sees the old file or the whole new one, and a failed write
 leaves the old file and nothing else."""
+import csv
 import json
 import os
 import threading
@@ -14,11 +15,16 @@ def test_written_files_read_back_and_keep_their_names(tmp_path):
     atomic.write_text(tmp_path / "a.txt", "line\n")
     atomic.write_json(tmp_path / "b.json", {"x": [1, 2]}, sort_keys=True)
     atomic.write_npz(tmp_path / "c.cache", x=np.arange(3.0))   # no ".npz" appended
+    rows = [{"w": 1, "note": "a, \"quoted\"\nline"}, {"w": 2.5, "note": ""}]
+    atomic.write_csv(tmp_path / "d.csv", rows)
     assert (tmp_path / "a.txt").read_text() == "line\n"
     assert json.loads((tmp_path / "b.json").read_text()) == {"x": [1, 2]}
     with np.load(tmp_path / "c.cache") as f:
         np.testing.assert_array_equal(f["x"], [0.0, 1.0, 2.0])
-    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.json", "c.cache"]
+    with open(tmp_path / "d.csv", newline="", encoding="utf-8") as f:   # the csv module's
+        assert list(csv.DictReader(f)) == [{"w": "1", "note": rows[0]["note"]},  # own reader
+                                           {"w": "2.5", "note": ""}]
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.json", "c.cache", "d.csv"]
 
 
 def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -28,8 +34,12 @@ def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_temporary(tmp_pat
         atomic.write_json(path, {"a": 1, "b": object()})
     with pytest.raises(OSError):
         atomic.write_text(tmp_path / "missing_dir" / "x.txt", "never")
+    atomic.write_csv(tmp_path / "t.csv", [{"a": 1}])
+    with pytest.raises(ValueError):   # the second row has a column the header lacks
+        atomic.write_csv(tmp_path / "t.csv", [{"a": 2}, {"a": 3, "b": 4}])
     assert json.loads(path.read_text()) == {"step": 1}
-    assert os.listdir(tmp_path) == ["record.json"]
+    assert (tmp_path / "t.csv").read_bytes() == b"a\r\n1\r\n"
+    assert sorted(os.listdir(tmp_path)) == ["record.json", "t.csv"]
 
 
 def test_concurrent_writers_of_one_file_leave_one_whole_version(tmp_path):
