@@ -41,7 +41,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from diffjax import conditions
+from diffjax import conditions, xla_options
 from diffjax import targets as targets_lib
 from diffjax.paths import Path
 from diffjax.samplers import guidance
@@ -93,7 +93,7 @@ def _probes(key: Array, kind: str, shape: tuple, dtype) -> Array:
     return jax.random.normal(key, shape, dtype)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(xla_options.jit, static_argnums=0)
 def _run(static: _Static, x: Array, key: Array, params, cond):
     path = static.path
     model = guidance.bind(static.model_fn, static.has_params, params, cond)

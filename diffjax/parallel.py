@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from diffjax import xla_options
 from diffjax.choices import BACKENDS, PARAM_SHARDINGS
 
 DATA_AXIS = "data"
@@ -220,8 +221,10 @@ def compile_step(make_step: Callable[[Optional[str]], StepFn], *, backend: str, 
     state as global, replicated ``jax.Array``s, so checkpointing does not depend on them.
     """
     if backend == "jit":
-        step = jax.jit(make_step(None), in_shardings=(state_sharding, batch_sharding(mesh)),
-                       out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+        step = xla_options.jit(make_step(None),
+                               in_shardings=(state_sharding, batch_sharding(mesh)),
+                               out_shardings=(state_sharding, replicated(mesh)),
+                               donate_argnums=0)
         return step, lambda local: global_batch(local, mesh)
     if backend == "pmap":
         # in_axes=None broadcasts the state; out_axes=None returns the (pmean'd, hence

@@ -25,11 +25,10 @@ import json
 import os
 from typing import Any, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import atomic
+from diffjax import atomic, xla_options
 from diffjax.autoencoder import spec
 from diffjax.autoencoder.model import AutoencoderKL
 
@@ -96,7 +95,7 @@ def _key(config, split: str, num_records: int, identity: dict) -> str:
 
 
 def _encoder(module: AutoencoderKL):
-    @jax.jit
+    @xla_options.jit
     def moments(params, pixels):
         mean, logvar = module.apply({"params": params}, pixels, method=AutoencoderKL.encode)
         return mean.astype(jnp.float32), logvar.astype(jnp.float32)

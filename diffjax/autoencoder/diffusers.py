@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffjax import xla_options
 from diffjax.autoencoder.model import AutoencoderKL, factor
 
 Array = jax.Array
@@ -60,12 +61,12 @@ class VAE:
         return _decode(self.module, self.params, jnp.asarray(z, jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(xla_options.jit, static_argnums=0)
 def _encode(module: AutoencoderKL, params: Any, x: Array) -> tuple[Array, Array]:
     return module.apply({"params": params}, x, method=AutoencoderKL.encode)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(xla_options.jit, static_argnums=0)
 def _decode(module: AutoencoderKL, params: Any, z: Array) -> Array:
     return module.apply({"params": params}, z, method=AutoencoderKL.decode)
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from diffjax import xla_options
 from diffjax.autoencoder import spec
 from diffjax.autoencoder import task as ae_task
 from diffjax.autoencoder.diffusers import CONFIG_FILE, VAE, load_diffusers_vae
@@ -179,7 +180,7 @@ def decoder(config) -> Optional[Callable[[Array], Array]]:
         return None
     reference = frozen.load(KEY, reference_value(config))
     latents = latents_of(reference, config)
-    fn = jax.jit(latents.decode)
+    fn = xla_options.jit(latents.decode)
     return lambda x: fn(reference.params, x)
 
 

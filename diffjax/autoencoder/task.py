@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import atomic
-from diffjax import parallel, reporting
+from diffjax import parallel, reporting, xla_options
 from diffjax.autoencoder import spec
 from diffjax.autoencoder.model import AutoencoderKL
 from diffjax.training import frozen, tasks
@@ -161,7 +161,7 @@ def build(setup: Setup, references) -> Autoencode:
 
 
 # ----------------------------------------------------------------------------- evaluation
-@jax.jit
+@xla_options.jit
 def _psnr(x: Array, y: Array) -> Array:
     """Per-image PSNR of images in [-1, 1] (peak-to-peak 2): ``[B, ...] -> [B]``."""
     mse = jnp.mean(((x - y) ** 2).reshape(x.shape[0], -1), axis=-1)
@@ -173,10 +173,10 @@ class Codec:
 
     def __init__(self, module: AutoencoderKL, batch_size: int = 500):
         self.module, self.batch_size = module, batch_size
-        self._encode = jax.jit(lambda p, x: module.apply({"params": p}, x,
-                                                         method=AutoencoderKL.encode))
-        self._decode = jax.jit(lambda p, z: module.apply({"params": p}, z,
-                                                         method=AutoencoderKL.decode))
+        self._encode = xla_options.jit(lambda p, x: module.apply({"params": p}, x,
+                                                                 method=AutoencoderKL.encode))
+        self._decode = xla_options.jit(lambda p, z: module.apply({"params": p}, z,
+                                                                 method=AutoencoderKL.decode))
 
     def _batched(self, fn, params, x: np.ndarray) -> list:
         return [jax.device_get(fn(params, x[i:i + self.batch_size]))

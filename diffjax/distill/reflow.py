@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import atomic
+from diffjax import atomic, xla_options
 from diffjax.distill import ode, settings
 from diffjax.distill import teacher as teacher_lib
 from diffjax.paths import Path
@@ -56,7 +56,7 @@ from diffjax.training.setup import Setup
 Array = jax.Array
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 5, 6))
+@functools.partial(xla_options.jit, static_argnums=(0, 1, 5, 6))
 def _solve(path: Path, x0_fn, params, eps: Array, cond, num_steps: int, std: float) -> Array:
     """The teacher ODE's samples from ``std * eps`` at ``t_max`` under ``cond``; ``params``
     and ``cond`` traced."""

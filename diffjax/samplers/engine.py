@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import xla_options
 from diffjax.paths import Path
 from diffjax.samplers import adaptive as adaptive_lib
 from diffjax.samplers import clipping, few_step, guidance, options as options_lib
@@ -112,7 +113,7 @@ class _StepCallback:
         self.fn(int(i), float(t), np.asarray(x), self.x0_hat)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(xla_options.jit, static_argnums=0)
 def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays: dict):
     """The compiled sampler. ``eps0`` (the starting noise) and ``keys`` are drawn outside;
     ``arrays`` holds the parameters, the conditions and the editing inputs (all traced)."""

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from diffjax import xla_options
 from diffjax.paths import Path
 from diffjax.samplers import SAMPLERS, _prepare, _run, sample
 
@@ -79,7 +80,7 @@ def optimise_grid(model_fn: Callable, path: Path, shape: tuple, key: Array, *, t
     optimiser = optax.adam(learning_rate)
     state = optimiser.init(u)
 
-    @jax.jit
+    @xla_options.jit
     def update(u, state):
         updates, state = optimiser.update(jax.grad(loss)(u), state)
         return optax.apply_updates(u, updates), state

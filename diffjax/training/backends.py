@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from diffjax import parallel
+from diffjax import parallel, xla_options
 
 StepFn = Callable[..., tuple[Any, Any]]
 
@@ -45,9 +45,9 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
 
 
 def _jit(make_step, mesh: Mesh, state_sharding: Any) -> Compiled:
-    step = jax.jit(make_step(None),
-                   in_shardings=(state_sharding, parallel.batch_sharding(mesh), None),
-                   out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
+    step = xla_options.jit(
+        make_step(None), in_shardings=(state_sharding, parallel.batch_sharding(mesh), None),
+        out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=0)
     same = lambda tree: tree  # noqa: E731
     return Compiled(step, same, same, lambda local: global_batch(local, mesh), same)
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffjax import configs, parallel, reporting
+from diffjax import configs, parallel, reporting, xla_options
 from diffjax.choices import DEFAULT_METRICS, metric_names  # noqa: F401  (re-exported)
 from diffjax import data as data_lib
 from diffjax.training import guide as guide_lib
@@ -60,8 +60,8 @@ class Sampler:
         self.traces = 0  # how often the sampler was traced (compiled): once per run
         self.guide = guide_lib.load(sampling_cfg, setup.config.path, setup.data_info) \
             if setup.config is not None else None
-        self._fn = jax.jit(self._sample, in_shardings=(None, None, self.rows, None),
-                           out_shardings=(self.rows, None))
+        self._fn = xla_options.jit(self._sample, in_shardings=(None, None, self.rows, None),
+                                   out_shardings=(self.rows, None))
         self.decode = None if setup.config is None else next(
             (d for d in (f(setup.config) for f in DECODERS) if d is not None), None)
 

@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from diffjax import configs, sample, train  # noqa: E402
+from diffjax import configs, sample, train, xla_options  # noqa: E402
 from diffjax.autoencoder import latent, spec  # noqa: E402
 from diffjax.autoencoder.model import AutoencoderKL  # noqa: E402
 from diffjax.data import DataInfo  # noqa: E402
@@ -74,7 +74,7 @@ def step_cost(setup, batch: int, pixels: tuple, ae=None, run: int = 0, compile_:
         frozen = {spec.KEY: ae[1]}
     state = jax.eval_shape(lambda: train.init_state(setup, 0))
     x = jax.ShapeDtypeStruct((batch, *pixels), jnp.float32)
-    step = jax.jit(train.make_train_step(setup, task=task))
+    step = xla_options.jit(train.make_train_step(setup, task=task))
     lowered = step.lower(state, {"x": x, "cond": {}}, frozen)
     if not compile_:
         return _flops(lowered.cost_analysis()) / batch, None
@@ -98,8 +98,9 @@ def sample_seconds(setup, params, n: int, nfe: int, decode=None) -> tuple[float,
     """Seconds per image of ``n`` samples at ``nfe`` Euler steps, and of the decoder alone."""
     den = setup.denoiser
     shape = (n, *setup.data_info.shape)
-    fn = jax.jit(lambda p, key: sample(den.fn, den.path, shape, key, params=p, target=den.target,
-                                       sampler="euler", num_steps=nfe))
+    fn = xla_options.jit(lambda p, key: sample(den.fn, den.path, shape, key, params=p,
+                                               target=den.target, sampler="euler",
+                                               num_steps=nfe))
     jax.block_until_ready(fn(params, jax.random.PRNGKey(0)))
     start = time.perf_counter()
     z = jax.block_until_ready(fn(params, jax.random.PRNGKey(1)))

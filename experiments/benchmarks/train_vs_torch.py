@@ -102,7 +102,7 @@ def memory_bytes(compiled) -> int:
 def jax_trainer(batch: int, dtype: str = "float32", **optim) -> dict:
     """diffjax's train step on a fixed random batch: ``run(n)`` takes n steps and waits.
     ``optim``: overrides of ``config.optim`` (e.g. ``grad_accum_steps``)."""
-    from diffjax import data, models, train
+    from diffjax import data, models, train, xla_options
 
     config = load_config(batch, dtype)
     config.optim.update(optim)
@@ -110,7 +110,7 @@ def jax_trainer(batch: int, dtype: str = "float32", **optim) -> dict:
     state = jax.jit(lambda: train.init_state(setup, config.seed))()
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(-1, 1, (batch, 32, 32, 3)).astype(np.float32))
-    step = jax.jit(train.make_train_step(setup), donate_argnums=0)
+    step = xla_options.jit(train.make_train_step(setup), donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, {"x": x, "cond": {}}).compile()
     compile_s = time.perf_counter() - start
