@@ -3,12 +3,13 @@
 
 **CPU.** XLA:CPU (jaxlib 0.10) hands convolutions and reductions to YNNPACK by default
 (``--xla_cpu_experimental_ynn_fusion_type``). Its convolutions run on one thread: a 3x3
-convolution of the bench U-Net (32x32, 128 -> 64 channels, batch 32) used 1.00 core of the
-2-core development machine at 92 GFLOP/s, where XLA's own (Eigen) convolution used 1.97
-cores at 124 GFLOP/s. Its reductions are what it does well: with YNNPACK off altogether
+convolution of the bench U-Net (32x32, 128 -> 64 channels, batch 32) kept 1.00 of the 2
+cores of a development machine busy at 94 GFLOP/s, where XLA's own (Eigen) convolution kept
+1.98 busy at 156 GFLOP/s. Its reductions are what it does well: with YNNPACK off altogether
 the steps were no faster than XLA's default. diffjax therefore keeps YNNPACK for reductions
-only, which makes the training steps of the U-Nets 7-22% faster on 2 cores and sampling
-~30% faster (README, "Convolutions on CPU"; ``experiments/benchmarks/xla_cpu_options.py``).
+only, which made the training steps of the U-Nets and the autoencoder 6-32% faster on 2
+cores and sampling 32% faster (README, "Convolutions on CPU";
+``experiments/benchmarks/xla_cpu_options.py``).
 The programs compute the same functions; sums run in another order (float32 rounding).
 
 Your choice wins: if ``XLA_FLAGS`` sets ``--xla_cpu_experimental_ynn_fusion_type`` (e.g.

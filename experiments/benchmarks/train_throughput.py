@@ -59,14 +59,11 @@ def step_flops(compiled) -> float:
     return float(analysis["flops"])
 
 
-def benchmark(name: str, batch_size: int, steps: int) -> dict:
-    """Times the train step of config ``name``; returns one table row."""
+def fixed_batch_setup(config) -> tuple:
+    """``(setup, mesh, state shardings, initial state, one fixed random batch)`` for a train
+    step of ``config`` at its batch size."""
     from diffjax import data
 
-    config = load_config(name)
-    on_cpu = jax.default_backend() == "cpu"
-    config.data.batch_size = batch_size or (CPU_BATCH.get(name, config.data.batch_size)
-                                            if on_cpu else config.data.batch_size)
     b = config.data.batch_size
     info = data.info(config.data.dataset)
     setup = train.build(config, info)
@@ -81,6 +78,19 @@ def benchmark(name: str, batch_size: int, steps: int) -> dict:
         cond["label"] = rng.integers(0, info.num_classes, b).astype(np.int32)
     batch = backends.global_batch({
         "x": rng.uniform(-1, 1, (b, *info.shape)).astype(np.float32), "cond": cond}, mesh)
+    return setup, mesh, shardings, state, batch
+
+
+def benchmark(name: str, batch_size: int, steps: int) -> dict:
+    """Times the train step of config ``name``; returns one table row."""
+    from diffjax import data
+
+    config = load_config(name)
+    on_cpu = jax.default_backend() == "cpu"
+    config.data.batch_size = batch_size or (CPU_BATCH.get(name, config.data.batch_size)
+                                            if on_cpu else config.data.batch_size)
+    b = config.data.batch_size
+    setup, mesh, shardings, state, batch = fixed_batch_setup(config)
     step = xla_options.jit(train.make_train_step(setup),  # as the trainer compiles it
                            in_shardings=(shardings, parallel.batch_sharding(mesh)),
                            out_shardings=(shardings, parallel.replicated(mesh)),
@@ -106,8 +116,8 @@ def benchmark(name: str, batch_size: int, steps: int) -> dict:
         jax.block_until_ready((s, out))
         box[0] = s
 
-    return dict(name=name, params=params, batch=b, shape=info.shape, compile_s=compile_s,
-                steps_per_s=1 / seconds, examples_per_s=b / seconds,
+    return dict(name=name, params=params, batch=b, shape=data.info(config.data.dataset).shape,
+                compile_s=compile_s, steps_per_s=1 / seconds, examples_per_s=b / seconds,
                 flops=step_flops(compiled) / seconds, compiled=compiled, run=run)
 
 

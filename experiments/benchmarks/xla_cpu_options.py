@@ -89,25 +89,13 @@ def conv_row(rounds: int) -> list:
 
 
 def train_rows(name: str, batch: int, steps: int, rounds: int) -> list:
-    from experiments.benchmarks.train_throughput import load_config
+    from experiments.benchmarks.train_throughput import fixed_batch_setup, load_config
 
-    from diffjax import data, parallel, train
-    from diffjax.training import backends
-    from diffjax.training import setup as setup_lib
+    from diffjax import parallel, train
 
     config = load_config(name)
     config.data.batch_size = batch
-    info = data.info(config.data.dataset)
-    setup = train.build(config, info)
-    mesh = parallel.make_mesh()
-    _, shardings = train.setup_state(setup, config, mesh)
-    state = jax.jit(lambda: train.init_state(setup, config.seed), out_shardings=shardings)()
-    rng = np.random.default_rng(0)
-    cond = {k: np.asarray(v) for k, v in setup_lib.example_cond(setup, batch).items()}
-    if "label" in cond:
-        cond["label"] = rng.integers(0, info.num_classes, batch).astype(np.int32)
-    batch_arrays = backends.global_batch({
-        "x": rng.uniform(-1, 1, (batch, *info.shape)).astype(np.float32), "cond": cond}, mesh)
+    setup, mesh, shardings, state, batch_arrays = fixed_batch_setup(config)
     compiled, loss = {}, {}
     for v in VARIANTS:
         with variant(v):
