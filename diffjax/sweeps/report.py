@@ -3,12 +3,12 @@ failures) and the plots, from the trials' result records.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shutil
 from typing import Any, Optional, Sequence
 
+from diffjax import atomic
 from diffjax.sweeps.declare import Plot, Script, Sweep, Trial, short
 from diffjax.sweeps.records import RESULT_FILE, read_json
 
@@ -82,10 +82,7 @@ def write_outputs(sweep: Sweep, trials: Sequence[Trial], workdir: str, sweep_pat
     varied = [k for t in trials for k in t.varied]
     columns = [c for c in dict.fromkeys(["trial", *varied] + [k for r in rows for k in r])
                if any(c in r for r in rows)]
-    with open(os.path.join(workdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic.write_csv(os.path.join(workdir, "results.csv"), rows, columns)
     shown = [c for c in columns if c not in ("error",)
              and not (c == "train_s" and all(r.get(c) is None for r in rows))]
     if any(r.get("error") for r in rows):
@@ -120,8 +117,7 @@ def write_outputs(sweep: Sweep, trials: Sequence[Trial], workdir: str, sweep_pat
         except (KeyError, ValueError, TypeError) as e:
             text += [f"plot {plot.name} not drawn: {e}", ""]
     text += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs]
-    with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(text).strip() + "\n")
+    atomic.write_text(os.path.join(workdir, "results.md"), "\n".join(text).strip() + "\n")
     return rows
 
 

@@ -20,14 +20,13 @@ Writes ``results.csv`` and ``results.md`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from diffjax import paths  # noqa: E402
+from diffjax import atomic, paths  # noqa: E402
 from experiments.benchmarks import sampler_nfe  # noqa: E402
 
 PATH = {"sigma_min": 0.01, "sigma_max": 20.0}
@@ -70,10 +69,7 @@ def main() -> None:
         print(f"[{time.time() - start:5.0f}s] {label:32s} NFE {nfe:5d}  FD {fd:.4g}  "
               f"FD/floor {fd / floor:.3g}", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic.write_csv(os.path.join(args.out, "results.csv"), rows)
     labels = list(dict.fromkeys(r["sampler"] for r in rows))
     all_nfes = sorted({r["budget"] for r in rows})
     lines = [f"FD / floor on the exact digits mixture (floor {floor:.4g}, {n} samples), VE path "
@@ -85,8 +81,7 @@ def main() -> None:
         got = {r["budget"]: r["fd_over_floor"] for r in rows if r["sampler"] == label}
         lines.append(f"| {label} | " + " | ".join(f"{got[k]:.3g}" if k in got else ""
                                                   for k in all_nfes) + " |")
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(args.out, "results.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -37,7 +37,6 @@ tables), ``summary.md`` (best sampler per budget, for the README), ``tuned_grids
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import math
 import os
@@ -49,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import diffjax
-from diffjax import paths
+from diffjax import atomic, paths
 from diffjax.analytic import GaussianMixture
 from diffjax.evaluate.frechet import frechet_distance
 from diffjax.samplers.tuning import optimise_grid
@@ -421,17 +420,10 @@ def main():
                 for k in names]
     elapsed = time.time() - start
 
-    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(args.out, "best_confirmed.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(confirmed[0]))
-        writer.writeheader()
-        writer.writerows(confirmed)
-    with open(os.path.join(args.out, "tuned_grids.json"), "w") as f:
-        import json
-        json.dump({k: notes[k]["grids"] for k in names}, f, indent=1)
+    atomic.write_csv(os.path.join(args.out, "results.csv"), rows)
+    atomic.write_csv(os.path.join(args.out, "best_confirmed.csv"), confirmed)
+    atomic.write_json(os.path.join(args.out, "tuned_grids.json"),
+                      {k: notes[k]["grids"] for k in names}, indent=1)
     plot(rows, datasets, setup["nfes"], os.path.join(args.out, "sampler_nfe.png"))
 
     machine = f"{os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.default_backend()})"
@@ -462,10 +454,8 @@ def main():
         full += ["", "## Headline runs", "",
                  _table(list(head[0]), [[f"{v:.4g}" if isinstance(v, float) else v
                                          for v in r.values()] for r in head])]
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write("\n".join(summary) + "\n")
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(full) + "\n")
+    atomic.write_text(os.path.join(args.out, "summary.md"), "\n".join(summary) + "\n")
+    atomic.write_text(os.path.join(args.out, "results.md"), "\n".join(full) + "\n")
     print("\n".join(full[:full.index("## All runs")] if not args.quick else full))
     print(f"[{time.time() - start:6.0f}s] wrote {args.out}")
 
