@@ -1,32 +1,34 @@
-"""A convolution whose kernel gradient XLA:CPU computes fast.
+"""A convolution whose kernel gradient can be computed as matmuls on XLA:CPU.
 
 ``lax.conv_general_dilated`` differentiates into three convolutions: the output, the input
-gradient and the kernel gradient. On XLA:CPU the first two run near matmul speed, but the
-kernel gradient (a "convolution" whose window is the whole feature map and whose output is
-the k x k kernel) runs several times slower and grows faster than the batch: measured on the
-2-core CPU it was 37-38% of the shapes_t2i U-Net's training step and 39% of the 6.5M bench
-U-Net's (``experiments/benchmarks/conv_grad.py``: ``--profile`` for those shares, ``--layers``
-per layer shape, ``--steps`` whole steps with and without this module).
-
-:func:`conv_general_dilated` has the signature of ``lax.conv_general_dilated`` (``flax.linen.Conv``
-takes it as ``conv_general_dilated=``). Its output and its input gradient are ``lax``'s own. Its
-kernel gradient is the same sum written as one matmul per kernel tap,
+gradient and the kernel gradient (a "convolution" whose window is the whole feature map and
+whose output is the k x k kernel). Written instead as one matmul per kernel tap,
 
     dK[i, j] = sum_{b, h, w} x[b, h, w, :]^T  dy[b, h - i + p, w - j + p, :]     ([C_in, C_out]),
 
-with the output cotangent shifted (not the input: nothing extra is kept from the forward pass).
-The numbers are the same up to float32 summation order. It is a ``jax.custom_jvp`` whose
-tangent rule is linear in (dx, dK), so reverse mode transposes it into the above and forward
-mode (MeanFlow's ``jax.jvp`` through the network) evaluates it as written.
+with the output cotangent shifted (not the input: nothing extra is kept from the forward pass),
+it is the same sum up to float32 order. Which is faster depends on XLA:CPU's kernels, so on the
+jaxlib and the machine: on the 2-core development CPU with the jaxlib of 2026-11-29 the
+matmuls made the U-Nets' training steps 1.1-2.3x faster and were diffjax's default; with
+jaxlib 0.10.2 and diffjax's XLA options (:mod:`diffjax.xla_options`) on 2026-12-01 they made
+them 7-22% slower than lax's (and slower under XLA's default options too), so lax's kernel
+gradient is the default again. ``python experiments/benchmarks/conv_grad.py`` says which is
+faster on your machine (``--layers`` per layer shape, ``--steps`` whole training steps).
 
-Used for 2-D NHWC/HWIO stride-1 convolutions without dilation or groups, on the CPU backend
-(GPUs and TPUs have fast kernel-gradient convolutions of their own); every other call goes to
-``lax`` unchanged. :func:`lax_kernel_gradient` turns it off while tracing (for comparisons).
+The choice, read when a program is traced: ``DIFFJAX_CONV_KERNEL_GRADIENT=matmul`` (or
+``lax``, the default) in the environment, or :func:`kernel_gradient` around the tracing (the
+benchmark's comparisons). The matmul form is a ``jax.custom_jvp`` whose tangent rule is linear
+in (dx, dK), so reverse mode transposes it into the above and forward mode (MeanFlow's
+``jax.jvp`` through the network) evaluates it as written; the output and the input gradient are
+always lax's own. It applies to 2-D NHWC/HWIO stride-1 convolutions without dilation or groups
+on the CPU backend (GPUs and TPUs have fast kernel-gradient convolutions of their own); every
+other call goes to ``lax`` unchanged.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -35,18 +37,41 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-_enabled = True
+ENV = "DIFFJAX_CONV_KERNEL_GRADIENT"
+KERNEL_GRADIENTS = ("lax", "matmul")  # the first is the default
+_mode: str | None = None  # set by kernel_gradient(); None: the environment decides
+
+
+def _check(mode: str, where: str) -> str:
+    if mode not in KERNEL_GRADIENTS:
+        raise ValueError(f"{where}={mode!r} is unknown; valid choices: "
+                         f"{', '.join(map(repr, KERNEL_GRADIENTS))}")
+    return mode
+
+
+def current_kernel_gradient() -> str:
+    """The kernel gradient a convolution traced now takes: :func:`kernel_gradient`'s, else
+    ``$DIFFJAX_CONV_KERNEL_GRADIENT``'s, else ``"lax"``."""
+    if _mode is not None:
+        return _mode
+    return _check(os.environ.get(ENV) or KERNEL_GRADIENTS[0], ENV)
 
 
 @contextlib.contextmanager
-def lax_kernel_gradient() -> Iterator[None]:
-    """Inside this context (at trace time) every convolution differentiates as ``lax`` does."""
-    global _enabled
-    previous, _enabled = _enabled, False
+def kernel_gradient(mode: str) -> Iterator[None]:
+    """Inside this context (at trace time) stride-1 convolutions differentiate their kernel
+    as ``mode`` (one of :data:`KERNEL_GRADIENTS`) says, whatever the environment says."""
+    global _mode
+    previous, _mode = _mode, _check(mode, "kernel_gradient mode")
     try:
         yield
     finally:
-        _enabled = previous
+        _mode = previous
+
+
+def lax_kernel_gradient() -> contextlib.AbstractContextManager:
+    """``kernel_gradient("lax")``: every convolution differentiates as ``lax`` does."""
+    return kernel_gradient("lax")
 
 
 def _stride1_padding(padding: Any, kernel: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
@@ -123,9 +148,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
-    """``lax.conv_general_dilated`` with the fast kernel gradient where it applies (module
-    docstring); the same call to ``lax`` everywhere else."""
-    plain = (_enabled and jax.default_backend() == "cpu"
+    """``lax.conv_general_dilated``, with the matmul kernel gradient where it is chosen and
+    applies (module docstring)."""
+    plain = (current_kernel_gradient() == "matmul" and jax.default_backend() == "cpu"
              and lhs.ndim == 4 and _dims_are_nhwc(dimension_numbers)
              and tuple(int(s) for s in window_strides) == (1, 1)
              and feature_group_count == 1 and batch_group_count == 1

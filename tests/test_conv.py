@@ -1,5 +1,6 @@
-"""diffjax.conv against lax's own convolution and autodiff: outputs, input and
-kernel gradients, forward mode (MeanFlow's jvp), second order, and a U-Net block's gradient."""
+"""diffjax.conv's matmul kernel gradient against lax's own convolution and autodiff: outputs,
+input and kernel gradients, forward mode (MeanFlow's jvp), second order, a U-Net block's
+gradient; and how the kernel gradient is chosen."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,27 +44,44 @@ def test_matches_lax_values_and_gradients(xs, ks, strides, padding):
     k = jnp.asarray(rng.standard_normal(ks), jnp.float32)
     ours, ref = _pair(strides, padding)
     y = ref(x, k)
-    np.testing.assert_array_equal(ours(x, k), y)  # the forward pass is lax's own
     ct = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    got = jax.jit(lambda x, k, ct: jax.vjp(ours, x, k)[1](ct))(x, k, ct)
+    with conv.kernel_gradient("matmul"):  # every stride-1 kernel by matmuls (traced here)
+        np.testing.assert_array_equal(ours(x, k), y)  # the forward pass is lax's own
+        got = jax.jit(lambda x, k, ct: jax.vjp(ours, x, k)[1](ct))(x, k, ct)
     want = jax.vjp(ref, x, k)[1](ct)
     for g, w in zip(got, want):
         _close(g, w)
 
 
-def test_the_fast_path_is_taken_and_can_be_turned_off():
-    x, k = jnp.ones((2, 5, 5, 3)), jnp.ones((3, 3, 3, 2))
+def test_the_choice_of_kernel_gradient_comes_from_the_context_then_the_environment(
+        monkeypatch):
+    x = jnp.ones((2, 5, 5, 3))
     ours, ref = _pair((1, 1), "SAME")
 
-    def convolutions(f):
+    def convolutions(f, size=3):
         """Convolutions in the jaxpr of the kernel gradient (the forward one included)."""
+        k = jnp.ones((size, size, 3, 2))
         return str(jax.make_jaxpr(jax.grad(lambda k: f(x, k).sum()))(k)).count(
             "conv_general_dilated[")
 
-    assert convolutions(ref) == 2      # lax: the output, then the kernel gradient's
-    assert convolutions(ours) == 1     # here: the output; the kernel gradient is matmuls
-    with conv.lax_kernel_gradient():
+    # lax: the output, then the kernel gradient's; with the matmuls, the output alone.
+    monkeypatch.delenv(conv.ENV, raising=False)
+    assert convolutions(ref) == convolutions(ours) == 2  # lax's by default
+    with conv.kernel_gradient("matmul"):
+        assert convolutions(ours) == convolutions(ours, 1) == 1
+        with conv.lax_kernel_gradient():
+            assert convolutions(ours) == 2
+        assert convolutions(ours) == 1  # restored
+    monkeypatch.setenv(conv.ENV, "matmul")
+    assert convolutions(ours) == 1
+    with conv.kernel_gradient("lax"):  # the context wins
         assert convolutions(ours) == 2
+    monkeypatch.setenv(conv.ENV, "fast")
+    with pytest.raises(ValueError, match=r"DIFFJAX_CONV_KERNEL_GRADIENT='fast'.*'lax', 'matmul'"):
+        convolutions(ours)
+    with pytest.raises(ValueError, match=r"mode='fast'.*'lax', 'matmul'"):
+        with conv.kernel_gradient("fast"):
+            pass
 
 
 def test_forward_mode_and_second_order_match_lax():
@@ -74,13 +92,15 @@ def test_forward_mode_and_second_order_match_lax():
     tx = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
     tk = jnp.asarray(rng.standard_normal(k.shape), jnp.float32)
     results = []
-    for f in _pair((1, 1), "SAME"):
-        net = lambda x, k: jnp.tanh(f(x, k))  # noqa: E731
-        jvp_x = jax.jvp(lambda x: net(x, k), (x,), (tx,))[1]
-        jvp_both = jax.jvp(net, (x, k), (tx, tk))[1]
-        # d/dk of a loss on the input-jvp: reverse mode through forward mode.
-        mixed = jax.grad(lambda k: jnp.sum(jax.jvp(lambda x: net(x, k), (x,), (tx,))[1] ** 2))(k)
-        hess = jax.hessian(lambda k: jnp.sum(net(x[:1, :, :, :1], k)))(k[:, :, :1, :1])
+    for f, mode in zip(_pair((1, 1), "SAME"), ("matmul", "lax")):
+        with conv.kernel_gradient(mode):
+            net = lambda x, k: jnp.tanh(f(x, k))  # noqa: E731
+            jvp_x = jax.jvp(lambda x: net(x, k), (x,), (tx,))[1]
+            jvp_both = jax.jvp(net, (x, k), (tx, tk))[1]
+            # d/dk of a loss on the input-jvp: reverse mode through forward mode.
+            mixed = jax.grad(
+                lambda k: jnp.sum(jax.jvp(lambda x: net(x, k), (x,), (tx,))[1] ** 2))(k)
+            hess = jax.hessian(lambda k: jnp.sum(net(x[:1, :, :, :1], k)))(k[:, :, :1, :1])
         results.append((jvp_x, jvp_both, mixed, hess))
     for got, want in zip(*results):
         _close(got, want, rtol=5e-5)
@@ -97,11 +117,13 @@ def test_unet_block_gradient_matches_lax():
     params = jax.tree_util.tree_map(
         lambda p: p + 0.3 * jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
     loss = lambda p: jnp.sum(jnp.sin(block.apply(p, x, temb, False)))  # noqa: E731
-    got = jax.grad(loss)(params)
     with conv.lax_kernel_gradient():
         want = jax.grad(loss)(params)
+    flat_want = jax.tree_util.tree_leaves(want)
+    with conv.kernel_gradient("matmul"):
+        got = jax.grad(loss)(params)
     assert "skip" in got["params"] and "Conv_0" in got["params"]
-    flat_got, flat_want = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+    flat_got = jax.tree_util.tree_leaves(got)
     assert len(flat_got) == len(flat_want)
     for g, w in zip(flat_got, flat_want):
         _close(g, w, rtol=1e-4)

@@ -1,17 +1,22 @@
-"""The kernel gradient of a convolution on XLA:CPU: lax's against diffjax's (one matmul per tap).
+"""The kernel gradient of a convolution on XLA:CPU: lax's against one matmul per kernel tap.
 
     python experiments/benchmarks/conv_grad.py [--layers] [--steps] [--profile]
         [--models=shapes_t2i,digits] [--batch=32] [--step_batch=0] [--rounds=2]
 
 ``--layers``: for the 3x3 and 1x1 layer shapes of the shapes_t2i and bench U-Nets, the time of
-the kernel gradient alone (``jax.vjp`` in the kernel, jitted) through ``lax.conv_general_dilated``
-and through :mod:`diffjax.conv`, and their largest relative difference.
-``--steps``: whole training steps (``train_throughput.py``'s jitted step on a fixed batch) traced
-with lax's kernel gradient (:func:`~diffjax.conv.lax_kernel_gradient`) and with
-diffjax's, alternated round by round, medians. Both by default. ``--profile``: where a training
-step's time goes, with each kernel gradient (lax's and diffjax's): ``jax.profiler`` over a few
-steps, XLA's ops summed over threads, the kernel-gradient convolutions found by their output
-shape ``[C_in, k, k, C_out]`` in the compiled program. Prints markdown tables.
+the kernel gradient alone (``jax.vjp`` in the kernel, jitted, median of 5) through
+``lax.conv_general_dilated`` and through :mod:`diffjax.conv`'s per-tap matmuls
+(``kernel_gradient("matmul")``), and their largest relative difference.
+``--steps``: whole training steps (``train_throughput.py``'s step, compiled as the trainer
+compiles it, on a fixed batch) traced with each of :data:`diffjax.conv.KERNEL_GRADIENTS`
+(lax's, diffjax's default, and the matmuls that ``DIFFJAX_CONV_KERNEL_GRADIENT=matmul``
+chooses), alternated round by round, medians. Both by default. ``--profile``: where a
+training step's time goes under lax's kernel gradient and under the matmuls:
+``jax.profiler`` over a few steps, XLA's ops summed over threads, the kernel-gradient
+convolutions found by their output shape ``[C_in, k, k, C_out]`` in the compiled program.
+Prints markdown tables. The single layers compile with plain ``jax.jit`` (XLA's default
+options); ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE``
+gives them diffjax's (``diffjax.xla_options``).
 """
 from __future__ import annotations
 
@@ -45,17 +50,18 @@ LAYERS = [(32, 32, 32, 3), (32, 64, 64, 3), (32, 96, 32, 3), (32, 96, 32, 1), (1
 
 def _time(f, *args, repeats: int = 5) -> float:
     jax.block_until_ready(f(*args))
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
-        out = f(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / repeats
+        start = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def layers(batch: int) -> None:
     rng = np.random.default_rng(0)
     print(f"\nKernel gradient alone, batch {batch}, ms (median of 5 after compilation):\n")
-    print("| H=W | C_in -> C_out | k | lax | diffjax | speed-up | max rel. difference |")
+    print("| H=W | C_in -> C_out | k | lax | per-tap matmuls | speed-up | max rel. difference |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for hw, cin, cout, k in LAYERS:
         x = jnp.asarray(rng.standard_normal((batch, hw, hw, cin)), jnp.float32)
@@ -70,7 +76,8 @@ def layers(batch: int) -> None:
                                                             dimension_numbers=NHWC))
         ours = grad_k(lambda x, k_: conv.conv_general_dilated(x, k_, (1, 1), "SAME",
                                                               dimension_numbers=NHWC))
-        a, b = ref(x, kernel, dy), ours(x, kernel, dy)
+        with conv.kernel_gradient("matmul"):  # traced (at the first call) with the matmuls
+            a, b = ref(x, kernel, dy), ours(x, kernel, dy)
         diff = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
         t_ref, t_ours = _time(ref, x, kernel, dy), _time(ours, x, kernel, dy)
         print(f"| {hw} | {cin} -> {cout} | {k} | {1e3 * t_ref:.1f} | {1e3 * t_ours:.1f} | "
@@ -82,22 +89,19 @@ def steps(models: list[str], batch: int, rounds: int, nsteps: int) -> None:
     sizes: dict[str, int] = {}
     for _ in range(rounds):
         for name in models:
-            for kind in ("lax", "diffjax"):
-                if kind == "lax":
-                    with conv.lax_kernel_gradient():
-                        row = train_throughput.benchmark(name, batch, nsteps)
-                else:
+            for kind in conv.KERNEL_GRADIENTS:
+                with conv.kernel_gradient(kind):
                     row = train_throughput.benchmark(name, batch, nsteps)
                 rates.setdefault((name, kind), []).append(row["examples_per_s"])
                 sizes[name] = row["batch"]
                 print(f"  {name} {kind}: {row['examples_per_s']:.1f} examples/s", flush=True)
     print(f"\nWhole training step, {rounds} alternated rounds of {nsteps} steps, medians:\n")
-    print("| config | batch | lax kernel gradient, ex/s | diffjax's, ex/s | speed-up |")
+    print("| config | batch | lax's kernel gradient, ex/s | per-tap matmuls, ex/s | "
+          "matmuls / lax |")
     print("|---|---:|---:|---:|---:|")
     for name in models:
-        a = statistics.median(rates[(name, "lax")])
-        b = statistics.median(rates[(name, "diffjax")])
-        print(f"| {name} | {sizes[name]} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+        a, m = (statistics.median(rates[(name, kind)]) for kind in ("lax", "matmul"))
+        print(f"| {name} | {sizes[name]} | {a:.1f} | {m:.1f} | {m / a:.2f}x |")
 
 
 def _op_times(run, steps: int = 3) -> dict[str, float]:
@@ -125,11 +129,8 @@ def profile(models: list[str], batch: int) -> None:
           "largest op (share) |")
     print("|---|---|---:|---:|---:|---|")
     for name in models:
-        for kind in ("lax", "diffjax"):
-            if kind == "lax":
-                with conv.lax_kernel_gradient():
-                    row = train_throughput.benchmark(name, batch, 1)
-            else:
+        for kind in ("lax", "matmul"):
+            with conv.kernel_gradient(kind):
                 row = train_throughput.benchmark(name, batch, 1)
             shapes = dict(re.findall(r"^\s*%?([\w.-]+) = (f32\[[\d,]+\])",
                                      row["compiled"].as_text(), flags=re.M))

@@ -6,8 +6,8 @@ next to PyTorch's on the same shapes (issue 18: what limits the ratio to PyTorch
 
 ``--breakdown``: ``jax.profiler`` over the jitted training step of each config of
 ``train_throughput`` (XLA's ops summed over its threads), each op put in one class by what its
-compiled computation contains: convolution (forward and input gradient; the kernel gradient is
-diffjax's per-tap matmuls, ``diffjax.conv``), attention (ops traced inside an
+compiled computation contains: convolution (forward, input gradient, and lax's kernel gradient;
+``diffjax.conv``'s per-tap matmuls, if chosen, are matmuls), attention (ops traced inside an
 attention block, matmuls and softmax), other matmuls (dense layers, kernel gradients) and
 everything else (normalisation, activations, the optimiser, EMA).
 
