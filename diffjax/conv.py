@@ -69,11 +69,6 @@ def kernel_gradient(mode: str) -> Iterator[None]:
         _mode = previous
 
 
-def lax_kernel_gradient() -> contextlib.AbstractContextManager:
-    """``kernel_gradient("lax")``: every convolution differentiates as ``lax`` does."""
-    return kernel_gradient("lax")
-
-
 def _stride1_padding(padding: Any, kernel: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
     if isinstance(padding, str):
         if padding.upper() == "SAME":

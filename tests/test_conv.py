@@ -69,7 +69,7 @@ def test_the_choice_of_kernel_gradient_comes_from_the_context_then_the_environme
     assert convolutions(ref) == convolutions(ours) == 2  # lax's by default
     with conv.kernel_gradient("matmul"):
         assert convolutions(ours) == convolutions(ours, 1) == 1
-        with conv.lax_kernel_gradient():
+        with conv.kernel_gradient("lax"):
             assert convolutions(ours) == 2
         assert convolutions(ours) == 1  # restored
     monkeypatch.setenv(conv.ENV, "matmul")
@@ -117,7 +117,7 @@ def test_unet_block_gradient_matches_lax():
     params = jax.tree_util.tree_map(
         lambda p: p + 0.3 * jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
     loss = lambda p: jnp.sum(jnp.sin(block.apply(p, x, temb, False)))  # noqa: E731
-    with conv.lax_kernel_gradient():
+    with conv.kernel_gradient("lax"):
         want = jax.grad(loss)(params)
     flat_want = jax.tree_util.tree_leaves(want)
     with conv.kernel_gradient("matmul"):

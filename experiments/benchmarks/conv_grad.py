@@ -8,9 +8,9 @@ the kernel gradient alone (``jax.vjp`` in the kernel, jitted, median of 5) throu
 ``lax.conv_general_dilated`` and through :mod:`diffjax.conv`'s per-tap matmuls
 (``kernel_gradient("matmul")``), and their largest relative difference.
 ``--steps``: whole training steps (``train_throughput.py``'s step, compiled as the trainer
-compiles it, on a fixed batch) traced with each of :data:`diffjax.conv.KERNEL_GRADIENTS`
-(lax's, diffjax's default, and the matmuls that ``DIFFJAX_CONV_KERNEL_GRADIENT=matmul``
-chooses), alternated round by round, medians. Both by default. ``--profile``: where a
+compiles it, on a fixed batch) traced with each of :data:`diffjax.conv.KERNEL_GRADIENTS`:
+lax's (diffjax's default) and the matmuls (``DIFFJAX_CONV_KERNEL_GRADIENT=matmul``),
+alternated round by round, medians. Both by default. ``--profile``: where a
 training step's time goes under lax's kernel gradient and under the matmuls:
 ``jax.profiler`` over a few steps, XLA's ops summed over threads, the kernel-gradient
 convolutions found by their output shape ``[C_in, k, k, C_out]`` in the compiled program.
