@@ -1,11 +1,15 @@
-"""GroupNorm, Flax's against diffjax's (per channel, then per group), in the ddpm train step.
+"""GroupNorm, Flax's against diffjax's, in the ddpm train step and per layer.
 
     python experiments/benchmarks/group_norm.py [--rounds=3] [--steps=N]
+    python experiments/benchmarks/group_norm.py --layers [--batch=32]
 
-``diffjax.models.blocks.group_norm`` picks :class:`diffjax.models.blocks.GroupNorm` on GPUs and
-Flax's ``nn.GroupNorm`` elsewhere; this times the same network's train step (``Step`` of
+``diffjax.models.blocks.group_norm`` picks :class:`diffjax.models.blocks.GroupNorm` (per-channel
+moments, group maps as matmuls, one affine map per example and channel) unless told Flax's
+``nn.GroupNorm``; this times the same network's train step (``Step`` of
 ``experiments/benchmarks/gpu.py``) with each, compiled once, in alternating rounds, and prints
-examples/s and the ratio. On a CPU: the bench U-Net (configs/bench_unet.py) at batch 32 and the
+examples/s and the ratio. ``--layers``: GroupNorm followed by SiLU, forward and backward (the
+U-Nets' pattern), per feature-map shape, milliseconds (medians of 20), Flax's, diffjax's and,
+where torch is installed (the ``[compare]`` extra), PyTorch's on the same thread count. On a CPU: the bench U-Net (configs/bench_unet.py) at batch 32 and the
 digits U-Net at batch 128, float32; on a GPU: CIFAR-10 DDPM++ at batch 128, bfloat16.
 """
 from __future__ import annotations
@@ -63,12 +67,66 @@ def compare(name: str, make_net, shape, batch: int, steps: int, rounds: int) -> 
     return f"| {name} | {batch} | {flax:.1f} | {ours:.1f} | {ours / flax:.2f}x |"
 
 
+def layer_rows(batch: int) -> list[str]:
+    """GroupNorm+SiLU forward and backward per layer shape (module docstring)."""
+    import time
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1e3 * float(np.median(times))
+
+    try:
+        import torch
+        torch.set_num_threads(os.cpu_count() or 1)
+    except ImportError:
+        torch = None
+    rows = ["| shape [B, H, W, C] | Flax's (ms) | diffjax's (ms) | PyTorch's (ms) | Flax / ours |",
+            "|---|---:|---:|---:|---:|"]
+    rng = np.random.default_rng(0)
+    for hw, c in ((32, 64), (16, 128), (8, 128), (32, 128)):
+        shape = (batch, hw, hw, c)
+        x = jnp.asarray(2 * rng.standard_normal(shape) + 0.5, jnp.float32)
+        weights = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        ms = {}
+        for label, factory in (("Flax", flax_group_norm), ("diffjax", ours_group_norm)):
+            module = factory(c, jnp.float32, jnp.float32)
+            variables = module.init(jax.random.key(0), x)
+            loss = lambda v, x, m=module: jnp.sum(nn.silu(m.apply(v, x)) * weights)  # noqa: E731
+            grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            ms[label] = median_ms(lambda: jax.block_until_ready(grad(variables, x)))
+        theirs = "-"
+        if torch is not None:
+            xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous().requires_grad_()
+            wt = torch.tensor(np.asarray(weights)).permute(0, 3, 1, 2).contiguous()
+            norm = torch.nn.GroupNorm(norms.num_groups(c), c, eps=1e-6)
+
+            def torch_step():
+                xt.grad = None
+                norm.zero_grad()
+                (torch.nn.functional.silu(norm(xt)) * wt).sum().backward()
+            theirs = f"{median_ms(torch_step):.2f}"
+        rows.append(f"| {list(shape)} | {ms['Flax']:.2f} | {ms['diffjax']:.2f} | {theirs} | "
+                    f"{ms['Flax'] / ms['diffjax']:.2f}x |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=0, help="timed steps a round (default: "
                                                              "4 / 30 on CPU, 20 on GPU)")
+    parser.add_argument("--layers", action="store_true", help="per layer, not whole steps")
+    parser.add_argument("--batch", type=int, default=32, help="--layers' batch")
     args = parser.parse_args()
+    if args.layers:
+        print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}; GroupNorm+SiLU forward "
+              "and backward, float32", *layer_rows(args.batch), sep="\n", flush=True)
+        return
     gpu = jax.default_backend() == "gpu"
     lines = [f"{jax.devices()[0].device_kind}, jax {jax.__version__}; train-step examples/s, "
              f"median of {args.rounds} alternating rounds", "",
