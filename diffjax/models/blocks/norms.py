@@ -43,11 +43,13 @@ class GroupNorm(nn.Module):
     axes); then the maps between channels and groups as matmuls with a one-hot ``[G, C]``
     matrix (``scale`` folded in), and the output as one affine map per example and channel,
     ``y = x * a[b, c] + d[b, c]``. The matmuls are what matter on CPUs: written as reshapes and
-    broadcasts, XLA fuses the ``[B, G] -> [B, C]`` step into every element of the big loops
-    (index arithmetic and a ``rsqrt`` per element), which made GroupNorm+SiLU forward and
-    backward 2-3x slower than PyTorch's; a dot is never fused into them, so each loop reads a
-    ``[B, C]`` table. Plain JAX (no custom derivative): its reverse-mode is autodiff's, as
-    fast here, and ``jax.jvp`` through it works (MeanFlow, likelihoods).
+    broadcasts (Flax's form, and this class's until 2026-12-01), XLA:CPU fuses the
+    ``[B, G] -> [B, C]`` step into every element of the big loops (index arithmetic and a
+    ``rsqrt`` per element), and GroupNorm+SiLU forward and backward took 1.9-2.5x PyTorch's
+    time; XLA does not fuse a dot into those loops, so each reads a ``[B, C]`` table, and it
+    takes 1.2-1.3x PyTorch's (2-core CPU, batch 32). Plain JAX, no custom derivative (a
+    hand-written ``custom_vjp`` backward was not faster than autodiff's of this form), so
+    ``jax.jvp`` through it works (MeanFlow, likelihoods).
     experiments/benchmarks/group_norm.py measures it against Flax's (and PyTorch's) per layer
     and in whole training steps.
     """
@@ -65,7 +67,7 @@ class GroupNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         spatial = tuple(range(1, x.ndim - 1))
         count = math.prod(x.shape[1:-1]) * (c // g)    # elements of one group of one example
-        # One-hot [G, C]; HIGHEST so TPUs and TF32 GPUs keep these float32 sums exact.
+        # One-hot [G, C]; HIGHEST: TPUs and TF32 GPUs must not round the statistics.
         onehot = jnp.repeat(jnp.eye(g, dtype=jnp.float32), c // g, axis=1)
         dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
         xf = x.astype(jnp.float32)
