@@ -23,8 +23,8 @@ skipped once ``--budget`` seconds have passed:
    kernels summed by kind (convolution, matmul, attention, fusion, ...) and by name, and the
    share of the step's wall time the GPU is busy (``--trace_dir`` keeps the trace and the
    optimised HLO);
-8. the CIFAR step with Flax's GroupNorm and with diffjax's (which ``group_norm`` picks on
-   GPUs; experiments/benchmarks/group_norm.py), alternating rounds.
+8. the CIFAR step with Flax's GroupNorm and with diffjax's (which ``group_norm`` picks;
+   experiments/benchmarks/group_norm.py), alternating rounds.
 
 Memory: XLA's memory analysis of the compiled step (arguments + outputs + temporaries less
 donated aliases), and on GPU the device's ``peak_bytes_in_use`` after the part.
