@@ -164,6 +164,31 @@ def test_group_norm_matches_the_definition_and_flax_gradients(shape):
         blocks.GroupNorm(num_groups=3).init(key(0), jnp.zeros((1, 2, 2, 8)))
 
 
+def test_group_norm_two_pass_variance_holds_far_from_zero_mean():
+    """``use_fast_variance=False`` (the autoencoders'): on features whose mean is a thousand
+    times their spread, where ``E[x^2] - E[x]^2`` in float32 loses the variance, the output
+    still matches the float64 closed form, and the gradients match Flax's two-pass module."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(6)
+    shape = (2, 4, 5, 8)
+    x = (1000.0 + rng.standard_normal(shape)).astype(np.float32)
+    module = blocks.GroupNorm(num_groups=4, use_fast_variance=False)
+    variables = _random_params(module, x, seed=6)
+    p = variables["params"]
+    g = x.astype(np.float64).reshape(shape[:-1] + (4, 2))
+    normed = (g - g.mean((1, 2, 4), keepdims=True)) / np.sqrt(g.var((1, 2, 4), keepdims=True)
+                                                              + 1e-6)
+    expected = normed.reshape(shape) * p["scale"] + p["bias"]
+    np.testing.assert_allclose(module.apply(variables, x), expected, rtol=1e-3, atol=1e-3)
+    reference = nn.GroupNorm(num_groups=4, epsilon=1e-6, use_fast_variance=False)
+    weights = rng.standard_normal(shape).astype(np.float32)
+    loss = lambda m: lambda v: jnp.sum(jnp.tanh(m.apply(v, x)) * weights)  # noqa: E731
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(module))(variables)),
+                    jax.tree_util.tree_leaves(jax.grad(loss(reference))(variables))):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
 def test_group_norm_is_ours_by_default_and_either_kind_reads_the_other_parameters():
     """``group_norm`` gives diffjax's module on every backend unless ``kind`` says; a
     checkpoint of one kind applied in the other gives the same output (one parameter tree)."""

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.conv import conv_general_dilated
+from diffjax.group_norm import GroupNorm
 
 Array = jax.Array
 Dtype = Any
@@ -32,9 +33,10 @@ Dtype = Any
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
-def _norm(groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, use_fast_variance=False,
-                        name=name)
+def _norm(groups: int, dtype: Dtype, name: str) -> GroupNorm:
+    # Two-pass variance, as diffusers' (PyTorch's) GroupNorm: the SD VAE's weights expect it.
+    return GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, use_fast_variance=False,
+                     name=name)
 
 
 def _conv(features: int, dtype: Dtype, name: str | None, kernel: int = 3, stride: int = 1,
