@@ -19,8 +19,9 @@ Dtype = Any
 
 class GroupNorm(nn.Module):
     """GroupNorm (Wu & He 2018) over channels-last ``x: [B, ..., C]`` as Flax's ``nn.GroupNorm``
-    computes it (float32 statistics, variance ``E[x^2] - E[x]^2``, the same ``scale``/``bias``
-    parameters), written so that XLA runs it as a few passes over ``x``.
+    computes it (float32 statistics, variance ``E[x^2] - E[x]^2``, or ``E[(x - E[x])^2]`` with
+    ``use_fast_variance=False``; the same ``scale``/``bias`` parameters), written so that XLA
+    runs it as a few passes over ``x``.
 
     Each channel's sums of ``x`` and ``x^2`` over the spatial axes first (column reductions with
     the channels contiguous, where Flax reduces ``[B, H, W, G, C/G]`` over three non-adjacent
