@@ -14,7 +14,8 @@ everything else (normalisation, activations, the optimiser, EMA).
 ``--layers``: the forward 3x3 convolutions of configs/bench_unet.py's U-Net (stride 1, SAME)
 at ``--batch``: ``lax.conv_general_dilated`` (NHWC) against ``torch.nn.functional.conv2d``
 (NCHW, PyTorch's default and what train_vs_torch.py runs, and channels-last), both with the
-same thread count, in GFLOP/s; beside them each framework's matmul of the im2col shape
+same thread count, in GFLOP/s (XLA's compiled with diffjax's options,
+:mod:`diffjax.xla_options`, as the train step and the sampler are); beside them each framework's matmul of the im2col shape
 ``[B H W, 9 C_in] x [9 C_in, C_out]``, the rate a convolution written as one matmul could
 reach. PyTorch columns need the ``[compare]`` extra. Prints markdown tables.
 """
@@ -27,13 +28,14 @@ import re
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import conv_grad  # noqa: E402
+from diffjax import xla_options  # noqa: E402
 import train_throughput  # noqa: E402
 
 # (H = W, C_in, C_out) of the bench U-Net's 3x3 stride-1 convolutions, up-path inputs included.
@@ -116,9 +118,11 @@ def layers(batch: int) -> None:
           "(channels-last) | XLA im2col matmul | PyTorch im2col matmul |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
-    conv = jax.jit(lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                                         dimension_numbers=conv_grad.NHWC))
-    matmul = jax.jit(jnp.dot)
+    # Compiled as diffjax compiles its programs (diffjax.xla_options: YNNPACK for reductions
+    # only); under a plain jax.jit this jaxlib runs the convolutions on one thread.
+    conv = xla_options.jit(lambda x, k: lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=conv_grad.NHWC))
+    matmul = xla_options.jit(jnp.dot)
     for hw, cin, cout in LAYERS:
         flop = 2.0 * batch * hw * hw * cin * cout * 9
         x = rng.standard_normal((batch, hw, hw, cin), np.float32)
