@@ -15,9 +15,10 @@ everything else (normalisation, activations, the optimiser, EMA).
 at ``--batch``: ``lax.conv_general_dilated`` (NHWC) against ``torch.nn.functional.conv2d``
 (NCHW, PyTorch's default and what train_vs_torch.py runs, and channels-last), both with the
 same thread count, in GFLOP/s (XLA's compiled with diffjax's options,
-:mod:`diffjax.xla_options`, as the train step and the sampler are); beside them each framework's matmul of the im2col shape
-``[B H W, 9 C_in] x [9 C_in, C_out]``, the rate a convolution written as one matmul could
-reach. PyTorch columns need the ``[compare]`` extra. Prints markdown tables.
+:mod:`diffjax.xla_options`, as the train step and the sampler are); beside them each
+framework's matmul of the im2col shape ``[B H W, 9 C_in] x [9 C_in, C_out]``, the rate a
+convolution written as one matmul could reach. PyTorch columns need the ``[compare]`` extra.
+Prints markdown tables.
 """
 from __future__ import annotations
 

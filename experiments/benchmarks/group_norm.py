@@ -9,8 +9,9 @@ moments, group maps as matmuls, one affine map per example and channel) unless t
 ``experiments/benchmarks/gpu.py``) with each, compiled once, in alternating rounds, and prints
 examples/s and the ratio. ``--layers``: GroupNorm followed by SiLU, forward and backward (the
 U-Nets' pattern), per feature-map shape, milliseconds (medians of 20), Flax's, diffjax's and,
-where torch is installed (the ``[compare]`` extra), PyTorch's on the same thread count. On a CPU: the bench U-Net (configs/bench_unet.py) at batch 32 and the
-digits U-Net at batch 128, float32; on a GPU: CIFAR-10 DDPM++ at batch 128, bfloat16.
+where torch is installed (the ``[compare]`` extra), PyTorch's on the same thread count.
+Whole steps on a CPU: the bench U-Net (configs/bench_unet.py) at batch 32 and the digits U-Net
+at batch 128, float32; on a GPU: CIFAR-10 DDPM++ at batch 128, bfloat16.
 """
 from __future__ import annotations
 
@@ -69,16 +70,10 @@ def compare(name: str, make_net, shape, batch: int, steps: int, rounds: int) -> 
 
 def layer_rows(batch: int) -> list[str]:
     """GroupNorm+SiLU forward and backward per layer shape (module docstring)."""
-    import time
+    from experiments.benchmarks.cpu_ceiling import _median_s
 
     def median_ms(fn) -> float:
-        fn()
-        times = []
-        for _ in range(20):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return 1e3 * float(np.median(times))
+        return 1e3 * _median_s(fn, repeats=20)
 
     try:
         import torch
