@@ -25,14 +25,17 @@ from typing import Any
 
 import numpy as np
 
+import _xla_flags
+
 # Eight simulated CPU devices. Their collectives wait for all eight threads. On a loaded
 # 2-core machine one of them intermittently never arrives (a deadlock inside XLA:CPU, see
 # diffjax.training.backends.simulated_devices; reproduced under load with every device
 # thread parked for minutes), so waiting longer does not help: XLA aborts after a minute
 # and tests/test_train.py reruns the helper.
-EIGHT_DEVICES = ("--xla_force_host_platform_device_count=8 "
-                 "--xla_cpu_collective_call_terminate_timeout_seconds=60 "
-                 "--xla_cpu_collective_timeout_seconds=60")
+EIGHT_DEVICES = _xla_flags.subprocess_flags(
+    "--xla_force_host_platform_device_count=8",
+    "--xla_cpu_collective_call_terminate_timeout_seconds=60",
+    "--xla_cpu_collective_timeout_seconds=60")
 # What XLA prints when it aborts a collective whose participants never all arrived.
 RENDEZVOUS_ABORT = "Termination timeout for"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

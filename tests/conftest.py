@@ -1,11 +1,13 @@
 """Shared test fixtures, and how ``python -m pytest -n 2 tests`` spreads the suite over its
 two xdist workers.
 
-Time budget: the whole suite in under about 10 minutes on 2 cores (over it: 14:58 in `.ci/run`
-on a fresh clone, idle 2-core development VM, 2026-11-30). Four things here serve it:
+Time budget: the whole suite in under about 10 minutes on 2 cores (10:11 with
+``python -m pytest -n 2 tests``, 2-core development VM, 2026-12-01). Five things here serve
+it:
 
 * XLA's backend optimisation is off (``JAX_DISABLE_MOST_OPTIMIZATIONS``, below), except for
   the fixtures that train for hundreds of steps (:func:`optimized_xla`).
+* XLA:CPU's legacy fusion emitters, which compile faster (tests/_xla_flags.py).
 * A persistent XLA compilation cache for the session, shared by both workers (programs that
   take :data:`MIN_COMPILE_SECONDS` or more to compile), and one shared by the
   ``python -m diffjax.main`` processes the tests start (through ``$DIFFJAX_JAX_CACHE``):
@@ -29,6 +31,10 @@ import os
 # leaves the programs' HLO and their semantics alone; no fast-math). About a fifth of the
 # suite's time on 2 cores. ``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` tests the optimised code.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import _xla_flags  # noqa: E402
+
+_xla_flags.configure()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

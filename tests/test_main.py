@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import _train_helpers as helpers
+import _xla_flags
 from diffjax import config_loading, data, train
 from diffjax.errors import ConfigError
 
@@ -49,7 +50,7 @@ def _free_port() -> int:
 
 def _env() -> dict:
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    _xla_flags.subprocess_env(env)
     return env
 
 

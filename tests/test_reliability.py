@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 
 import _train_helpers as helpers
+import _xla_flags
 from diffjax import checkpoint, data, parallel, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -112,7 +113,7 @@ def _env(shared: str, **extra: str) -> dict:
     # The session's compilation cache reaches diffjax.main through $DIFFJAX_JAX_CACHE
     # (tests/conftest.py); main sets JAX's cache from it, overriding JAX's own variables.
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    _xla_flags.subprocess_env(env)
     env.update(extra)
     return env
 

@@ -24,6 +24,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import _train_helpers as helpers
+import _xla_flags
 from diffjax import checkpoint, config_validation, data, parallel, train
 from diffjax.training import frozen, tasks
 from diffjax.config_validation import ConfigError
@@ -41,8 +42,7 @@ def data_dir(tmp_path_factory) -> str:
 
 
 def _env(**extra: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **extra)
-    env.pop("XLA_FLAGS", None)
+    env = _xla_flags.subprocess_env(dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
     env.update(extra)
     return env
 
