@@ -3,12 +3,15 @@
     python experiments/benchmarks/train_throughput.py [--models=digits,cifar10_ddpmpp]
         [--batch_size=N] [--steps=20]
     python experiments/benchmarks/train_throughput.py --models=shapes_t2i --batch_size=16
+    python experiments/benchmarks/train_throughput.py --models=shapes_t2i \\
+        --set=model.num_heads=4 --set='model.cross_attn_resolutions=(32,16,8)'
 
 For each config it builds the run exactly as ``diffjax.main`` would (setup, optimizer, EMA,
 data-parallel ``jax.jit`` over all local devices), times ``--steps`` steps on a fixed random
 batch (the input pipeline is not measured), and reads the step's FLOPs from XLA's cost
-analysis of the compiled step. The device's peak is *measured*: the best FLOP/s of a large
-jitted float32 matmul. Prints one markdown table.
+analysis of the compiled step; ``--set KEY=VALUE`` (repeatable) overrides every config as
+``--config.KEY=VALUE`` would on the command line. The device's peak is *measured*: the best
+FLOP/s of a large jitted float32 matmul. Prints one markdown table.
 
 On CPU the CIFAR-size U-Net runs at batch 8 unless ``--batch_size`` says otherwise (at its
 published batch of 128 one step takes about a minute on two cores).
@@ -32,10 +35,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CPU_BATCH = {"cifar10_ddpmpp": 8, "cifar10_edm": 8}
 
 
-def load_config(name: str):
+def load_config(name: str, overrides: tuple[str, ...] = ()):
     from diffjax import config_loading
 
-    return config_loading.load(os.path.join(REPO, "configs", f"{name}.py"), lock=False)
+    return config_loading.load(os.path.join(REPO, "configs", f"{name}.py"), overrides,
+                               lock=False)
 
 
 def matmul_peak(sizes=(1024, 2048, 4096), repeats: int = 5) -> float:
@@ -81,11 +85,13 @@ def fixed_batch_setup(config) -> tuple:
     return setup, mesh, shardings, state, batch
 
 
-def benchmark(name: str, batch_size: int, steps: int) -> dict:
-    """Times the train step of config ``name``; returns one table row."""
+def benchmark(name: str, batch_size: int, steps: int,
+              overrides: tuple[str, ...] = ()) -> dict:
+    """Times the train step of config ``name`` (with ``overrides``, ``KEY=VALUE`` strings);
+    returns one table row."""
     from diffjax import data
 
-    config = load_config(name)
+    config = load_config(name, overrides)
     on_cpu = jax.default_backend() == "cpu"
     config.data.batch_size = batch_size or (CPU_BATCH.get(name, config.data.batch_size)
                                             if on_cpu else config.data.batch_size)
@@ -136,11 +142,23 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=0,
                         help="global batch; 0 = the config's (8 for CIFAR U-Nets on CPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every model, as --config.KEY=VALUE")
     args = parser.parse_args()
+    if args.set:  # a bad key or value: one line, before any compute
+        from diffjax import errors
+
+        for name in args.models.split(","):
+            try:
+                load_config(name, tuple(args.set))
+            except errors.ConfigError as e:
+                parser.error(f"--set: {e}")
 
     peak = matmul_peak()
-    rows = [benchmark(name, args.batch_size, args.steps) for name in args.models.split(",")]
-    print(f"\nMachine: {machine()}. Measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s.\n")
+    rows = [benchmark(name, args.batch_size, args.steps, tuple(args.set))
+            for name in args.models.split(",")]
+    print(f"\nMachine: {machine()}. Measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s."
+          + (f" Overrides: {' '.join(args.set)}." if args.set else "") + "\n")
     print("| config | params | batch | compile (s) | steps/s | examples/s | GFLOP/s | "
           "of matmul peak |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
