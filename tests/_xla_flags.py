@@ -8,7 +8,7 @@ train step in 3.9 s instead of 5.4 s and took ``python -m pytest -n 2 tests`` fr
 10:11 (837 passed, 2-core development VM, 2026-12-01). The programs' HLO is the same; only
 the CPU code generated for their fusions differs. At run time the legacy emitters are
 slower (configs/shapes_t2i.py trains at 58-60 examples/s against 67-68 with the default,
-``experiments/train_throughput.py --steps=20`` on the same VM), so this is for the tests
+``experiments/benchmarks/train_throughput.py --steps=20`` on the same VM), so this is for the tests
 only, never a diffjax default.
 
 An XLA that no longer knows the flag aborts on it, so :func:`configure` tries it once in a
