@@ -37,7 +37,7 @@ def get_config(variant: str = "cpu"):
     config.model.attn_resolutions = (8,)
     config.model.cross_attn_resolutions = (16, 8)
     # Four heads (head width 16): +0.031 / +0.044 shapes_eval on 2000 captions at seeds 0 / 1
-    # over one head, for ~6% of the step's time (experiments/README.md, t2i_budget).
+    # over one head, for ~8% of the step's time (experiments/README.md, t2i_budget).
     config.model.num_heads = 4
     config.model.dropout = 0.0
     configs.apply_shapes_t2i(config, "learned" if variant == "learned" else "minilm")
