@@ -42,22 +42,32 @@ def check_implementation(implementation: str | None) -> None:
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Softmax attention in head-major layout: q [B, N, T, H], k/v [B, N, S, H], mask
     [B, 1, 1, S] bool or None → [B, N, T, H]. jax.nn.dot_product_attention's XLA arithmetic
-    (float32 logits scaled after the product, masked keys at a large negative logit), except
-    that with fewer head dimensions than keys (``H < S``) the softmax's normalisation is applied
-    to the output, ``o = (exp(s - max) @ v) / sum``, as flash attention defers it (Dao 2023):
-    the same function (float32 rounding differs), one division per output instead of one per
-    logit. For the bench U-Net's 16 heads of width 8 over 256 keys that made the attention's
-    forward ~1.5x faster on CPU (``experiments/benchmarks/attention_cpu.py``)."""
-    logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
+    (float32 logits scaled after the product, masked keys at a large negative logit), in an
+    order XLA:CPU runs faster (``experiments/benchmarks/attention_cpu.py``; the same function,
+    float32 rounding differs):
+
+    - Keys and values enter the products transposed, ``[H, S]``, behind an optimisation
+      barrier (XLA would otherwise fold the transposes back into the products). Then every
+      product of the backward pass that sums over the T queries, ``dk = ds^T q`` and
+      ``dv = p^T do``, comes out as ``[H, S]`` with the ``[T, S]`` operand on the right,
+      where XLA's kernel reads it in order; folded, it read it across and ran ~3x slower.
+    - With fewer head dimensions than keys (``H < S``) the softmax's normalisation is applied
+      to the output, ``o = (exp(s - max) @ v) / sum``, as flash attention defers it (Dao
+      2023): one division per output instead of one per logit.
+
+    For the bench U-Net's 16 heads of width 8 over 256 keys the two made the layer's forward
+    and backward ~2x faster and its forward ~1.5x (the first alone: the backward only)."""
+    k_t, v_t = jax.lax.optimization_barrier((jnp.swapaxes(k, -1, -2), jnp.swapaxes(v, -1, -2)))
+    logits = jnp.einsum("bnth,bnhs->bnts", q, k_t, preferred_element_type=jnp.float32)
     logits = logits * jnp.float32(q.shape[-1] ** -0.5)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
     if q.shape[-1] >= k.shape[-2]:
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        return jnp.einsum("bnts,bnsh->bnth", probs, v)
+        return jnp.einsum("bnts,bnhs->bnth", probs, v_t)
     # The max only keeps exp in range: the softmax does not depend on it (zero gradient).
     unnormalised = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-    out = jnp.einsum("bnts,bnsh->bnth", unnormalised.astype(v.dtype), v,
+    out = jnp.einsum("bnts,bnhs->bnth", unnormalised.astype(v.dtype), v_t,
                      preferred_element_type=jnp.float32)
     return (out / unnormalised.sum(-1, keepdims=True)).astype(v.dtype)
 
