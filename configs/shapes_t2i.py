@@ -10,8 +10,8 @@ Variants (the part after ``:``): ``cpu`` (default; sized for the 2-core CPU), ``
 ``t2i_encoders`` comparison), ``gpu`` (a wider, longer run for one GPU).
 
 The recipe is :func:`diffjax.configs.apply_shapes_t2i` (shared with the latent job; its 2000
-steps fill the 20 minutes on the idle 2-core CPU: 2.1 steps/s, ~1.5 min of start-up and
-evaluation):
+steps fit the 20 minutes on the idle 2-core CPUs measured: 1.5-2.9 steps/s by machine, 16 min
+25 s in all with four heads on one of them, experiments/README.md, t2i_budget):
 rectified flow with the velocity target and logit-normal times (Esser et al. 2024), text
 dropped to the empty prompt for 10% of examples (Ho & Salimans 2022); here cross-attention (four
 heads) at 16x16 and 8x8 plus a pooled text embedding in the time embedding (Rombach et al. 2022).
