@@ -13,8 +13,9 @@ as MeanFlow and the likelihood differentiate the network). Arms:
 
 - ``blocked``: :func:`diffjax.models.blocks.attention.blocked_attention`, the CPU default, as
   it is now (the scale and the softmax's normalisation applied to the smaller array).
-- ``blocked, before``: the same blocks with the arithmetic it had until 2026-12-02 (logits
-  scaled, ``jax.nn.softmax`` normalising the probabilities), for the before/after comparison.
+- ``blocked, before``: the same blocks with the arithmetic they had until 2026-12-02 (keys and
+  values in their own layout, logits scaled, ``jax.nn.softmax`` normalising the
+  probabilities), for the before/after comparison.
 - ``xla``: ``jax.nn.dot_product_attention(implementation="xla")``.
 - ``torch``: ``torch.nn.functional.scaled_dot_product_attention`` on the same thread count,
   where torch is installed (the ``[compare]`` extra).
@@ -26,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ if REPO not in sys.path:
 
 from diffjax import xla_options  # noqa: E402
 from diffjax.models.blocks import attention  # noqa: E402
+from experiments.benchmarks.cpu_ceiling import _median_s  # noqa: E402
 
 # name -> (batch, queries, keys, heads, head width, masked)
 SHAPES = {
@@ -101,13 +101,7 @@ def torch_arm(q, k, v, mask, mode):
 
 
 def median_ms(run, repeats):
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * _median_s(run, repeats)
 
 
 def main() -> None:
