@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.conv import conv_general_dilated
+from diffjax.conv import conv_general_dilated, upsample_conv_general_dilated
 from diffjax.group_norm import GroupNorm
 
 Array = jax.Array
@@ -40,10 +40,13 @@ def _norm(groups: int, dtype: Dtype, name: str) -> GroupNorm:
 
 
 def _conv(features: int, dtype: Dtype, name: str | None, kernel: int = 3, stride: int = 1,
-          padding: Any = "SAME") -> nn.Conv:
+          padding: Any = "SAME", upsample: bool = False) -> nn.Conv:
+    """A convolution; ``upsample``: of its input upsampled 2x by nearest neighbour
+    (:func:`diffjax.conv.upsample_conv_general_dilated`, the same parameters)."""
     return nn.Conv(features, (kernel, kernel), (stride, stride),
                    padding=padding if kernel > 1 else "VALID", dtype=dtype, name=name,
-                   conv_general_dilated=conv_general_dilated)
+                   conv_general_dilated=(upsample_conv_general_dilated if upsample
+                                         else conv_general_dilated))
 
 
 class ResnetBlock(nn.Module):
@@ -105,14 +108,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 convolution."""
+    """Nearest-neighbour x2, then a 3x3 convolution (computed as one, without the upsampled
+    map: :func:`diffjax.conv.upsample_conv_general_dilated`)."""
     channels: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return _conv(self.channels, self.dtype, "conv")(x)
+        return _conv(self.channels, self.dtype, "conv", upsample=True)(x)
 
 
 class Stage(nn.Module):

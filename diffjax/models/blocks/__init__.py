@@ -11,7 +11,7 @@ import flax.linen as nn
 from diffjax.models.blocks.attention import (IMPLEMENTATIONS, Attention, PooledContext,
                                              check_implementation, context_for, context_from,
                                              masked_mean)
-from diffjax.conv import conv_general_dilated
+from diffjax.conv import conv_general_dilated, upsample_conv_general_dilated
 from diffjax.models.blocks.embeddings import (DEFAULT_EMBEDDING_SCALE, EMBEDDINGS, NoiseEmbedding,
                                               check_embedding, fourier_embedding,
                                               resolve_embedding_scale, resolve_labels, sincos_1d,
@@ -41,5 +41,6 @@ __all__ = [
     "conv_general_dilated", "downsample_avg",
     "fourier_embedding", "group_norm", "layer_norm", "masked_mean", "maybe_remat", "modulate",
     "num_groups", "patchify", "resolve_embedding_scale", "resolve_labels", "sincos_1d",
-    "sincos_2d", "sinusoidal_embedding", "unpatchify", "upsample_nearest",
+    "sincos_2d", "sinusoidal_embedding", "unpatchify", "upsample_conv_general_dilated",
+    "upsample_nearest",
 ]
