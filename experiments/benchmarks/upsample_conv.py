@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import train_throughput  # noqa: E402
+from cpu_ceiling import _median_s  # noqa: E402
 
 from diffjax import conv, xla_options  # noqa: E402
 from diffjax.autoencoder import model as ae_model  # noqa: E402
@@ -68,13 +69,7 @@ def before():
 
 
 def _median_ms(fn, *args, repeats: int = 7) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * _median_s(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
 def layers(batch: int) -> None:
