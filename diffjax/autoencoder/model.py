@@ -108,8 +108,8 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 convolution (computed as one, without the upsampled
-    map: :func:`diffjax.conv.upsample_conv_general_dilated`)."""
+    """Nearest-neighbour x2, then a 3x3 convolution (as one function: on CPU without the
+    upsampled map, :func:`diffjax.conv.upsample_conv_general_dilated`)."""
     channels: int
     dtype: Dtype = jnp.float32
 

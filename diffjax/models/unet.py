@@ -110,8 +110,8 @@ def check_unet(data_shape: Sequence[int], *, ch: int, ch_mult: Sequence[int],
 def _conv(features: int, module: nn.Module, kernel: int = 3, stride: int = 1,
           zero: bool = False, name: str | None = None, upsample: bool = False) -> nn.Conv:
     """A "SAME" convolution; ``upsample``: of its input upsampled 2x by nearest neighbour,
-    computed without the upsampled map (:func:`diffjax.conv.upsample_conv_general_dilated`:
-    the same parameters, 16/36 of the multiply-adds)."""
+    on CPU computed without the upsampled map (:func:`diffjax.conv.upsample_conv_general_dilated`:
+    the same parameters, about 16/36 of the multiply-adds)."""
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                    kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal(),
                    dtype=module.dtype, param_dtype=module.param_dtype, name=name,

@@ -1,6 +1,6 @@
 """Nearest 2x upsampling + 3x3 convolution: the upsampled map's convolution (lax) against
-``diffjax.conv.upsample_conv_general_dilated`` (the same function at the low resolution, 16/36
-of the multiply-adds), per layer and in whole training steps and sampling.
+``diffjax.conv.upsample_conv_general_dilated`` (the same function at the low resolution, about
+16/36 of the multiply-adds, on CPU), per layer and in whole training steps and sampling.
 
     python experiments/benchmarks/upsample_conv.py [--layers] [--steps] [--sample]
         [--models=bench_unet,shapes_t2i,shapes_autoencoder] [--step_batch=32] [--rounds=3]
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--nsteps", type=int, default=4, help="timed steps per round")
     args = parser.parse_args()
     everything = not (args.layers or args.steps or args.sample)
-    print(f"{train_throughput.machine()}, jax {jax.__version__}")
+    print(train_throughput.machine())
     if args.layers or everything:
         layers(args.batch)
     if args.steps or everything:
