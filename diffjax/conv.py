@@ -98,6 +98,17 @@ def _dims_are_nhwc(dimension_numbers: Any) -> bool:
     return tuple(dimension_numbers) == _NHWC
 
 
+def _plain_2d(lhs: jax.Array, window_strides: Sequence[int], lhs_dilation: Any,
+              rhs_dilation: Any, dimension_numbers: Any, feature_group_count: int,
+              batch_group_count: int) -> bool:
+    """A 2-D NHWC/HWIO stride-1 convolution without dilation or groups."""
+    return (lhs.ndim == 4 and _dims_are_nhwc(dimension_numbers)
+            and tuple(int(s) for s in window_strides) == (1, 1)
+            and feature_group_count == 1 and batch_group_count == 1
+            and all(d == 1 for d in (lhs_dilation or (1, 1)))
+            and all(d == 1 for d in (rhs_dilation or (1, 1))))
+
+
 def conv_by_taps(x: jax.Array, kernel: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
     """The stride-1 convolution of ``x`` [B, H, W, C] with ``kernel`` [kh, kw, C, O] written as
     one matmul per tap of the *unshifted* input, ``x @ K[i, j]``, each product shifted into
@@ -157,11 +168,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     """``lax.conv_general_dilated``, with the matmul kernel gradient where it is chosen and
     applies (module docstring)."""
     plain = (current_kernel_gradient() == "matmul" and jax.default_backend() == "cpu"
-             and lhs.ndim == 4 and _dims_are_nhwc(dimension_numbers)
-             and tuple(int(s) for s in window_strides) == (1, 1)
-             and feature_group_count == 1 and batch_group_count == 1
-             and all(d == 1 for d in (lhs_dilation or (1, 1)))
-             and all(d == 1 for d in (rhs_dilation or (1, 1)))
+             and _plain_2d(lhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+                           feature_group_count, batch_group_count)
              and precision is None and preferred_element_type is None
              and lhs.dtype == rhs.dtype)
     pads = _stride1_padding(padding, rhs.shape[:2]) if plain else None
@@ -195,12 +203,9 @@ def upsample_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides
     Its signature is lax's, so that ``flax.linen.Conv(..., conv_general_dilated=...)`` keeps its
     parameters and names and upsamples on the way in."""
     pads = _stride1_padding(padding, rhs.shape[:2]) if rhs.ndim == 4 else None
-    ok = (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and pads == ((1, 1), (1, 1))
-          and _dims_are_nhwc(dimension_numbers)
-          and tuple(int(s) for s in window_strides) == (1, 1)
-          and feature_group_count == 1 and batch_group_count == 1
-          and all(d == 1 for d in (lhs_dilation or (1, 1)))
-          and all(d == 1 for d in (rhs_dilation or (1, 1))))
+    ok = (rhs.shape[:2] == (3, 3) and pads == ((1, 1), (1, 1))
+          and _plain_2d(lhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+                        feature_group_count, batch_group_count))
     if not ok:
         raise ValueError(
             "upsample_conv_general_dilated: only a 3x3 'SAME' stride-1 NHWC/HWIO convolution "

@@ -11,8 +11,8 @@ autoencoder at batch 32, forward and forward+backward (gradients of input and ke
 (median of 7 after compilation), with the largest relative difference of the outputs.
 ``--steps``: whole training steps at batch 32 (``train_throughput.benchmark``: the trainer's
 jitted step on a fixed batch), "before" with the convolution of the upsampled map swapped back
-in (as ``tests/test_conv_upsample.py`` does), alternated round by round, medians of
-examples/s.
+in while it is compiled (as ``tests/test_conv_upsample.py`` does); the two compiled steps then
+alternate round by round (``train_vs_torch.interleave``), medians of examples/s.
 ``--sample``: the bench U-Net's 20-step DPM-Solver++(2M) sampling at batch 64
 (``sample_vs_torch.jax_sampler``), images/s, the same way. The default runs all three.
 """
@@ -23,7 +23,6 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import train_throughput  # noqa: E402
 from cpu_ceiling import _median_s  # noqa: E402
+from sample_vs_torch import jax_sampler  # noqa: E402
+from train_vs_torch import interleave  # noqa: E402
 
 from diffjax import conv, xla_options  # noqa: E402
 from diffjax.autoencoder import model as ae_model  # noqa: E402
@@ -95,24 +96,17 @@ def layers(batch: int) -> None:
               f"{b0 / b1:.2f}x | {diff:.1e} |", flush=True)
 
 
-def _alternate(label: str, arms: dict, rounds: int) -> dict:
-    rates: dict[str, list[float]] = {arm: [] for arm in arms}
-    for _ in range(rounds):
-        for arm, run in arms.items():
-            rates[arm].append(run())
-            print(f"  {label} {arm}: {rates[arm][-1]:.2f}", flush=True)
-    return {arm: statistics.median(r) for arm, r in rates.items()}
-
-
 def steps(models: list[str], batch: int, rounds: int, nsteps: int) -> None:
     rows = []
     for name in models:
-        def run(patch, name=name):
-            with patch():
-                return train_throughput.benchmark(name, batch, nsteps)["examples_per_s"]
-        med = _alternate(name, {"before": lambda: run(before),
-                                "after": lambda: run(contextlib.nullcontext)}, rounds)
-        rows.append((name, med["before"], med["after"]))
+        runners = {}
+        for arm, patch in (("before", before), ("after", contextlib.nullcontext)):
+            with patch():  # traced and compiled inside: the arm's convolution
+                row = train_throughput.benchmark(name, batch, 1)
+            runners[arm] = row["run"]
+        rates = interleave(runners, row["batch"], nsteps, rounds)
+        print(f"  {name}: {rates}", flush=True)
+        rows.append((name, *(statistics.median(rates[arm]) for arm in ("before", "after"))))
     print(f"\nWhole training steps (batch {batch or 'of the config'}), {rounds} alternated "
           f"rounds of {nsteps} steps, medians:\n")
     print("| config | upsampled map, ex/s | diffjax, ex/s | speed-up |")
@@ -122,17 +116,14 @@ def steps(models: list[str], batch: int, rounds: int, nsteps: int) -> None:
 
 
 def sample(rounds: int, batch: int = 64) -> None:
-    from sample_vs_torch import jax_sampler
-
-    def run(patch):
+    runners = {}
+    for arm, patch in (("before", before), ("after", contextlib.nullcontext)):
         with patch():
-            s = jax_sampler(batch, 20)
-        s["run"]()  # warm-up
-        start = time.perf_counter()
-        s["run"]()
-        return batch / (time.perf_counter() - start)
-    med = _alternate("sampling", {"before": lambda: run(before),
-                                  "after": lambda: run(contextlib.nullcontext)}, rounds)
+            run = jax_sampler(batch, 20)["run"]
+        runners[arm] = lambda n, run=run: [run() for _ in range(n)]
+    rates = interleave(runners, batch, 1, rounds)
+    print(f"  sampling: {rates}")
+    med = {arm: statistics.median(r) for arm, r in rates.items()}
     print(f"\nbench U-Net, 20-step DPM-Solver++(2M), batch {batch}, {rounds} alternated "
           f"rounds, medians: upsampled map {med['before']:.2f} images/s, diffjax "
           f"{med['after']:.2f} ({med['after'] / med['before']:.2f}x)")
