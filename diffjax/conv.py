@@ -1,4 +1,5 @@
-"""A convolution whose kernel gradient can be computed as matmuls on XLA:CPU.
+"""Convolutions for XLA:CPU: the kernel gradient as matmuls, upsampling at the low resolution,
+Winograd outputs in samplers.
 
 ``lax.conv_general_dilated`` differentiates into three convolutions: the output, the input
 gradient and the kernel gradient (a "convolution" whose window is the whole feature map and
@@ -34,6 +35,17 @@ the 3x3 kernel (the "resize convolution" as a sub-pixel convolution, Aitken et a
 in about 16/36 of the multiply-adds (one border row and column more); the phases are
 interleaved back at the end. On the CPU backend only, where it was measured (README,
 "Upsampling convolutions"); other backends convolve the upsampled map, as before.
+
+The output of a 3x3 "SAME" convolution (float32, CPU, map height a multiple of 4) can be
+computed by :mod:`diffjax.winograd` (Winograd's F(4, 3) along the height: half the
+multiply-adds, a few times lax's float32 rounding). The choice, read when a program is traced:
+``DIFFJAX_CONV_FORWARD`` = ``auto`` (the default: Winograd in the samplers' compiled programs,
+which :func:`sampling` marks, lax's convolution elsewhere), ``lax`` or ``winograd`` (training
+steps too), or :func:`forward` around the tracing. In training it was not faster (README,
+"Winograd convolutions"). Its derivatives are always lax's convolution's (the same
+``jax.custom_jvp`` as the matmul kernel gradient, which it combines with), so a program that
+differentiates through a sampler (``diffjax.samplers.tuning``) gets exact gradients of the
+convolution.
 """
 from __future__ import annotations
 
@@ -47,16 +59,24 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from diffjax import winograd
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 ENV = "DIFFJAX_CONV_KERNEL_GRADIENT"
 KERNEL_GRADIENTS = ("lax", "matmul")  # the first is the default
 _mode: str | None = None  # set by kernel_gradient(); None: the environment decides
 
 
-def _check(mode: str, where: str) -> str:
-    if mode not in KERNEL_GRADIENTS:
+FORWARD_ENV = "DIFFJAX_CONV_FORWARD"
+FORWARDS = ("auto", "lax", "winograd")  # the first is the default
+_forward: str | None = None  # set by forward(); None: the environment decides
+_sampling = False  # set by sampling(): the program traced now only evaluates networks
+
+
+def _check(mode: str, where: str, choices: Sequence[str] = KERNEL_GRADIENTS) -> str:
+    if mode not in choices:
         raise ValueError(f"{where}={mode!r} is unknown; valid choices: "
-                         f"{', '.join(map(repr, KERNEL_GRADIENTS))}")
+                         f"{', '.join(map(repr, choices))}")
     return mode
 
 
@@ -78,6 +98,40 @@ def kernel_gradient(mode: str) -> Iterator[None]:
         yield
     finally:
         _mode = previous
+
+
+def current_forward() -> str:
+    """How a 3x3 convolution traced now computes its output: :func:`forward`'s choice, else
+    ``$DIFFJAX_CONV_FORWARD``'s, else ``"auto"``: by :mod:`diffjax.winograd` inside a sampling
+    program (:func:`sampling`) and by lax's convolution elsewhere; ``"lax"``: never by
+    Winograd; ``"winograd"``: wherever it applies, training steps included."""
+    if _forward is not None:
+        return _forward
+    return _check(os.environ.get(FORWARD_ENV) or FORWARDS[0], FORWARD_ENV, FORWARDS)
+
+
+@contextlib.contextmanager
+def forward(mode: str) -> Iterator[None]:
+    """Inside this context (at trace time) 3x3 convolutions compute their output as ``mode``
+    (one of :data:`FORWARDS`) says, whatever the environment says."""
+    global _forward
+    previous, _forward = _forward, _check(mode, "forward mode", FORWARDS)
+    try:
+        yield
+    finally:
+        _forward = previous
+
+
+@contextlib.contextmanager
+def sampling() -> Iterator[None]:
+    """Marks what is traced inside as a program that evaluates networks without training them
+    (the samplers' compiled loop): there ``"auto"`` computes 3x3 convolutions by Winograd."""
+    global _sampling
+    previous, _sampling = _sampling, True
+    try:
+        yield
+    finally:
+        _sampling = previous
 
 
 def _stride1_padding(padding: Any, kernel: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
@@ -137,20 +191,26 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, pads: tuple[tuple[int, int], ...]
     return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _conv(x: jax.Array, kernel: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _conv(x: jax.Array, kernel: jax.Array, pads: tuple[tuple[int, int], ...], primal: str,
+          kernel_tangent: str) -> jax.Array:
+    """The convolution computed as ``primal`` says ("lax" or "winograd"), differentiated as
+    lax's convolution with the kernel tangent ``kernel_tangent`` ("lax" or "matmul")."""
+    if primal == "winograd":
+        return winograd.conv3x3(x, kernel)
     return _lax_conv(x, kernel, pads)
 
 
-def _conv_jvp(pads, primals, tangents):
+def _conv_jvp(pads, primal, kernel_tangent, primals, tangents):
     x, kernel = primals
     dx, dk = tangents
-    y = _conv(x, kernel, pads)
+    y = _conv(x, kernel, pads, primal, kernel_tangent)
     dy = None
     if not isinstance(dx, SymbolicZero):
         dy = _lax_conv(dx, kernel, pads)
     if not isinstance(dk, SymbolicZero):
-        dy_k = conv_by_taps(x, dk, pads)
+        by = conv_by_taps if kernel_tangent == "matmul" else _lax_conv
+        dy_k = by(x, dk, pads)
         dy = dy_k if dy is None else dy + dy_k
     return y, jnp.zeros_like(y) if dy is None else dy
 
@@ -159,27 +219,40 @@ def _conv_jvp(pads, primals, tangents):
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
+def _winograd_here(lhs: jax.Array, rhs: jax.Array, pads: tuple[tuple[int, int], ...]) -> bool:
+    """Whether this stride-1 NHWC convolution's output is computed by :mod:`diffjax.winograd`."""
+    mode = current_forward()
+    if mode == "lax" or rhs.shape[:2] != (3, 3) or pads != ((1, 1), (1, 1)):
+        return False
+    if lhs.dtype != jnp.float32 or not winograd.applies(lhs.shape):
+        return False
+    return mode == "winograd" or _sampling
+
+
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                          padding: Any, lhs_dilation: Sequence[int] | None = None,
                          rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
-    """``lax.conv_general_dilated``, with the matmul kernel gradient where it is chosen and
-    applies (module docstring)."""
-    plain = (current_kernel_gradient() == "matmul" and jax.default_backend() == "cpu"
+    """``lax.conv_general_dilated``, with the matmul kernel gradient and the Winograd output
+    where they are chosen and apply (module docstring)."""
+    plain = (jax.default_backend() == "cpu"
              and _plain_2d(lhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
                            feature_group_count, batch_group_count)
              and precision is None and preferred_element_type is None
              and lhs.dtype == rhs.dtype)
     pads = _stride1_padding(padding, rhs.shape[:2]) if plain else None
-    if pads is None or any(lo < 0 or hi < 0 for lo, hi in pads):
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-            precision=precision, preferred_element_type=preferred_element_type)
-    return _conv(lhs, rhs, pads)
+    if pads is not None and all(lo >= 0 and hi >= 0 for lo, hi in pads):
+        primal = "winograd" if _winograd_here(lhs, rhs, pads) else "lax"
+        kernel_tangent = current_kernel_gradient()
+        if primal != "lax" or kernel_tangent != "lax":
+            return _conv(lhs, rhs, pads, primal, kernel_tangent)
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+        precision=precision, preferred_element_type=preferred_element_type)
 
 
 def _phase_taps(kernel: jax.Array, axis: int) -> jax.Array:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import xla_options
+from diffjax import conv, xla_options
 from diffjax.paths import Path
 from diffjax.samplers import adaptive as adaptive_lib
 from diffjax.samplers import clipping, few_step, guidance, options as options_lib
@@ -113,10 +113,20 @@ class _StepCallback:
         self.fn(int(i), float(t), np.asarray(x), self.x0_hat)
 
 
-@functools.partial(xla_options.jit, static_argnums=0)
-def _run(static: _Static, eps0: Array, ts: Array, keys: Optional[Array], arrays: dict):
+@functools.partial(xla_options.jit, static_argnums=(0, 1))
+def _run(static: _Static, conv_forward: str, eps0: Array, ts: Array, keys: Optional[Array],
+         arrays: dict):
     """The compiled sampler. ``eps0`` (the starting noise) and ``keys`` are drawn outside;
-    ``arrays`` holds the parameters, the conditions and the editing inputs (all traced)."""
+    ``arrays`` holds the parameters, the conditions and the editing inputs (all traced).
+    ``conv_forward`` (:func:`diffjax.conv.current_forward` when called, part of the cache key)
+    says how the networks' 3x3 convolutions compute their outputs; traced as a sampling program
+    (:func:`diffjax.conv.sampling`: by Winograd on CPU unless the choice says otherwise)."""
+    with conv.forward(conv_forward), conv.sampling():
+        return _sampling_program(static, eps0, ts, keys, arrays)
+
+
+def _sampling_program(static: _Static, eps0: Array, ts: Array, keys: Optional[Array],
+                      arrays: dict):
     spec, path, dtype = SAMPLERS[static.sampler], static.path, ts.dtype
     if "x_init" in arrays:
         x = guidance.noised(path, arrays["x_init"].astype(dtype), eps0, ts[0])
@@ -330,8 +340,8 @@ def sample(model_fn: Callable, path: Path, shape: tuple, key: Array, *, target: 
         prep = _prepare(model_fn, path, shape, key, target=target, sampler=sampler,
                         num_steps=num_steps, params=params, cond=cond, uncond=uncond,
                         guidance_scale=guidance_scale, **options)
-    x, trajectory, nfe, finished = _run(prep.static, prep.eps0, prep.ts, prep.keys,
-                                        prep.arrays)
+    x, trajectory, nfe, finished = _run(prep.static, conv.current_forward(), prep.eps0, prep.ts,
+                                        prep.keys, prep.arrays)
     if finished is None:
         finished = True
     else:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffjax import xla_options
+from diffjax import conv, xla_options
 from diffjax.paths import Path
 from diffjax.samplers import SAMPLERS, _prepare, _run, sample
 
@@ -73,7 +73,8 @@ def optimise_grid(model_fn: Callable, path: Path, shape: tuple, key: Array, *, t
         return ts.at[0].set(ts0[0]).at[-1].set(ts0[-1])
 
     def loss(u):
-        x = _run(prep.static, prep.eps0, grid(u), None, prep.arrays)[0]
+        x = _run(prep.static, conv.current_forward(), prep.eps0, grid(u), None,
+                 prep.arrays)[0]
         return jnp.mean((x - reference) ** 2)
 
     u = jnp.log(jnp.maximum(jnp.diff(half_logsnr), 1e-6))  # start from the given grid
