@@ -42,10 +42,10 @@ multiply-adds, a few times lax's float32 rounding). The choice, read when a prog
 ``DIFFJAX_CONV_FORWARD`` = ``auto`` (the default: Winograd in the samplers' compiled programs,
 which :func:`sampling` marks, lax's convolution elsewhere), ``lax`` or ``winograd`` (training
 steps too), or :func:`forward` around the tracing. In training it was not faster (README,
-"Winograd convolutions"). Its derivatives are always lax's convolution's (the same
-``jax.custom_jvp`` as the matmul kernel gradient, which it combines with), so a program that
-differentiates through a sampler (``diffjax.samplers.tuning``) gets exact gradients of the
-convolution.
+"Winograd convolutions in the samplers"). Its derivatives are always lax's convolution's
+(the same ``jax.custom_jvp`` as the matmul kernel gradient, which it combines with), so a
+program that differentiates through a sampler (``diffjax.samplers.tuning``) gets exact
+gradients of the convolution.
 """
 from __future__ import annotations
 
