@@ -183,6 +183,21 @@ def interleave(runners: dict[str, Callable[[int], None]], batch: int, steps: int
     return rates
 
 
+def compare_steps(name: str, batch: int, arms: dict[str, Callable], steps: int,
+                  repeats: int) -> dict[str, list[float]]:
+    """Config ``name``'s training step (``train_throughput.benchmark`` at ``batch``), traced and
+    compiled inside each arm's context manager (``arms``: name -> a callable returning one),
+    then alternated by :func:`interleave`: examples/s per round."""
+    import train_throughput  # this directory; deferred: only these comparisons need it
+
+    runners = {}
+    for arm, context in arms.items():
+        with context():
+            row = train_throughput.benchmark(name, batch, 1)
+        runners[arm] = row["run"]
+    return interleave(runners, row["batch"], steps, repeats)
+
+
 def machine() -> str:
     d = jax.devices()[0]
     kind = d.device_kind if d.platform != "cpu" else f"{os.cpu_count()}-core CPU"

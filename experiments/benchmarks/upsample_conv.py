@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import train_throughput  # noqa: E402
 from cpu_ceiling import _median_s  # noqa: E402
 from sample_vs_torch import jax_sampler  # noqa: E402
-from train_vs_torch import interleave  # noqa: E402
+from train_vs_torch import compare_steps, interleave  # noqa: E402
 
 from diffjax import conv, xla_options  # noqa: E402
 from diffjax.autoencoder import model as ae_model  # noqa: E402
@@ -99,12 +99,9 @@ def layers(batch: int) -> None:
 def steps(models: list[str], batch: int, rounds: int, nsteps: int) -> None:
     rows = []
     for name in models:
-        runners = {}
-        for arm, patch in (("before", before), ("after", contextlib.nullcontext)):
-            with patch():  # traced and compiled inside: the arm's convolution
-                row = train_throughput.benchmark(name, batch, 1)
-            runners[arm] = row["run"]
-        rates = interleave(runners, row["batch"], nsteps, rounds)
+        # Each arm traced and compiled inside its context: its convolution.
+        rates = compare_steps(name, batch, {"before": before, "after": contextlib.nullcontext},
+                              nsteps, rounds)
         print(f"  {name}: {rates}", flush=True)
         rows.append((name, *(statistics.median(rates[arm]) for arm in ("before", "after"))))
     print(f"\nWhole training steps (batch {batch or 'of the config'}), {rounds} alternated "

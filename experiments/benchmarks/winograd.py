@@ -18,6 +18,7 @@ The default runs all three.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -32,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import train_throughput  # noqa: E402
 from cpu_ceiling import _median_s  # noqa: E402
 from sample_vs_torch import jax_sampler  # noqa: E402
-from train_vs_torch import interleave  # noqa: E402
+from train_vs_torch import compare_steps, interleave  # noqa: E402
 
 from diffjax import conv, winograd, xla_options  # noqa: E402
 
@@ -78,12 +79,8 @@ def sample(rounds: int, micro_batch: int, batch: int = 64) -> None:
 def steps(models: list[str], batch: int, rounds: int, nsteps: int) -> None:
     rows = []
     for name in models:
-        runners = {}
-        for arm in ("lax", "winograd"):
-            with conv.forward(arm):
-                row = train_throughput.benchmark(name, batch, 1)
-            runners[arm] = row["run"]
-        rates = interleave(runners, row["batch"], nsteps, rounds)
+        rates = compare_steps(name, batch, {arm: functools.partial(conv.forward, arm)
+                                            for arm in ("lax", "winograd")}, nsteps, rounds)
         print(f"  {name}: {rates}", flush=True)
         rows.append((name, *(statistics.median(rates[arm]) for arm in ("lax", "winograd"))))
     print(f"\nWhole training steps (batch {batch}), {rounds} alternated rounds of {nsteps} "
